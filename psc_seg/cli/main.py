@@ -1,0 +1,73 @@
+"""Compose the ``psc-seg`` Typer app from one module per command.
+
+User mistakes (:class:`psc_seg.errors.UserError`) become one line ``error: ...`` on stderr and
+exit status 2; ``psc-seg --debug COMMAND`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from psc_seg import __version__
+from psc_seg.errors import UserError
+
+
+class PscGroup(TyperGroup):
+    """Top-level group: turns a UserError raised anywhere below into a one-line error."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.params.get("debug"):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code=2) from None
+
+
+app = typer.Typer(
+    cls=PscGroup,
+    name="psc-seg",
+    help="Segment 3D EM and MRI volumes with Parallel Separable 3D Convolution (PmSCn) networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"psc-seg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+) -> None:
+    """Segment 3D EM and MRI volumes with Parallel Separable 3D Convolution (PmSCn) networks."""
+
+
+def _register() -> None:
+    # One module per command; each exposes `register(app)`.
+    from psc_seg.cli import models as models_cmd
+
+    for module in (models_cmd,):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,32 @@
+"""The model zoo: UNet (EM affinities), DenseNet (MRI tissue), ResNet (classification);
+a registry and checkpoints that rebuild a model from the file alone."""
+
+from psc_seg.models.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from psc_seg.models.registry import build_model, count_parameters, list_models, model_entry, register_model
+from psc_seg.models.unet import UNet
+
+# The paper's EM UNet (authors' code): 24 fmaps x3 per level, 3 downsamplings of 2x2x2, valid
+# convs, LeakyReLU, nearest upsampling + 1x1x1 conv, 3 affinities with a sigmoid.
+register_model(
+    "unet",
+    UNet,
+    defaults=dict(
+        in_channels=1, out_channels=3, num_fmaps=24, fmap_inc_factor=3,
+        downsample_factors=[[2, 2, 2], [2, 2, 2], [2, 2, 2]], padding="valid", upsample="nearest",
+        activation="leaky_relu", final_activation="sigmoid", conv="conv3d",
+    ),
+    description="3D UNet (MALA layout) for EM affinities",
+)
+
+__all__ = [
+    "Checkpoint",
+    "UNet",
+    "build_model",
+    "count_parameters",
+    "list_models",
+    "load_checkpoint",
+    "model_entry",
+    "read_checkpoint",
+    "register_model",
+    "save_checkpoint",
+]

@@ -1,0 +1,122 @@
+"""Checkpoints: one file that rebuilds a model with nothing else.
+
+A checkpoint is a ``torch.save`` of a plain dict::
+
+    {"format": "psc-seg-checkpoint", "format_version": 1, "psc_seg_version": "...",
+     "model": {"name": "unet", "kwargs": {...}}, "state_dict": {...}, "metadata": {...}}
+
+``metadata`` is free (the training config, normalisation, task, iteration...). It holds only
+plain Python values, so files load with ``torch.load(weights_only=True)``. Writes are atomic:
+a temporary file in the same folder, then a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from psc_seg import __version__
+from psc_seg.errors import UserError
+from psc_seg.models.registry import build_model
+
+FORMAT = "psc-seg-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode) and what was stored with it."""
+
+    model: nn.Module
+    name: str
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    psc_seg_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, *, metadata: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (built by :func:`build_model`) to ``path`` atomically.
+
+    ``metadata``: plain values kept with the model (training config, normalisation, task).
+    ``extra``: further plain/tensor entries (optimizer state, RNG state) for resuming.
+    """
+    config = getattr(model, "build_config", None)
+    if config is None:
+        raise ValueError("save_checkpoint: model was not built by psc_seg.models.build_model (no build_config)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "psc_seg_version": __version__,
+        "model": {"name": config["name"], "kwargs": config["kwargs"]},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": metadata or {},
+        "extra": extra or {},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict; UserError if the file is missing, corrupt or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist; give the path of a .pt file written by psc-seg")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"checkpoint {str(path)!r} cannot be read ({reason}); it is corrupt or not a psc-seg checkpoint"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(
+            f"{str(path)!r} is not a psc-seg checkpoint (no '{FORMAT}' marker); "
+            "write one with `psc-seg train` or `psc-seg models init`"
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(
+            f"checkpoint {str(path)!r} has format version {payload['format_version']}, newer than this "
+            f"psc-seg ({__version__}) reads; upgrade psc-seg"
+        )
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model stored at ``path`` (in eval mode, on ``map_location``)."""
+    payload = read_checkpoint(path)
+    spec = payload["model"]
+    try:
+        model = build_model(spec["name"], **spec["kwargs"])
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise UserError(f"checkpoint {str(path)!r} does not match its model description: {exc}") from exc
+    model.to(map_location).eval()
+    return Checkpoint(
+        model=model,
+        name=spec["name"],
+        kwargs=spec["kwargs"],
+        metadata=payload.get("metadata", {}),
+        psc_seg_version=payload.get("psc_seg_version", ""),
+        extra=payload.get("extra", {}),
+    )

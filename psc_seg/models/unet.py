@@ -1,0 +1,281 @@
+"""3D UNet for EM affinities (MALA / funlib layout), with conv3d or PmSCn convolutions.
+
+::
+
+    in ─ convs(c0) ────────────────────────────────────── crop+cat ─ convs(c0) ─ 1x1 ─ act ─ out
+               │                                             ▲
+             pool f0                                      up f0 -> c0
+               ▼                                             │
+             convs(c1) ──────────────────── crop+cat ─ convs(c1)
+                   │                           ▲
+                 pool f1                    up f1 -> c1
+                   ▼                           │
+                 convs(c2)  (bottom) ──────────┘
+
+with ``c_l = num_fmaps * fmap_inc_factor**l``. Each "convs" box is a group of two d^3 convs,
+replaced by PmSCn according to the conv spec (:func:`psc_seg.nn.make_convs`).
+
+Shape arithmetic per axis, valid padding (each box shrinks by ``s``: 2(d-1) for conv3d and
+psc(m,1), n(d-1) for psc(m,n>=2))::
+
+    down:   x -> x - s, must divide by f_l,  -> (x - s) / f_l
+    bottom: x -> x - s
+    up:     x -> x * f_l - s   (the skip is center-cropped to x * f_l)
+
+So the output is smaller than the input by ``2 * context``, a constant, and valid sizes form a
+lattice with step ``prod(f_l)``. With ``padding="same"`` output = input, which must divide by
+``prod(f_l)``. Tiles whose inputs start on the same lattice stitch exactly (valid mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
+
+
+class ConvBlock(nn.Sequential):
+    """A group of consecutive convs, each followed by the host's norm and activation."""
+
+    def __init__(self, convs: Sequence[nn.Module], channels: int, *, norm: str | None, activation: str | None):
+        layers: list[nn.Module] = []
+        for conv in convs:
+            layers.append(conv)
+            for extra in (make_norm(norm, channels), make_activation(activation)):
+                if extra is not None:
+                    layers.append(extra)
+        super().__init__(*layers)
+        self.shrink = sum(valid_shrink(c) for c in convs)  # as padded
+        self.span = sum(receptive_span(c) for c in convs)  # as if unpadded
+
+
+def _center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    offsets = [(have - want) // 2 for have, want in zip(x.shape[2:], shape)]
+    slices = tuple(slice(o, o + s) for o, s in zip(offsets, shape))
+    return x[(Ellipsis, *slices)]
+
+
+class UNet(nn.Module):
+    """3D UNet; see the module docstring for the layout and shape arithmetic.
+
+    Args:
+        in_channels: input channels (1 for EM).
+        out_channels: output channels (3 affinities for EM, one per offset).
+        num_fmaps: feature maps at the top level.
+        fmap_inc_factor: multiplier of feature maps per level.
+        downsample_factors: one (z, y, x) factor (or an int) per downsampling.
+        kernel_size: d of the d^3 convolutions.
+        padding: ``"valid"`` (shrinks, exact tiling) or ``"same"``.
+        upsample: ``"transposed"`` (ConvTranspose3d to the skip's channels) or ``"nearest"``
+            (nearest-neighbour upsampling, then a 1x1x1 conv to the skip's channels, as the
+            authors of the PmSCn paper).
+        conv: conv spec, ``"conv3d"``, ``"psc(m,n)"`` or ``"r2plus1d"``.
+        activation: activation after each conv group member (``"leaky_relu"`` for the paper).
+        norm: optional norm after each conv (``"batch"``, ``"instance"``, ``"group"``).
+        final_activation: applied to the output (``"sigmoid"`` for affinities, None for logits).
+        num_convs: d^3 convs per level (2 in MALA).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        num_fmaps: int,
+        fmap_inc_factor: int,
+        downsample_factors: Sequence[int | Sequence[int]],
+        kernel_size: int = 3,
+        padding: str = "valid",
+        upsample: str = "transposed",
+        conv: str = "conv3d",
+        activation: str | None = "relu",
+        norm: str | None = None,
+        final_activation: str | None = "sigmoid",
+        num_convs: int = 2,
+    ) -> None:
+        super().__init__()
+        if padding not in ("valid", "same"):
+            raise ValueError(f"unet: padding must be 'valid' or 'same', got {padding!r}")
+        if upsample not in ("transposed", "nearest"):
+            raise ValueError(f"unet: upsample must be 'transposed' or 'nearest', got {upsample!r}")
+        factors = []
+        for f in downsample_factors:
+            f = (f, f, f) if isinstance(f, int) else tuple(int(v) for v in f)
+            if len(f) != 3 or min(f) < 1:
+                raise ValueError(f"unet: each downsample factor must be 3 positive ints (z, y, x), got {f}")
+            factors.append(f)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.padding, self.conv = padding, str(parse_conv_spec(conv))
+        self.downsample_factors = tuple(factors)
+        channels = [num_fmaps * fmap_inc_factor**level for level in range(len(factors) + 1)]
+
+        def block(c_in: int, c_out: int) -> ConvBlock:
+            convs = make_convs(conv, c_in, c_out, num_convs=num_convs, kernel_size=kernel_size,
+                               padding=padding, activation=activation)
+            return ConvBlock(convs, c_out, norm=norm, activation=activation)
+
+        self.down = nn.ModuleList()
+        c_prev = in_channels
+        for level in range(len(factors)):
+            self.down.append(block(c_prev, channels[level]))
+            c_prev = channels[level]
+        self.pool = nn.ModuleList(nn.MaxPool3d(f, stride=f) for f in factors)
+        self.bottom = block(channels[-2] if factors else in_channels, channels[-1])
+        self.upsample_layers = nn.ModuleList()
+        self.up = nn.ModuleList()
+        for level in range(len(factors)):
+            c_low, c_skip, f = channels[level + 1], channels[level], factors[level]
+            if upsample == "transposed":
+                self.upsample_layers.append(nn.ConvTranspose3d(c_low, c_skip, f, stride=f))
+            else:
+                self.upsample_layers.append(
+                    nn.Sequential(nn.Upsample(scale_factor=f, mode="nearest"), nn.Conv3d(c_low, c_skip, 1))
+                )
+            self.up.append(block(2 * c_skip, c_skip))
+        self.head = nn.Conv3d(channels[0], out_channels, 1)
+        self.final = make_activation(final_activation) or nn.Identity()
+        # per level: shrink of the down box, of the up box; and the bottom box
+        self._down_shrink = [b.shrink for b in self.down]
+        self._up_shrink = [b.shrink for b in self.up]
+        self._bottom_shrink = self.bottom.shrink
+        self._spans = ([b.span for b in self.down], [b.span for b in self.up], self.bottom.span)
+
+    # ---------------------------------------------------------------- shapes
+    @property
+    def shape_step(self) -> tuple[int, int, int]:
+        """Product of the downsampling factors per axis: valid sizes differ by multiples of it."""
+        step = [1, 1, 1]
+        for f in self.downsample_factors:
+            step = [a * b for a, b in zip(step, f)]
+        return tuple(step)  # type: ignore[return-value]
+
+    def _sizes_from_bottom(self, bottom: int, axis: int, *, unpadded: bool = False) -> tuple[int, int] | None:
+        """(input, output) sizes along ``axis`` when the bottom level's input (after the last
+        pooling) has size ``bottom``, in valid mode (or as if unpadded); None if some feature
+        map would be empty."""
+        if unpadded:
+            down, up, bottom_shrink = self._spans
+        else:
+            down, up, bottom_shrink = self._down_shrink, self._up_shrink, self._bottom_shrink
+        s = bottom
+        for level in reversed(range(len(self.downsample_factors))):
+            s = s * self.downsample_factors[level][axis] + down[level]
+        size_in = s
+        s = bottom - bottom_shrink
+        if s < 1:
+            return None
+        for level in reversed(range(len(self.downsample_factors))):
+            s = s * self.downsample_factors[level][axis] - up[level]
+            if s < 1:
+                return None
+        return size_in, s
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
+        """Output shape ``(z, y, x)`` for ``input_shape``; ValueError naming the axis, level and
+        factor if the input does not fit the downsampling."""
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3:
+            raise ValueError(f"unet: input shape must be (z, y, x), got {shape}")
+        if self.padding == "same":
+            for axis, (s, step) in enumerate(zip(shape, self.shape_step)):
+                if s % step:
+                    raise ValueError(
+                        f"unet: input shape {shape} does not divide by the total downsampling {self.shape_step} "
+                        f"along axis {'zyx'[axis]}; use a multiple of {step}"
+                    )
+            return shape  # type: ignore[return-value]
+        out = []
+        for axis, size in enumerate(shape):
+            s = size
+            for level, f in enumerate(self.downsample_factors):
+                s -= self._down_shrink[level]
+                if s < 1 or s % f[axis]:
+                    nearest = self.valid_input_shape(self.valid_output_shape((1, 1, 1)))[axis]
+                    raise ValueError(
+                        f"unet: input shape {shape} does not fit: along axis {'zyx'[axis]} the feature map "
+                        f"of level {level} has size {s}, not divisible by the downsample factor {f[axis]}; "
+                        f"valid input sizes are {nearest} + k*{self.shape_step[axis]} "
+                        f"(see valid_input_shape)"
+                    )
+                s //= f[axis]
+            sizes = self._sizes_from_bottom(s, axis)
+            if sizes is None:
+                raise ValueError(f"unet: input shape {shape} is too small along axis {'zyx'[axis]}")
+            out.append(sizes[1])
+        return tuple(out)  # type: ignore[return-value]
+
+    def valid_output_shape(self, min_output_shape: Sequence[int]) -> tuple[int, int, int]:
+        """The smallest valid output shape that is >= ``min_output_shape`` on every axis."""
+        if self.padding == "same":
+            return tuple(-(-int(s) // st) * st for s, st in zip(min_output_shape, self.shape_step))  # type: ignore
+        out = []
+        for axis, want in enumerate(min_output_shape):
+            bottom = 1
+            while True:
+                sizes = self._sizes_from_bottom(bottom, axis)
+                if sizes is not None and sizes[1] >= want:
+                    out.append(sizes[1])
+                    break
+                bottom += 1
+        return tuple(out)  # type: ignore[return-value]
+
+    def valid_input_shape(self, output_shape: Sequence[int]) -> tuple[int, int, int]:
+        """The input shape that gives exactly ``output_shape``; ValueError proposing the nearest
+        valid output shape if there is none."""
+        output_shape = tuple(int(s) for s in output_shape)
+        if self.padding == "same":
+            self.output_shape(output_shape)
+            return output_shape  # type: ignore[return-value]
+        result = []
+        for axis, want in enumerate(output_shape):
+            bottom = 1
+            while True:
+                sizes = self._sizes_from_bottom(bottom, axis)
+                if sizes is not None and sizes[1] >= want:
+                    break
+                bottom += 1
+            if sizes[1] != want:
+                raise ValueError(
+                    f"unet: output shape {output_shape} is not valid along axis {'zyx'[axis]}; "
+                    f"the nearest valid output shape is {self.valid_output_shape(output_shape)}"
+                )
+            result.append(sizes[0])
+        return tuple(result)  # type: ignore[return-value]
+
+    @property
+    def context(self) -> tuple[int, int, int]:
+        """Voxels of input needed on each side of an output voxel, per axis ((in - out) / 2 of
+        the valid network). For ``padding="same"`` models, the halo that makes tiles agree."""
+        out = []
+        for axis in range(3):
+            bottom, sizes = 1, None
+            while sizes is None:
+                sizes = self._sizes_from_bottom(bottom, axis, unpadded=True)
+                bottom += 1
+            out.append((sizes[0] - sizes[1]) // 2)
+        return tuple(out)  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, Z, Y, X)`` -> ``(N, out_channels, Z', Y', X')``."""
+        skips = []
+        for block, pool in zip(self.down, self.pool):
+            x = block(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottom(x)
+        for level in reversed(range(len(self.up))):
+            x = self.upsample_layers[level](x)
+            skip = skips[level]
+            if skip.shape[2:] != x.shape[2:]:
+                skip = _center_crop(skip, x.shape[2:])
+            x = self.up[level](torch.cat([skip, x], dim=1))
+        return self.final(self.head(x))
+
+
+def unet(in_channels: int = 1, out_channels: int = 3, **kwargs) -> UNet:
+    """Build a :class:`UNet`; see its docstring for the keyword options."""
+    return UNet(in_channels, out_channels, **kwargs)

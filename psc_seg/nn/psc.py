@@ -1,0 +1,184 @@
+"""The PmSCn block: Parallel Separable 3D Convolution (Gonda et al., BMVC 2018).
+
+``PSC(in, out, m=m, n=n)`` replaces ``Conv3d(in, out, d)`` (n = 1) or a group of n consecutive
+d^3 convolutions (n >= 2). m parallel streams read the same input; stream s runs n 2D
+convolutions in one plane and one 1D convolution along the remaining axis::
+
+    stream 0:  (1,d,d) in (y,x)  ...  then (L,1,1) along z
+    stream 1:  (d,1,d) in (z,x)  ...  then (1,L,1) along y
+    stream 2:  (d,d,1) in (z,y)  ...  then (1,1,L) along x
+
+    x ──┬── 2D(in->M_s), act, [2D(M_s->M_s), act] x (n-1), 1D(M_s->out_0) ──┐
+        ├── ...                                                           ├─ concat -> (N, out, Z, Y, X)
+        └── ...                                     1D(M_s->out_{m-1}) ──┘
+
+with ``L = n (d - 1) + 1`` so that the receptive field (and, unpadded, the shrinkage) equals
+that of n stacked d^3 convolutions. The block ends in a convolution: the host model puts its
+usual norm/activation after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from psc_seg.nn.layers import make_activation, make_norm
+
+# For each stream: the axis (0=z, 1=y, 2=x) of its 1D convolution; the 2D plane is the other two.
+STREAM_LINE_AXIS = (0, 1, 2)
+
+
+def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return (value, value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 3:
+        raise ValueError(f"{name} must be an int or three ints (z, y, x), got {value}")
+    return value  # type: ignore[return-value]
+
+
+def subspace_width(in_channels: int, out_channels: int, *, m: int, kernel_size: int) -> int:
+    """Width ``M_s`` of every 2D convolution of a stream (Eq. 5 of the paper, authors' rounding).
+
+    ``M = floor(out * in * d^3 / (in * d^2 + out * d))``, ``M = max(M, d)``,
+    ``M_s = min(out, floor(M / m))``.
+    """
+    d = kernel_size
+    M = (out_channels * in_channels * d**3) // (in_channels * d**2 + out_channels * d)
+    M = max(M, d)
+    return min(out_channels, M // m)
+
+
+def stream_out_channels(out_channels: int, m: int) -> list[int]:
+    """Output channels of each stream: ``out // m``, one more for the first ``out % m``."""
+    return [out_channels // m + (1 if s < out_channels % m else 0) for s in range(m)]
+
+
+def psc_parameter_count(
+    in_channels: int, out_channels: int, *, m: int = 1, n: int = 1, kernel_size: int = 3, bias: bool = True
+) -> int:
+    """Number of parameters of ``PSC(in, out, m=m, n=n, kernel_size=d)`` without norms."""
+    d = kernel_size
+    L = n * (d - 1) + 1
+    M_s = subspace_width(in_channels, out_channels, m=m, kernel_size=d)
+    total = 0
+    for out_s in stream_out_channels(out_channels, m):
+        total += in_channels * M_s * d * d + (n - 1) * M_s * M_s * d * d + M_s * out_s * L
+        if bias:
+            total += n * M_s + out_s
+    return total
+
+
+class PSC(nn.Module):
+    """Parallel separable 3D convolution, a drop-in for ``Conv3d(in, out, d)``.
+
+    Args:
+        in_channels: input channels C_in.
+        out_channels: output channels C_out; the block always returns exactly this many.
+        m: number of parallel streams (1, 2 or 3); stream s has the orientation of the table
+            in the module docstring. m = 1, n = 1 is R(2+1)D.
+        n: number of 2D convolutions per stream; the block replaces n stacked d^3 convs.
+        kernel_size: d, odd.
+        padding: ``"same"`` (2D convs pad (d-1)/2 in their plane, the 1D conv n(d-1)/2 along
+            its line) or ``"valid"`` (no padding: each axis shrinks by n(d-1)).
+        stride: int or (z, y, x); the first 2D conv takes the in-plane stride, the 1D conv the
+            stride along its line.
+        activation: activation between the convs inside a stream (``"relu"``,
+            ``"leaky_relu"``, ``"elu"``, ``None``...). Nothing follows the last (1D) conv.
+        norm: optional norm before each inner activation (``"batch"``, ``"instance"``,
+            ``"group"``, ``None``).
+        bias: whether the convolutions have a bias.
+
+    Shapes: input ``(N, C_in, Z, Y, X)`` -> output ``(N, C_out, Z', Y', X')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        m: int = 1,
+        n: int = 1,
+        kernel_size: int = 3,
+        padding: str = "same",
+        stride: int | Sequence[int] = 1,
+        activation: str | None = "relu",
+        norm: str | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if m not in (1, 2, 3):
+            raise ValueError(f"PSC: m must be 1, 2 or 3 (number of streams), got {m}")
+        if n < 1:
+            raise ValueError(f"PSC: n must be >= 1 (2D convs per stream), got {n}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"PSC: kernel_size must be odd, got {kernel_size}")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"PSC: padding must be 'same' or 'valid', got {padding!r}")
+        if out_channels < m:
+            raise ValueError(f"PSC: out_channels ({out_channels}) must be >= m ({m})")
+        d = kernel_size
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.m, self.n, self.kernel_size, self.padding = m, n, d, padding
+        self.stride = _triple(stride, "stride")
+        self.line_length = n * (d - 1) + 1
+        self.subspace_width = subspace_width(in_channels, out_channels, m=m, kernel_size=d)
+        self.streams = nn.ModuleList(
+            self._make_stream(axis, out_s, activation=activation, norm=norm, bias=bias)
+            for axis, out_s in zip(STREAM_LINE_AXIS, stream_out_channels(out_channels, m))
+        )
+
+    def _make_stream(
+        self, line_axis: int, out_s: int, *, activation: str | None, norm: str | None, bias: bool
+    ) -> nn.Sequential:
+        d, n, M_s, L = self.kernel_size, self.n, self.subspace_width, self.line_length
+        same = self.padding == "same"
+        plane_kernel = [d, d, d]
+        plane_kernel[line_axis] = 1
+        plane_pad = [0 if k == 1 or not same else (d - 1) // 2 for k in plane_kernel]
+        plane_stride = list(self.stride)
+        plane_stride[line_axis] = 1
+        line_kernel = [1, 1, 1]
+        line_kernel[line_axis] = L
+        line_pad = [0, 0, 0]
+        line_pad[line_axis] = (L - 1) // 2 if same else 0
+        line_stride = [1, 1, 1]
+        line_stride[line_axis] = self.stride[line_axis]
+
+        layers: list[nn.Module] = []
+        channels = self.in_channels
+        for i in range(n):
+            layers.append(
+                nn.Conv3d(
+                    channels,
+                    M_s,
+                    tuple(plane_kernel),
+                    stride=tuple(plane_stride) if i == 0 else 1,
+                    padding=tuple(plane_pad),
+                    bias=bias,
+                )
+            )
+            if norm is not None:
+                layers.append(make_norm(norm, M_s))
+            act = make_activation(activation)
+            if act is not None:
+                layers.append(act)
+            channels = M_s
+        layers.append(
+            nn.Conv3d(M_s, out_s, tuple(line_kernel), stride=tuple(line_stride), padding=tuple(line_pad), bias=bias)
+        )
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.streams) == 1:
+            return self.streams[0](x)
+        return torch.cat([stream(x) for stream in self.streams], dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, m={self.m}, n={self.n}, "
+            f"kernel_size={self.kernel_size}, padding={self.padding!r}, stride={self.stride}, "
+            f"M_s={self.subspace_width}, L={self.line_length}"
+        )
