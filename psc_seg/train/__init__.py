@@ -1,0 +1,1 @@
+"""Training: samplers, augmentations, targets (affinities, classes), losses, the loop."""

@@ -1,0 +1,96 @@
+"""Training targets computed from labels: affinities (EM) and class maps (MRI).
+
+One implementation of the affinity convention of DESIGN.md section 1, shared by training
+(targets and loss masks) and by the tests of segmentation (labels -> affinities -> labels)::
+
+    aff[i, p] = 1  iff  label[p] == label[p + offsets[i]] != 0,   0 where p + offsets[i]
+                                                                  lies outside the volume
+
+With the default offsets ``[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]`` (waterz order) channel 0
+links each voxel to its neighbour one step back along z, channel 1 along y, channel 2 along x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
+
+
+def _check_offsets(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+    checked = [tuple(int(v) for v in offset) for offset in offsets]
+    if not checked or any(len(offset) != 3 for offset in checked):
+        raise ValueError(f"offsets must be a non-empty list of (z, y, x) triples, got {offsets!r}")
+    return checked  # type: ignore[return-value]
+
+
+def _pair_slices(offset: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[tuple, tuple] | None:
+    """Slices ``(here, there)`` such that ``here`` indexes p and ``there`` indexes p + offset.
+
+    None when the offset reaches outside the volume from every voxel.
+    """
+    here, there = [], []
+    for step, size in zip(offset, shape):
+        if abs(step) >= size:
+            return None
+        if step >= 0:
+            here.append(slice(0, size - step))
+            there.append(slice(step, size))
+        else:
+            here.append(slice(-step, size))
+            there.append(slice(0, size + step))
+    return tuple(here), tuple(there)
+
+
+def seg_to_affinities(
+    labels: np.ndarray, offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS
+) -> np.ndarray:
+    """Affinities of an instance labelling.
+
+    Args:
+        labels: ``(Z, Y, X)`` integer labels; 0 is background / unlabelled.
+        offsets: one ``(dz, dy, dx)`` per channel, in voxels.
+
+    Returns:
+        ``(C, Z, Y, X)`` float32 with ``aff[i, p] = 1`` iff
+        ``labels[p] == labels[p + offsets[i]] != 0``, else 0 (also where ``p + offsets[i]``
+        is outside the volume).
+    """
+    return affinities_and_mask(labels, offsets)[0]
+
+
+def affinities_and_mask(
+    labels: np.ndarray, offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Affinities of a labelling and the mask of where they are known, for training.
+
+    Args:
+        labels: ``(Z, Y, X)`` integer labels; 0 is background / unlabelled.
+        offsets: one ``(dz, dy, dx)`` per channel, in voxels.
+
+    Returns:
+        ``(affinities, mask)``, both ``(C, Z, Y, X)`` float32: the affinities of
+        :func:`seg_to_affinities`, and ``mask[i, p] = 1`` iff both ``labels[p]`` and
+        ``labels[p + offsets[i]]`` are non-zero (so a loss can skip pairs touching
+        unlabelled voxels or the outside of the volume).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be (Z, Y, X), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    offsets = _check_offsets(offsets)
+    affinities = np.zeros((len(offsets),) + labels.shape, dtype=np.float32)
+    mask = np.zeros_like(affinities)
+    for channel, offset in enumerate(offsets):
+        pair = _pair_slices(offset, labels.shape)
+        if pair is None:
+            continue
+        here, there = pair
+        a, b = labels[here], labels[there]
+        labelled = (a != 0) & (b != 0)
+        mask[channel][here] = labelled
+        affinities[channel][here] = labelled & (a == b)
+    return affinities, mask
