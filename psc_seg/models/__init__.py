@@ -3,6 +3,8 @@ a registry and checkpoints that rebuild a model from the file alone."""
 
 from psc_seg.models.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from psc_seg.models.registry import build_model, count_parameters, list_models, model_entry, register_model
+from psc_seg.models.densenet import DenseNet
+from psc_seg.models.resnet import ResNet
 from psc_seg.models.unet import UNet
 
 # The paper's EM UNet (authors' code): 24 fmaps x3 per level, 3 downsamplings of 2x2x2, valid
@@ -17,9 +19,25 @@ register_model(
     ),
     description="3D UNet (MALA layout) for EM affinities",
 )
+# The paper's MRI baseline (Bui et al. 2017): 4 classes (background, CSF, GM, WM).
+register_model(
+    "densenet",
+    DenseNet,
+    defaults=dict(in_channels=1, num_classes=4, conv="conv3d"),
+    description="3D DenseNet with multi-scale heads for MRI tissue classes",
+)
+# ResNet-34 3D, the paper's video backbone (Kinetics-400 classes).
+register_model(
+    "resnet",
+    ResNet,
+    defaults=dict(in_channels=3, num_classes=400, layers=[3, 4, 6, 3], conv="conv3d"),
+    description="3D ResNet-34 classifier (video / volumes)",
+)
 
 __all__ = [
     "Checkpoint",
+    "DenseNet",
+    "ResNet",
     "UNet",
     "build_model",
     "count_parameters",

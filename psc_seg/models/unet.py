@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from psc_seg.models.shapes import check_divisible, round_up
 from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
 
 
@@ -180,13 +181,7 @@ class UNet(nn.Module):
         if len(shape) != 3:
             raise ValueError(f"unet: input shape must be (z, y, x), got {shape}")
         if self.padding == "same":
-            for axis, (s, step) in enumerate(zip(shape, self.shape_step)):
-                if s % step:
-                    raise ValueError(
-                        f"unet: input shape {shape} does not divide by the total downsampling {self.shape_step} "
-                        f"along axis {'zyx'[axis]}; use a multiple of {step}"
-                    )
-            return shape  # type: ignore[return-value]
+            return check_divisible("unet", shape, self.shape_step)
         out = []
         for axis, size in enumerate(shape):
             s = size
@@ -210,7 +205,7 @@ class UNet(nn.Module):
     def valid_output_shape(self, min_output_shape: Sequence[int]) -> tuple[int, int, int]:
         """The smallest valid output shape that is >= ``min_output_shape`` on every axis."""
         if self.padding == "same":
-            return tuple(-(-int(s) // st) * st for s, st in zip(min_output_shape, self.shape_step))  # type: ignore
+            return round_up(min_output_shape, self.shape_step)
         out = []
         for axis, want in enumerate(min_output_shape):
             bottom = 1

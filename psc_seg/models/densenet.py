@@ -1,0 +1,163 @@
+"""3D DenseNet for MRI tissue segmentation (the layout of Bui, Shin and Moon, 2017).
+
+::
+
+    x ─ stem: 3 x [conv d^3 -> BN-ReLU] (stem_channels) ────────────────────────────┐ full res
+            └─ conv 2^3 stride 2 ─ block 1 ─ trans ─ block 2 ─ trans ─ block 3 ─ trans ─ block 4
+                                     │ 1/2            │ 1/4           │ 1/8           │ 1/16
+                                     head x2          head x4         head x8         head x16
+                                     └──────────────┬─┴───────────────┴───────────────┘
+                                   concat(stem, 4 heads) ─ BN-ReLU ─ 1^3 conv ─ logits (num_classes)
+
+- dense layer: BN-ReLU-1^3 conv (bottleneck_factor x growth) -> BN-ReLU-d^3 conv (growth)
+  -> dropout; its output is concatenated to its input;
+- transition: BN-ReLU-1^3 conv (channels x compression) -> 2^3 conv with stride 2;
+- head: BN-ReLU-1^3 conv to num_classes, then a transposed conv (grouped per class) that
+  upsamples to full resolution.
+
+With a PmSCn spec, the d^3 convs of the stem (one group of three convs) and of the dense
+layers (one conv each) are replaced (DESIGN.md section 2). Padding is "same": the output has
+the input's shape, which must divide by 16 (``shape_step``). The output is logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from psc_seg.models.shapes import check_divisible, round_up
+from psc_seg.nn import make_convs, parse_conv_spec
+
+
+def _bn_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm3d(channels), nn.ReLU(inplace=True)]
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, in_channels: int, *, growth_rate: int, bottleneck_factor: int, dropout: float,
+                 conv: str, kernel_size: int) -> None:
+        super().__init__()
+        width = bottleneck_factor * growth_rate
+        (spatial,) = make_convs(conv, width, growth_rate, num_convs=1, kernel_size=kernel_size, padding="same")
+        self.body = nn.Sequential(
+            *_bn_relu(in_channels), nn.Conv3d(in_channels, width, 1, bias=False),
+            *_bn_relu(width), spatial,
+            nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], dim=1)
+
+
+def _transition(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        *_bn_relu(in_channels), nn.Conv3d(in_channels, out_channels, 1, bias=False),
+        nn.Conv3d(out_channels, out_channels, 2, stride=2, bias=False),
+    )
+
+
+class DenseNet(nn.Module):
+    """3D DenseNet with multi-scale upsampled heads; see the module docstring.
+
+    Args:
+        in_channels: input modalities (1 for T1).
+        num_classes: output classes, background included (4: background, CSF, GM, WM).
+        conv: conv spec for the d^3 convs (``"conv3d"``, ``"psc(m,n)"``, ``"r2plus1d"``).
+        stem_channels: feature maps of the three stem convs.
+        growth_rate: channels each dense layer adds.
+        block_layers: dense layers per block (one block per resolution 1/2 ... 1/16).
+        bottleneck_factor: width of the 1^3 bottleneck, in units of ``growth_rate``.
+        compression: channel ratio kept by a transition.
+        dropout: dropout rate after each dense layer.
+        kernel_size: d.
+
+    Shapes: ``(N, in_channels, Z, Y, X)`` -> logits ``(N, num_classes, Z, Y, X)``; Z, Y, X
+    divisible by ``2 ** len(block_layers)``.
+    """
+
+    padding = "same"
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        conv: str = "conv3d",
+        stem_channels: int = 32,
+        growth_rate: int = 16,
+        block_layers: Sequence[int] = (4, 4, 4, 4),
+        bottleneck_factor: int = 4,
+        compression: float = 0.5,
+        dropout: float = 0.2,
+        kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        if not 0 < compression <= 1:
+            raise ValueError(f"densenet: compression must be in (0, 1], got {compression}")
+        self.in_channels, self.out_channels, self.num_classes = in_channels, num_classes, num_classes
+        self.conv = str(parse_conv_spec(conv))
+        self.num_blocks = len(block_layers)
+        stem_convs = make_convs(conv, in_channels, stem_channels, num_convs=3, kernel_size=kernel_size,
+                                padding="same")
+        self.stem = nn.Sequential(
+            *[m for c in stem_convs for m in (c, *_bn_relu(stem_channels))]
+        )
+        self.stem_down = nn.Conv3d(stem_channels, stem_channels, 2, stride=2, bias=False)
+        self.blocks = nn.ModuleList()
+        self.transitions = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        channels = stem_channels
+        for index, num_layers in enumerate(block_layers):
+            layers = []
+            for _ in range(num_layers):
+                layers.append(DenseLayer(channels, growth_rate=growth_rate, bottleneck_factor=bottleneck_factor,
+                                         dropout=dropout, conv=conv, kernel_size=kernel_size))
+                channels += growth_rate
+            self.blocks.append(nn.Sequential(*layers))
+            factor = 2 ** (index + 1)
+            self.heads.append(nn.Sequential(
+                *_bn_relu(channels), nn.Conv3d(channels, num_classes, 1, bias=False),
+                nn.ConvTranspose3d(num_classes, num_classes, 2 * factor, stride=factor, padding=factor // 2,
+                                   groups=num_classes, bias=False),
+            ))
+            if index < len(block_layers) - 1:
+                reduced = max(1, int(channels * compression))
+                self.transitions.append(_transition(channels, reduced))
+                channels = reduced
+        merged = stem_channels + num_classes * len(block_layers)
+        self.classifier = nn.Sequential(*_bn_relu(merged), nn.Conv3d(merged, num_classes, 1))
+
+    # Same shape API as the UNet, for the engine and the trainer.
+    @property
+    def shape_step(self) -> tuple[int, int, int]:
+        step = 2**self.num_blocks
+        return (step, step, step)
+
+    @property
+    def context(self) -> tuple[int, int, int]:
+        """Halo for blockwise prediction: one coarsest-level voxel on each side. The receptive
+        field is larger; same-padded tiles agree with the whole volume only approximately."""
+        return self.shape_step
+
+    def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
+        return check_divisible("densenet", input_shape, self.shape_step)
+
+    def valid_output_shape(self, min_output_shape: Sequence[int]) -> tuple[int, int, int]:
+        return round_up(min_output_shape, self.shape_step)
+
+    def valid_input_shape(self, output_shape: Sequence[int]) -> tuple[int, int, int]:
+        return self.output_shape(output_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, Z, Y, X)`` -> logits ``(N, num_classes, Z, Y, X)``."""
+        stem = self.stem(x)
+        h = self.stem_down(stem)
+        upsampled = []
+        for index, block in enumerate(self.blocks):
+            h = block(h)
+            upsampled.append(self.heads[index](h))
+            if index < len(self.transitions):
+                h = self.transitions[index](h)
+        return self.classifier(torch.cat([stem, *upsampled], dim=1))

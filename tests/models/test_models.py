@@ -1,0 +1,103 @@
+"""Every registered model x conv spec builds and trains a step; UNet shape arithmetic."""
+
+import pytest
+import torch
+
+from psc_seg.models import build_model, count_parameters, list_models
+
+SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(2,3)", "psc(3,2)"]
+
+TINY = {
+    "unet": dict(num_fmaps=3, fmap_inc_factor=2, downsample_factors=[[1, 2, 2]], upsample="transposed"),
+    "densenet": dict(stem_channels=4, growth_rate=3, block_layers=[1, 1, 1, 1], bottleneck_factor=2),
+    "resnet": dict(in_channels=1, num_classes=3, layers=[1, 1, 1, 1], widths=[4, 4, 8, 8]),
+}
+
+
+def test_registry_lists_the_three_models():
+    assert list_models() == ["densenet", "resnet", "unet"]
+
+
+@pytest.mark.parametrize("conv", SPECS)
+@pytest.mark.parametrize("name", ["unet", "densenet", "resnet"])
+def test_forward_backward_tiny(name, conv):
+    torch.manual_seed(0)
+    model = build_model(name, conv=conv, **TINY[name])
+    if name == "unet":
+        shape = model.valid_input_shape(model.valid_output_shape((4, 4, 4)))
+        x = torch.randn(1, 1, *shape)
+        expected = (1, 3, *model.output_shape(shape))
+    elif name == "densenet":
+        x = torch.randn(2, 1, 16, 16, 16)  # batch 2: BatchNorm at the 1-voxel coarsest level
+        expected = (2, 4, 16, 16, 16)
+    else:
+        x = torch.randn(2, 1, 4, 16, 16)
+        expected = (2, 3)
+    y = model(x)
+    assert tuple(y.shape) == expected
+    y.float().square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_paper_unet_parameter_counts():
+    """The authors' EM UNet: about 21.4M with conv3d; PmSCn cuts it to <= 0.65x."""
+    counts = {}
+    for spec in ["conv3d", "psc(1,1)", "psc(2,2)"]:
+        with torch.device("meta"):
+            counts[spec] = count_parameters(build_model("unet", conv=spec))
+    assert abs(counts["conv3d"] - 21.4e6) < 0.1e6
+    assert counts["psc(1,1)"] <= 0.65 * counts["conv3d"]
+    assert counts["psc(2,2)"] <= 0.65 * counts["conv3d"]
+
+
+def test_paper_unet_shapes():
+    with torch.device("meta"):
+        model = build_model("unet")
+    assert model.output_shape((132, 132, 132)) == (44, 44, 44)  # the authors' 132^3 -> 44^3
+    assert model.valid_input_shape((44, 44, 44)) == (132, 132, 132)
+    assert model.context == (44, 44, 44)
+    assert model.shape_step == (8, 8, 8)
+
+
+def test_unet_valid_shapes_match_forward():
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[1, 2, 2], [2, 2, 2]])
+    fitting = 0
+    for size in range(30, 62):
+        try:
+            out = model.output_shape((size, size, size))
+        except ValueError:
+            continue
+        fitting += 1
+        with torch.no_grad():
+            assert tuple(model(torch.zeros(1, 1, size, size, size)).shape[2:]) == out
+        assert model.valid_input_shape(out) == (size, size, size)
+    assert fitting >= 4
+
+
+def test_unet_bad_input_names_shape_factor_and_level():
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]])
+    with pytest.raises(ValueError, match=r"axis z.*level 1 has size 11.*downsample factor 2"):
+        model.output_shape((34, 34, 34))
+    with pytest.raises(ValueError, match=r"axis x.*level 0 has size 27.*44 \+ k\*4"):
+        model.output_shape((44, 44, 31))
+    with pytest.raises(ValueError, match="nearest valid output shape"):
+        model.valid_input_shape((5, 5, 5))
+
+
+def test_unet_psc_n3_shrinks_like_three_convs():
+    model = build_model("unet", conv="psc(2,3)", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[])
+    assert model.output_shape((20, 20, 20)) == (14, 14, 14)  # one PSC(2,3): 3 x (3 - 1)
+
+
+def test_same_padding_unet_keeps_shape():
+    model = build_model("unet", padding="same", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]])
+    assert model(torch.zeros(1, 1, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        model.output_shape((7, 8, 8))
+
+
+def test_unknown_model_argument_is_named():
+    with pytest.raises(ValueError, match="num_fmap.*accepted"):
+        build_model("unet", num_fmap=3)
+    with pytest.raises(ValueError, match="registered models"):
+        build_model("vnet")
