@@ -59,9 +59,10 @@ def _root(
 
 def _register() -> None:
     # One module per command; each exposes `register(app)`.
+    from psc_seg.cli import info as info_cmd
     from psc_seg.cli import models as models_cmd
 
-    for module in (models_cmd,):
+    for module in (models_cmd, info_cmd):
         module.register(app)
 
 

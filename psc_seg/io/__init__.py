@@ -1,0 +1,26 @@
+"""Volumes on disk: ``open_volume(spec) -> Volume`` and ``create_volume(spec, ...)``.
+
+Formats: zarr v2/v3 (OME-Zarr image groups), HDF5, NIfTI, TIFF stacks, ``.npy``; see
+:mod:`psc_seg.io.spec` for the spec strings and :mod:`psc_seg.io.volume` for axes, units and
+completeness. Example::
+
+    from psc_seg.io import create_volume, open_volume
+
+    raw = open_volume("sample.h5:/volumes/raw")          # (z, y, x), lazy
+    block = raw.read((slice(0, 64), slice(0, 64), slice(0, 64)))
+    out = create_volume("pred.zarr", shape=(3, *raw.spatial_shape), dtype="float32",
+                        chunks=(64, 64, 64), reference=raw)
+    out.write((slice(0, 64), slice(0, 64), slice(0, 64)), affinities_block)  # (3, 64, 64, 64)
+    out.finalize()                                        # now it is complete
+"""
+
+from psc_seg.io.normalize import default_normalization, normalize, resolve_normalization, sample_values
+from psc_seg.io.open import create_volume, default_provenance, open_volume, volume_exists
+from psc_seg.io.spec import VolumeSpec, parse_spec
+from psc_seg.io.volume import META_KEY, Volume, partial_path
+
+__all__ = [
+    "META_KEY", "Volume", "VolumeSpec", "create_volume", "default_normalization", "default_provenance",
+    "normalize", "open_volume", "parse_spec", "partial_path", "resolve_normalization", "sample_values",
+    "volume_exists",
+]

@@ -1,0 +1,95 @@
+"""Input intensity normalisation, as recorded in a checkpoint's ``metadata["normalize"]``.
+
+=================================================  ============================================
+spec                                               maps raw values ``x`` to
+=================================================  ============================================
+``{"kind": "uint8"}``                              ``x / 255``
+``{"kind": "zscore", "mean": m, "std": s}``        ``(x - m) / s``
+``{"kind": "percentile", "low": 1, "high": 99,     ``(x - lo) / (hi - lo)`` clipped to [0, 1], where
+"low_value": lo, "high_value": hi}``               lo / hi are the low / high percentiles
+=================================================  ============================================
+
+Statistics missing from the spec (``mean``/``std``, ``low_value``/``high_value``) are estimated
+from a sample of the volume (:func:`sample_values`), never from the whole volume, and the
+resolved spec (with its statistics) is what every block then uses, so all blocks agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from psc_seg.errors import UserError
+
+KINDS = ("uint8", "zscore", "percentile")
+SAMPLE_VOXELS = 2_000_000
+SAMPLE_CUBE = 32
+
+
+def default_normalization(dtype: Any) -> dict[str, Any]:
+    """The normalisation used when a checkpoint records none: uint8 for uint8 data, else zscore."""
+    return {"kind": "uint8"} if np.dtype(dtype) == np.uint8 else {"kind": "zscore"}
+
+
+def sample_values(volume, *, max_voxels: int = SAMPLE_VOXELS, cube: int = SAMPLE_CUBE, seed: int = 0) -> np.ndarray:
+    """A 1D float64 sample of ``volume``'s values (all channels): the whole volume if it has at
+    most ``max_voxels`` voxels, else random ``cube``^3 crops (seeded) adding up to about that."""
+    shape = volume.spatial_shape
+    total = int(np.prod(shape))
+    if total <= max_voxels:
+        return volume.read().astype(np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    sizes = [min(cube, s) for s in shape]
+    n = max(1, max_voxels // int(np.prod(sizes)))
+    parts = []
+    for _ in range(n):
+        start = [int(rng.integers(0, s - c + 1)) for s, c in zip(shape, sizes)]
+        region = tuple(slice(a, a + c) for a, c in zip(start, sizes))
+        parts.append(volume.read(region).astype(np.float64).ravel())
+    return np.concatenate(parts)
+
+
+def resolve_normalization(spec: dict[str, Any] | None, volume) -> dict[str, Any]:
+    """``spec`` (or the default for ``volume``'s dtype) with its statistics filled in from a
+    sample of ``volume``; UserError for an unknown kind or a constant / non-finite volume."""
+    spec = dict(spec or default_normalization(volume.dtype))
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise UserError(f"unknown normalisation {kind!r} in the checkpoint; expected one of {', '.join(KINDS)}")
+    if kind == "zscore" and ("mean" not in spec or "std" not in spec):
+        values = sample_values(volume)
+        _check_finite(values, volume)
+        spec.setdefault("mean", float(values.mean()))
+        spec.setdefault("std", float(values.std()))
+    if kind == "percentile" and ("low_value" not in spec or "high_value" not in spec):
+        values = sample_values(volume)
+        _check_finite(values, volume)
+        low, high = np.percentile(values, [spec.get("low", 1.0), spec.get("high", 99.0)])
+        spec.setdefault("low_value", float(low))
+        spec.setdefault("high_value", float(high))
+    if kind == "zscore" and not spec["std"] > 0:
+        raise UserError(f"input {volume.spec!r} is constant (std 0); zscore normalisation needs varying values")
+    if kind == "percentile" and not spec["high_value"] > spec["low_value"]:
+        raise UserError(f"input {volume.spec!r}: percentiles {spec.get('low', 1)}/{spec.get('high', 99)} are equal; "
+                        "the volume is (nearly) constant")
+    return spec
+
+
+def _check_finite(values: np.ndarray, volume) -> None:
+    if not np.isfinite(values).all():
+        raise UserError(f"input {volume.spec!r} contains NaN or infinite values; clean it before predicting")
+
+
+def normalize(array: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Apply a resolved normalisation ``spec`` to ``array`` (any shape); returns float32."""
+    x = np.asarray(array, dtype=np.float32)
+    kind = spec["kind"]
+    if kind == "uint8":
+        return x * np.float32(1.0 / 255.0)
+    if kind == "zscore":
+        return (x - np.float32(spec["mean"])) * np.float32(1.0 / spec["std"])
+    if kind == "percentile":
+        lo, hi = np.float32(spec["low_value"]), np.float32(spec["high_value"])
+        return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    raise UserError(f"unknown normalisation {kind!r}; expected one of {', '.join(KINDS)}")

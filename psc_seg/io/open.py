@@ -1,0 +1,211 @@
+"""``open_volume`` and ``create_volume``: the two entry points to volumes on disk."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psc_seg import __version__
+from psc_seg.errors import UserError
+from psc_seg.io.spec import VolumeSpec, parse_spec
+from psc_seg.io.volume import (
+    META_KEY, SPATIAL_AXES, BufferedVolume, Hdf5Volume, NiftiVolume, NpyVolume, TiffVolume, Volume, ZarrVolume,
+    _file_lock, _plain, check_dims, new_buffered, partial_path, remove_output,
+)
+
+DEFAULT_CHUNK = 64
+_READERS = {"zarr": ZarrVolume, "hdf5": Hdf5Volume, "nifti": NiftiVolume, "tiff": TiffVolume, "npy": NpyVolume}
+
+
+def open_volume(spec: str | Path | VolumeSpec, mode: str = "r") -> Volume:
+    """Open the volume named by ``spec`` (see :mod:`psc_seg.io.spec`) without reading its data.
+
+    ``mode``: "r" (read) or "r+" (write into an existing zarr / HDF5 volume, or continue an
+    unfinished NIfTI / TIFF / npy output). UserError (one line) for a missing file, a missing
+    dataset inside a container (listing what is there), data that is not 3D / 4D, or an
+    unsupported extension.
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"open_volume: mode must be 'r' or 'r+', got {mode!r}")
+    s = parse_spec(spec)
+    if mode == "r+" and s.format in ("nifti", "tiff", "npy"):
+        return BufferedVolume(s, mode="r+")
+    return _READERS[s.format](s, mode=mode)
+
+
+def volume_exists(spec: str | Path | VolumeSpec) -> bool:
+    """Whether something (finished or not) already exists where ``spec`` points."""
+    s = parse_spec(spec)
+    if s.format == "zarr":
+        return (s.path / s.inner).exists() if s.inner else s.path.exists()
+    if s.format == "hdf5":
+        if not s.path.is_file():
+            return False
+        import h5py
+
+        with _file_lock(s.path), h5py.File(s.path, "r") as f:
+            return (s.inner in f) if s.inner else True
+    return s.path.exists() or partial_path(s.path).exists()
+
+
+def default_provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"psc_seg_version", "command"}`` plus ``extra`` (e.g. the resolved config)."""
+    return {"psc_seg_version": __version__, "command": shlex.join(["psc-seg", *sys.argv[1:]]), **(extra or {})}
+
+
+def ome_multiscales(*, name: str, axis_names: Sequence[str], voxel_size: Sequence[float], offset: Sequence[float],
+                    unit: str | None, version: str) -> dict[str, Any]:
+    """One OME-Zarr multiscales entry with a single level ``"0"`` (channel axis scale 1)."""
+    axes = []
+    for ax in axis_names:
+        if ax in SPATIAL_AXES:
+            axes.append({"name": ax, "type": "space", **({"unit": unit} if unit else {})})
+        else:
+            axes.append({"name": ax, "type": "channel"})
+    lead = len(axis_names) - 3
+    ms = {
+        "name": name,
+        "axes": axes,
+        "datasets": [{
+            "path": "0",
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0] * lead + [float(v) for v in voxel_size]},
+                {"type": "translation", "translation": [0.0] * lead + [float(v) for v in offset]},
+            ],
+        }],
+    }
+    if version == "0.4":
+        ms["version"] = "0.4"
+    return ms
+
+
+def create_volume(
+    spec: str | Path | VolumeSpec,
+    *,
+    shape: Sequence[int],
+    dtype: Any,
+    chunks: Sequence[int] | None = None,
+    voxel_size: Sequence[float] | None = None,
+    offset: Sequence[float] | None = None,
+    unit: str | None = None,
+    axis_names: Sequence[str] | None = None,
+    attrs: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    reference: Volume | None = None,
+    overwrite: bool = False,
+) -> Volume:
+    """Create an empty output volume and return it open for writing (mode "r+").
+
+    Args:
+        spec: where to write (see :mod:`psc_seg.io.spec`). ``out.zarr`` or
+            ``out.zarr/name``: an OME-Zarr image group (array ``0``; zarr v3 and OME-Zarr 0.5,
+            or v2 / 0.4 inside an existing v2 container), zstd-compressed. ``out.h5:/name``:
+            a gzip-compressed chunked HDF5 dataset. ``.nii[.gz]``, ``.tif``, ``.npy``:
+            assembled in a partial file, written at :meth:`Volume.finalize`.
+        shape: ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
+        dtype: numpy dtype.
+        chunks: spatial ``(z, y, x)`` chunk shape (all channels share a chunk); default
+            64 per axis (capped at the shape). Align it with the write ROIs of the blocks.
+        voxel_size, offset, unit: ``(z, y, x)`` in world units; default: ``reference``'s or
+            1 / 0 / none.
+        axis_names: default ``("z", "y", "x")`` or ``("c", "z", "y", "x")``.
+        attrs: extra metadata stored with the volume.
+        provenance: extra provenance (e.g. ``{"config": {...}}``); the psc-seg version and the
+            command line are added.
+        reference: a volume whose voxel size / offset / unit (and, for NIfTI, affine and
+            header) the output copies.
+        overwrite: replace an existing output; without it an existing one is a UserError.
+
+    The output is marked incomplete (``psc_seg.complete = false``) until ``finalize()``.
+    """
+    s = parse_spec(spec)
+    shape = tuple(int(v) for v in shape)
+    channels = check_dims(shape, f"output {str(s)!r}")
+    if min(shape) < 1:
+        raise UserError(f"output {str(s)!r}: shape {shape} has an empty axis")
+    if volume_exists(s):
+        if not overwrite:
+            raise UserError(f"output {str(s)!r} already exists; pass --overwrite to replace it")
+        remove_output(s)
+    if reference is not None:
+        voxel_size = voxel_size if voxel_size is not None else reference.voxel_size
+        offset = offset if offset is not None else reference.offset
+        unit = unit if unit is not None else reference.unit
+    voxel_size = tuple(float(v) for v in (voxel_size if voxel_size is not None else (1.0, 1.0, 1.0)))
+    offset = tuple(float(v) for v in (offset if offset is not None else (0.0, 0.0, 0.0)))
+    if axis_names is None:
+        axis_names = ("z", "y", "x") if channels is None else ("c", "z", "y", "x")
+    axis_names = tuple(axis_names)
+    if len(axis_names) != len(shape):
+        raise ValueError(f"create_volume: axis_names {axis_names} do not match shape {shape}")
+    spatial = shape[-3:]
+    chunks = tuple(min(int(c), s_) for c, s_ in zip(chunks or (DEFAULT_CHUNK,) * 3, spatial))
+    if len(chunks) != 3:
+        raise ValueError(f"create_volume: chunks must be spatial (z, y, x), got {chunks}")
+    full_chunks = chunks if channels is None else (channels, *chunks)
+    meta = {META_KEY: {"complete": False, "provenance": default_provenance(provenance)}}
+    user_attrs = {**(attrs or {}), **meta}
+    dtype = np.dtype(dtype)
+
+    if s.format == "zarr":
+        _create_zarr(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
+                     unit=unit, axis_names=axis_names, attrs=user_attrs)
+        return ZarrVolume(s, mode="r+")
+    if s.format == "hdf5":
+        _create_hdf5(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
+                     unit=unit, axis_names=axis_names, attrs=user_attrs)
+        return Hdf5Volume(s, mode="r+")
+    return new_buffered(s, shape=shape, dtype=dtype, voxel_size=voxel_size, offset=offset, unit=unit,
+                        attrs=user_attrs, reference=reference)
+
+
+def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
+    import zarr
+
+    zarr_format = 3
+    if s.path.exists():
+        try:
+            zarr_format = zarr.open_group(str(s.path), mode="r").metadata.zarr_format
+        except Exception as exc:
+            raise UserError(f"{str(s.path)!r} exists and is not a zarr group ({exc}); choose another output") from None
+    if s.inner:
+        parent = zarr.open_group(str(s.path), mode="a", zarr_format=zarr_format)
+        *parents, name = s.inner.split("/")
+        for part in parents:
+            parent = parent.require_group(part)
+        group = parent.create_group(name, overwrite=True)
+    else:
+        name = s.path.stem
+        group = zarr.open_group(str(s.path), mode="w", zarr_format=zarr_format)
+    version = "0.5" if zarr_format == 3 else "0.4"
+    ms = ome_multiscales(name=name, axis_names=axis_names, voxel_size=voxel_size, offset=offset, unit=unit,
+                         version=version)
+    ome = {"ome": {"version": "0.5", "multiscales": [ms]}} if zarr_format == 3 else {"multiscales": [ms]}
+    group.attrs.update({**ome, **attrs})
+    kwargs = {"dimension_names": list(axis_names)} if zarr_format == 3 else {}
+    group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs)
+
+
+def _create_hdf5(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
+    import json
+
+    import h5py
+
+    if not s.inner:
+        raise UserError(f"name the dataset of HDF5 output {str(s.path)!r}, e.g. {s.path}:/volumes/output")
+    s.path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(s.path), h5py.File(s.path, "a") as f:
+        ds = f.create_dataset(s.inner, shape=shape, dtype=dtype, chunks=chunks, compression="gzip",
+                              compression_opts=1, fillvalue=0)
+        ds.attrs["resolution"] = list(voxel_size)
+        ds.attrs["offset"] = list(offset)
+        ds.attrs["axis_names"] = list(axis_names)
+        if unit:
+            ds.attrs["unit"] = unit
+        for k, v in attrs.items():
+            ds.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else _plain(v)

@@ -1,0 +1,681 @@
+"""``Volume``: a lazily read / written 3D ``(z, y, x)`` or 4D ``(c, z, y, x)`` array with
+voxel size, offset and metadata, and its format back ends (zarr, HDF5, NIfTI, TIFF, NumPy).
+
+Coordinates: ``voxel_size`` and ``offset`` are ``(z, y, x)`` in world units (``unit``, e.g.
+nanometer for EM, millimeter for MRI); ``offset`` is the world position of voxel ``(0, 0, 0)``.
+Regions passed to :meth:`Volume.read` / :meth:`Volume.write` are in voxels of the array
+(tuples of slices, or any object with ``to_slices()`` such as :class:`psc_seg.engine.Roi`);
+three slices address ``(z, y, x)`` of every channel.
+
+NIfTI stores ``(x, y, z[, c])``; a NIfTI volume is exposed as ``(z, y, x)`` / ``(c, z, y, x)``
+like every other volume (``voxel_size`` is the header's zooms reversed), and its ``affine``
+and ``header`` are kept unchanged, so outputs written with ``reference=`` land exactly on the
+input in any viewer.
+
+Written volumes are not *complete* until :meth:`Volume.finalize`: zarr and HDF5 outputs carry
+``psc_seg.complete = false`` until then; NIfTI, TIFF and ``.npy`` outputs are assembled in a
+``<name>.partial.npy`` file beside the target and only appear under their name at
+:meth:`Volume.finalize`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psc_seg.errors import UserError
+from psc_seg.io.spec import VolumeSpec
+
+META_KEY = "psc_seg"  # our attribute namespace: {"complete": bool, "provenance": {...}, ...}
+SPATIAL_AXES = ("z", "y", "x")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def check_dims(shape: Sequence[int], where: str) -> int | None:
+    """Channel count (None for 3D) of a ``shape``; UserError unless it is 3D or 4D."""
+    if len(shape) == 3:
+        return None
+    if len(shape) == 4:
+        return int(shape[0])
+    raise UserError(
+        f"{where} is {len(shape)}D (shape {tuple(shape)}); psc-seg needs a 3D (z, y, x) or 4D (c, z, y, x) volume"
+    )
+
+
+class Volume:
+    """A 3D ``(z, y, x)`` or 4D ``(c, z, y, x)`` array on disk, read and written lazily.
+
+    Attributes:
+        spec: the spec string it was opened from.
+        format: "zarr", "hdf5", "nifti", "tiff" or "npy".
+        shape: full array shape, ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
+        dtype: numpy dtype of the stored values.
+        voxel_size: ``(z, y, x)`` size of a voxel in ``unit``.
+        offset: ``(z, y, x)`` world position of voxel 0 in ``unit``.
+        channels: None for 3D volumes, C for ``(C, Z, Y, X)``.
+        chunks: storage chunk shape (same length as ``shape``), or None if unchunked.
+        unit: spatial unit name ("nanometer", "millimeter") or None.
+        attrs: user metadata (a copy; change it with :meth:`update_attrs`).
+    """
+
+    format = ""
+
+    def __init__(
+        self, spec: VolumeSpec, *, mode: str, shape: Sequence[int], dtype: Any,
+        voxel_size: Sequence[float] | None = None, offset: Sequence[float] | None = None,
+        chunks: Sequence[int] | None = None, unit: str | None = None, attrs: dict | None = None,
+    ) -> None:
+        self.spec_obj = spec
+        self.spec = str(spec)
+        self.mode = mode
+        self.shape = tuple(int(s) for s in shape)
+        self.channels = check_dims(self.shape, f"volume {self.spec!r}")
+        self.dtype = np.dtype(dtype)
+        self.voxel_size = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
+        self.offset = tuple(float(v) for v in (offset or (0.0, 0.0, 0.0)))
+        if len(self.voxel_size) != 3 or len(self.offset) != 3:
+            raise UserError(f"volume {self.spec!r}: voxel size and offset must have 3 values (z, y, x)")
+        self.chunks = tuple(int(c) for c in chunks) if chunks else None
+        self.unit = unit
+        self._attrs = dict(attrs or {})
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """``(Z, Y, X)``."""
+        return self.shape[-3:]  # type: ignore[return-value]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def attrs(self) -> dict:
+        return json.loads(json.dumps(self._attrs))
+
+    @property
+    def complete(self) -> bool:
+        """False for an output whose writing has not been finalised (interrupted run)."""
+        return bool(self._attrs.get(META_KEY, {}).get("complete", True))
+
+    def __repr__(self) -> str:
+        return (f"Volume({self.spec!r}, format={self.format}, shape={self.shape}, dtype={self.dtype}, "
+                f"voxel_size={self.voxel_size})")
+
+    # ------------------------------------------------------------------ access
+    def key(self, region: Any = None) -> tuple[slice, ...]:
+        """Full-rank tuple of slices for ``region`` (see the module docstring); ValueError if it
+        leaves the array."""
+        if region is None:
+            slices: tuple = ()
+        elif hasattr(region, "to_slices"):
+            slices = tuple(region.to_slices())
+        elif isinstance(region, (slice, int)):
+            slices = (region,)
+        else:
+            slices = tuple(region)
+        if self.channels is not None and len(slices) == 3:
+            slices = (slice(None), *slices)
+        if len(slices) > self.ndim:
+            raise ValueError(f"{self.spec}: region {region} has more axes than the volume {self.shape}")
+        slices = slices + (slice(None),) * (self.ndim - len(slices))
+        out = []
+        for s, size in zip(slices, self.shape):
+            if isinstance(s, (int, np.integer)):
+                if not 0 <= s < size:
+                    raise ValueError(f"{self.spec}: index {s} outside [0, {size})")
+                out.append(slice(int(s), int(s) + 1))
+                continue
+            start = 0 if s.start is None else int(s.start)
+            stop = size if s.stop is None else int(s.stop)
+            if s.step not in (None, 1) or not 0 <= start <= stop <= size:
+                raise ValueError(f"{self.spec}: region {region} leaves the array of shape {self.shape}")
+            out.append(slice(start, stop))
+        return tuple(out)
+
+    def _int_axes(self, region: Any) -> tuple[int, ...]:
+        if region is None or hasattr(region, "to_slices"):
+            return ()
+        items = (region,) if isinstance(region, (slice, int, np.integer)) else tuple(region)
+        lead = 1 if self.channels is not None and len(items) == 3 else 0
+        return tuple(i + lead for i, s in enumerate(items) if isinstance(s, (int, np.integer)))
+
+    def read(self, region: Any = None) -> np.ndarray:
+        """The values in ``region`` (voxels) as a numpy array; integer indices drop their axis
+        as in numpy; ``None`` reads everything (only for small volumes)."""
+        data = np.asarray(self._read(self.key(region)))
+        drop = self._int_axes(region)
+        return data.squeeze(axis=drop) if drop else data
+
+    def write(self, region: Any, data: np.ndarray | float) -> None:
+        """Write ``data`` (broadcast to the region's shape) into ``region`` (voxels); the volume
+        must be open for writing."""
+        if self.mode == "r":
+            raise ValueError(f"{self.spec}: opened read-only")
+        key = self.key(region)
+        want = tuple(s.stop - s.start for s in key)
+        data = np.asarray(data)
+        drop = self._int_axes(region)
+        if drop and data.ndim == len(want) - len(drop):
+            data = np.expand_dims(data, drop)
+        try:
+            data = np.broadcast_to(data, want)
+        except ValueError:
+            raise ValueError(f"{self.spec}: data of shape {data.shape} written into region of shape {want}") from None
+        self._write(key, data.astype(self.dtype, copy=False))
+
+    def __getitem__(self, region: Any) -> np.ndarray:
+        return self.read(region)
+
+    def __setitem__(self, region: Any, data: np.ndarray) -> None:
+        self.write(region, data)
+
+    def update_attrs(self, values: dict) -> None:
+        """Merge ``values`` into the stored metadata."""
+        self._attrs.update(values)
+        self._store_attrs()
+
+    def finalize(self) -> None:
+        """Mark a written volume complete (and assemble buffered formats)."""
+        meta = dict(self._attrs.get(META_KEY, {}))
+        meta["complete"] = True
+        self.update_attrs({META_KEY: meta})
+
+    def close(self) -> None:
+        """Release open handles (reopened on the next access)."""
+
+    # ------------------------------------------------------------------ back end hooks
+    def _read(self, key: tuple[slice, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _write(self, key: tuple[slice, ...], data: np.ndarray) -> None:
+        raise NotImplementedError(f"{self.format} volumes cannot be written")
+
+    def _store_attrs(self) -> None:
+        raise NotImplementedError(f"{self.format} volumes cannot store metadata")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in [k for k in state if k.startswith("_h_")]:  # open handles
+            state[name] = None
+        return state
+
+
+# ====================================================================== zarr
+def _ome_multiscales(attrs: dict) -> tuple[list | None, str | None]:
+    if "ome" in attrs and isinstance(attrs["ome"], dict) and "multiscales" in attrs["ome"]:
+        return attrs["ome"]["multiscales"], attrs["ome"].get("version")
+    if "multiscales" in attrs:
+        ms = attrs["multiscales"]
+        return ms, (ms[0].get("version") if ms else None)
+    return None, None
+
+
+def _transforms(transforms: list | None, n: int) -> tuple[list[float], list[float]]:
+    scale, translation = [1.0] * n, [0.0] * n
+    for t in transforms or []:
+        if t.get("type") == "scale" and "scale" in t:
+            scale = [a * b for a, b in zip(scale, t["scale"])]
+        elif t.get("type") == "translation" and "translation" in t:
+            translation = [a + b for a, b in zip(translation, t["translation"])]
+    return scale, translation
+
+
+def _zarr_members(node) -> list[str]:
+    import zarr
+
+    names = []
+    try:
+        for name, child in node.members(max_depth=None):
+            names.append(name + ("/" if isinstance(child, zarr.Group) else ""))
+    except Exception:  # a damaged hierarchy: say what we can
+        pass
+    return names
+
+
+class ZarrVolume(Volume):
+    """A zarr v2 or v3 array (a plain array, or level 0 of an OME-Zarr image group)."""
+
+    format = "zarr"
+
+    def __init__(self, spec: VolumeSpec, *, mode: str = "r") -> None:
+        import zarr
+
+        root_path = spec.path
+        if not root_path.exists():
+            raise UserError(f"{str(root_path)!r} does not exist; check the path of the zarr container")
+        node_path = root_path / spec.inner if spec.inner else root_path
+        if not node_path.exists():
+            try:
+                root = zarr.open(str(root_path), mode="r")
+                listed = ", ".join(_zarr_members(root)[:20]) or "nothing"
+            except Exception as exc:
+                listed = f"unreadable ({_one_line(exc)})"
+            raise UserError(f"no {spec.inner!r} in zarr container {str(root_path)!r}; it holds: {listed}")
+        try:
+            node = zarr.open(str(node_path), mode="r")
+        except Exception as exc:
+            raise UserError(f"{str(node_path)!r} is not a zarr array or group ({_one_line(exc)})") from None
+        group_attrs: dict = {}
+        voxel_size = offset = None
+        unit = None
+        self.meta_path = node_path  # where our attrs live: the image group, or the array itself
+        if isinstance(node, zarr.Group):
+            group_attrs = dict(node.attrs)
+            multiscales, _ = _ome_multiscales(group_attrs)
+            if not multiscales:
+                arrays = ", ".join(_zarr_members(node)[:20]) or "nothing"
+                raise UserError(
+                    f"zarr group {spec.text or str(node_path)!r} is not an OME-Zarr image (no multiscales); "
+                    f"name an array inside it: {arrays}"
+                )
+            ms = multiscales[0]
+            level0 = ms["datasets"][0]
+            self.array_path = node_path / level0["path"]
+            axes = ms.get("axes", [])
+            n = len(axes) if axes else None
+            array = zarr.open_array(str(self.array_path), mode="r")
+            n = n or array.ndim
+            scale, translation = _transforms(level0.get("coordinateTransformations"), n)
+            scale2, translation2 = _transforms(ms.get("coordinateTransformations"), n)
+            scale = [a * b for a, b in zip(scale, scale2)]
+            translation = [a * b + c for a, b, c in zip(translation, scale2, translation2)]
+            space = [i for i, ax in enumerate(axes) if isinstance(ax, dict) and ax.get("type") == "space"]
+            if len(space) != 3:
+                space = list(range(n))[-3:]
+            voxel_size = [scale[i] for i in space]
+            offset = [translation[i] for i in space]
+            units = [axes[i].get("unit") for i in space] if axes and isinstance(axes[0], dict) else []
+            unit = units[0] if units else None
+            attrs = {k: v for k, v in group_attrs.items() if k not in ("ome", "multiscales")}
+        else:
+            array = node
+            self.array_path = node_path
+            attrs = dict(array.attrs)
+            voxel_size = attrs.get("voxel_size") or attrs.get("resolution")
+            offset = attrs.get("offset")
+            unit = attrs.get("unit")
+        check_dims(array.shape, f"zarr array {spec.text or str(node_path)!r}")
+        super().__init__(spec, mode=mode, shape=array.shape, dtype=array.dtype, voxel_size=voxel_size,
+                         offset=offset, chunks=array.chunks, unit=unit, attrs=attrs)
+        self.is_group = isinstance(node, zarr.Group)
+        self._h_array = None
+
+    def _array(self):
+        if self._h_array is None:
+            import zarr
+
+            self._h_array = zarr.open_array(str(self.array_path), mode="r" if self.mode == "r" else "r+")
+        return self._h_array
+
+    def _read(self, key):
+        return self._array()[key]
+
+    def _write(self, key, data):
+        self._array()[key] = data
+
+    def _store_attrs(self) -> None:
+        import zarr
+
+        node = zarr.open(str(self.meta_path), mode="r+")
+        node.attrs.update(self._attrs)
+
+    def close(self) -> None:
+        self._h_array = None
+
+
+# ====================================================================== HDF5
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock on ``.<name>.lock`` beside ``path`` (serialises HDF5 access
+    across processes; HDF5's own lock on the file itself would make them fail instead)."""
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _h5_datasets(f) -> list[str]:
+    import h5py
+
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append("/" + name) if isinstance(obj, h5py.Dataset) else None)
+    return names
+
+
+class Hdf5Volume(Volume):
+    """An HDF5 dataset. Metadata: ``resolution`` (or ``voxel_size``) and ``offset`` attributes
+    (z, y, x), as gunpowder / funlib write them. Writes from several processes are serialised
+    by a lock file."""
+
+    format = "hdf5"
+
+    def __init__(self, spec: VolumeSpec, *, mode: str = "r") -> None:
+        import h5py
+
+        if not spec.path.is_file():
+            raise UserError(f"{str(spec.path)!r} does not exist; check the path of the HDF5 file")
+        try:
+            f = h5py.File(spec.path, "r")
+        except OSError as exc:
+            raise UserError(f"{str(spec.path)!r} is not a readable HDF5 file ({_one_line(exc)})") from None
+        with f:
+            datasets = _h5_datasets(f)
+            inner = spec.inner
+            if not inner:
+                if len(datasets) != 1:
+                    listed = ", ".join(datasets[:20]) or "no datasets"
+                    raise UserError(f"name a dataset in {str(spec.path)!r}, e.g. {spec.path}:{datasets[0] if datasets else '/raw'} "
+                                    f"(it holds: {listed})")
+                inner = datasets[0].strip("/")
+            if inner not in f or not isinstance(f[inner], h5py.Dataset):
+                listed = ", ".join(datasets[:20]) or "no datasets"
+                raise UserError(f"no dataset {'/' + inner!r} in {str(spec.path)!r}; it holds: {listed}")
+            ds = f[inner]
+            attrs = {k: _plain(v) for k, v in ds.attrs.items()}
+            where = f"dataset {spec.path}:/{inner}"
+            check_dims(ds.shape, where)
+            shape, dtype, chunks = ds.shape, ds.dtype, ds.chunks
+        self.inner = inner
+        voxel_size = attrs.get("voxel_size") or attrs.get("resolution")
+        super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=voxel_size,
+                         offset=attrs.get("offset"), chunks=chunks, unit=attrs.get("unit"),
+                         attrs={k: v for k, v in attrs.items() if k != META_KEY})
+        if META_KEY in attrs:
+            self._attrs[META_KEY] = json.loads(attrs[META_KEY]) if isinstance(attrs[META_KEY], str) else attrs[META_KEY]
+        self._h_file = None
+
+    def _dataset(self):
+        import h5py
+
+        if self._h_file is None:
+            self._h_file = h5py.File(self.spec_obj.path, "r")
+        return self._h_file[self.inner]
+
+    def _read(self, key):
+        if self.mode != "r":
+            import h5py
+
+            with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r") as f:
+                return f[self.inner][key]
+        return self._dataset()[key]
+
+    def _write(self, key, data):
+        import h5py
+
+        with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r+") as f:
+            f[self.inner][key] = data
+
+    def _store_attrs(self) -> None:
+        import h5py
+
+        with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r+") as f:
+            ds = f[self.inner]
+            for k, v in self._attrs.items():
+                ds.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
+
+    def close(self) -> None:
+        if self._h_file is not None:
+            self._h_file.close()
+        self._h_file = None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
+
+
+# ====================================================================== NIfTI / TIFF / npy (read)
+class NiftiVolume(Volume):
+    """A NIfTI image, exposed as ``(z, y, x)`` (or ``(c, z, y, x)`` for a 4D image whose 4th
+    axis becomes channels). ``affine`` and ``header`` are nibabel's, unchanged (x, y, z order)."""
+
+    format = "nifti"
+
+    def __init__(self, spec: VolumeSpec, *, mode: str = "r") -> None:
+        import nibabel as nib
+
+        if not spec.path.is_file():
+            raise UserError(f"{str(spec.path)!r} does not exist; check the path of the NIfTI file")
+        try:
+            img = nib.load(str(spec.path))
+        except Exception as exc:
+            raise UserError(f"{str(spec.path)!r} is not a readable NIfTI file ({_one_line(exc)})") from None
+        xyz_shape = img.shape
+        if len(xyz_shape) == 5 and xyz_shape[3] == 1:  # (x, y, z, t=1, c)
+            xyz_shape = xyz_shape[:3] + xyz_shape[4:]
+        if len(xyz_shape) not in (3, 4):
+            check_dims(xyz_shape, f"NIfTI {str(spec.path)!r}")
+        shape = tuple(reversed(xyz_shape[:3]))
+        if len(xyz_shape) == 4:
+            shape = (xyz_shape[3], *shape)
+        proxy = img.dataobj
+        scaled = getattr(proxy, "slope", 1.0) not in (1.0, None) or getattr(proxy, "inter", 0.0) not in (0.0, None)
+        dtype = np.float32 if scaled else img.get_data_dtype()
+        zooms = img.header.get_zooms()[:3]
+        units = img.header.get_xyzt_units()[0]
+        unit = {"mm": "millimeter", "micron": "micrometer", "meter": "meter"}.get(units)
+        super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=tuple(reversed(zooms)),
+                         unit=unit, attrs={})
+        self.affine = np.asarray(img.affine, dtype=np.float64)
+        self.header = img.header
+        self._five_d = len(img.shape) == 5
+        self._h_img = None
+
+    def _read(self, key):
+        import nibabel as nib
+
+        if self._h_img is None:
+            self._h_img = nib.load(str(self.spec_obj.path))
+        if self.channels is None:
+            sz, sy, sx = key
+            data = np.asarray(self._h_img.dataobj[sx, sy, sz])
+            return data.transpose(2, 1, 0)
+        sc, sz, sy, sx = key
+        index = (sx, sy, sz, 0, sc) if self._five_d else (sx, sy, sz, sc)
+        return np.asarray(self._h_img.dataobj[index]).transpose(3, 2, 1, 0)
+
+
+class TiffVolume(Volume):
+    """A TIFF stack ``(z, y, x)``: memory-mapped when uncompressed, else read once."""
+
+    format = "tiff"
+
+    def __init__(self, spec: VolumeSpec, *, mode: str = "r") -> None:
+        import tifffile
+
+        if not spec.path.is_file():
+            raise UserError(f"{str(spec.path)!r} does not exist; check the path of the TIFF stack")
+        try:
+            with tifffile.TiffFile(str(spec.path)) as tif:
+                series = tif.series[0]
+                shape, dtype = series.shape, series.dtype
+        except Exception as exc:
+            raise UserError(f"{str(spec.path)!r} is not a readable TIFF file ({_one_line(exc)})") from None
+        super().__init__(spec, mode=mode, shape=shape, dtype=dtype)
+        self._h_data = None
+
+    def _read(self, key):
+        import tifffile
+
+        if self._h_data is None:
+            try:
+                self._h_data = tifffile.memmap(str(self.spec_obj.path), mode="r")
+            except ValueError:  # compressed or not contiguous: small stacks only
+                self._h_data = tifffile.imread(str(self.spec_obj.path))
+        return self._h_data[key]
+
+
+class NpyVolume(Volume):
+    """A ``.npy`` file, memory-mapped."""
+
+    format = "npy"
+
+    def __init__(self, spec: VolumeSpec, *, mode: str = "r") -> None:
+        if not spec.path.is_file():
+            raise UserError(f"{str(spec.path)!r} does not exist; check the path of the .npy file")
+        try:
+            data = np.load(str(spec.path), mmap_mode="r")
+        except Exception as exc:
+            raise UserError(f"{str(spec.path)!r} is not a readable .npy file ({_one_line(exc)})") from None
+        super().__init__(spec, mode=mode, shape=data.shape, dtype=data.dtype)
+        self._h_data = None
+
+    def _read(self, key):
+        if self._h_data is None:
+            self._h_data = np.load(str(self.spec_obj.path), mmap_mode="r")
+        return self._h_data[key]
+
+
+# ====================================================================== buffered outputs
+def partial_path(path: Path) -> Path:
+    """``<name>.partial.npy`` beside ``path``: where a NIfTI / TIFF / npy output is assembled."""
+    return path.with_name(path.name + ".partial.npy")
+
+
+def _partial_meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial.json")
+
+
+class BufferedVolume(Volume):
+    """A NIfTI, TIFF or ``.npy`` output under construction: a memory-mapped ``.partial.npy``
+    beside the target (safe for concurrent writes of disjoint regions from several processes);
+    :meth:`finalize` writes the target file atomically and removes the partial files."""
+
+    def __init__(self, spec: VolumeSpec, *, mode: str = "r+") -> None:
+        part, meta_path = partial_path(spec.path), _partial_meta_path(spec.path)
+        if not part.is_file() or not meta_path.is_file():
+            raise UserError(f"no unfinished output for {str(spec.path)!r} (missing {part.name}); run without --resume")
+        meta = json.loads(meta_path.read_text())
+        data = np.load(str(part), mmap_mode="r")
+        self.format = spec.format
+        super().__init__(spec, mode=mode, shape=data.shape, dtype=data.dtype, voxel_size=meta["voxel_size"],
+                         offset=meta["offset"], unit=meta.get("unit"), attrs=meta.get("attrs", {}))
+        self.affine = np.asarray(meta["affine"]) if meta.get("affine") is not None else None
+        self._header_block = meta.get("header")
+        self._h_data = None
+
+    @property
+    def header(self):
+        if self._header_block is None:
+            return None
+        import nibabel as nib
+
+        return nib.Nifti1Header(binaryblock=base64.b64decode(self._header_block))
+
+    def _data(self):
+        if self._h_data is None:
+            self._h_data = np.load(str(partial_path(self.spec_obj.path)), mmap_mode="r+" if self.mode != "r" else "r")
+        return self._h_data
+
+    def _read(self, key):
+        return self._data()[key]
+
+    def _write(self, key, data):
+        self._data()[key] = data
+
+    def _store_attrs(self) -> None:
+        meta_path = _partial_meta_path(self.spec_obj.path)
+        meta = json.loads(meta_path.read_text())
+        meta["attrs"] = self._attrs
+        meta_path.write_text(json.dumps(meta))
+
+    @property
+    def complete(self) -> bool:
+        return False
+
+    def finalize(self) -> None:
+        target = self.spec_obj.path
+        data = self._data()
+        data.flush()
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}{''.join(target.suffixes)}")
+        if self.format == "nifti":
+            _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size)
+        elif self.format == "tiff":
+            import tifffile
+
+            tifffile.imwrite(str(tmp), np.asarray(data), photometric="minisblack", metadata={"axes": "CZYX" if self.channels else "ZYX"})
+        else:
+            np.save(str(tmp), np.asarray(data))
+            tmp = tmp if tmp.exists() else tmp.with_name(tmp.name + ".npy")
+        os.replace(tmp, target)
+        self._h_data = None
+        partial_path(target).unlink(missing_ok=True)
+        _partial_meta_path(target).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._h_data = None
+
+
+def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size) -> None:
+    """Write ``(z, y, x)`` / ``(c, z, y, x)`` ``data`` as NIfTI (x, y, z[, c])."""
+    import nibabel as nib
+
+    array = np.asarray(data)
+    array = array.transpose(2, 1, 0) if array.ndim == 3 else array.transpose(3, 2, 1, 0)
+    if affine is None:
+        affine = np.diag([*reversed(voxel_size), 1.0])
+    header = header.copy() if header is not None else None
+    img = nib.Nifti1Image(array, affine, header=header)
+    img.set_data_dtype(array.dtype)
+    if header is not None:  # keep the reference's qform/sform codes
+        img.set_qform(affine, code=int(header["qform_code"]) or 1)
+        img.set_sform(affine, code=int(header["sform_code"]) or 1)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    nib.save(img, str(path))
+
+
+def new_buffered(spec: VolumeSpec, *, shape, dtype, voxel_size, offset, unit, attrs, reference) -> BufferedVolume:
+    """Start a buffered output (see :class:`BufferedVolume`)."""
+    affine = header = None
+    if reference is not None and getattr(reference, "affine", None) is not None:
+        affine = np.asarray(reference.affine).tolist()
+        if getattr(reference, "header", None) is not None:
+            header = base64.b64encode(reference.header.binaryblock).decode()
+    spec.path.parent.mkdir(parents=True, exist_ok=True)
+    np.lib.format.open_memmap(str(partial_path(spec.path)), mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
+    meta = {"voxel_size": list(voxel_size), "offset": list(offset), "unit": unit, "attrs": attrs,
+            "affine": affine, "header": header}
+    _partial_meta_path(spec.path).write_text(json.dumps(meta))
+    return BufferedVolume(spec, mode="r+")
+
+
+def remove_output(spec: VolumeSpec) -> None:
+    """Delete an existing output (and its partial files); zarr: only the named node."""
+    import h5py
+
+    if spec.format == "zarr":
+        node = spec.path / spec.inner if spec.inner else spec.path
+        if node.is_dir():
+            shutil.rmtree(node)
+        elif node.exists():
+            node.unlink()
+    elif spec.format == "hdf5" and spec.inner and spec.path.is_file():
+        with _file_lock(spec.path), h5py.File(spec.path, "r+") as f:
+            if spec.inner in f:
+                del f[spec.inner]
+    else:
+        spec.path.unlink(missing_ok=True)
+        partial_path(spec.path).unlink(missing_ok=True)
+        _partial_meta_path(spec.path).unlink(missing_ok=True)

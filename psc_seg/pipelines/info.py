@@ -1,0 +1,43 @@
+"""``psc-seg info``: what a volume is, without reading all of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from psc_seg.io import open_volume, sample_values
+
+INFO_SAMPLE_VOXELS = 1_000_000
+
+
+def volume_info(spec: str) -> dict[str, Any]:
+    """Shape, dtype, chunks, voxel size, offset, unit, completeness, metadata and the value
+    range of a sample (at most about a million voxels) of the volume ``spec``."""
+    vol = open_volume(spec)
+    values = sample_values(vol, max_voxels=INFO_SAMPLE_VOXELS)
+    finite = values[np.isfinite(values)]
+    info: dict[str, Any] = {
+        "spec": vol.spec,
+        "format": vol.format,
+        "shape": list(vol.shape),
+        "channels": vol.channels,
+        "dtype": str(vol.dtype),
+        "chunks": list(vol.chunks) if vol.chunks else None,
+        "voxel_size": list(vol.voxel_size),
+        "offset": list(vol.offset),
+        "unit": vol.unit,
+        "complete": vol.complete,
+        "sample": {
+            "voxels": int(values.size),
+            "whole_volume": int(values.size) == int(np.prod(vol.shape)),
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None,
+            "mean": float(finite.mean()) if finite.size else None,
+            "non_finite": int(values.size - finite.size),
+        },
+        "attrs": vol.attrs,
+    }
+    if getattr(vol, "affine", None) is not None:
+        info["affine"] = np.asarray(vol.affine).tolist()
+    return info
