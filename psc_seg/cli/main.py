@@ -60,9 +60,11 @@ def _root(
 def _register() -> None:
     # One module per command; each exposes `register(app)`.
     from psc_seg.cli import info as info_cmd
+    from psc_seg.cli import evaluate as evaluate_cmd
     from psc_seg.cli import models as models_cmd
+    from psc_seg.cli import segment as segment_cmd
 
-    for module in (models_cmd, info_cmd):
+    for module in (models_cmd, info_cmd, segment_cmd, evaluate_cmd):
         module.register(app)
 
 

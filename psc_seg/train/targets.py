@@ -19,14 +19,14 @@ import numpy as np
 DEFAULT_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 
 
-def _check_offsets(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+def check_offsets(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
     checked = [tuple(int(v) for v in offset) for offset in offsets]
     if not checked or any(len(offset) != 3 for offset in checked):
         raise ValueError(f"offsets must be a non-empty list of (z, y, x) triples, got {offsets!r}")
     return checked  # type: ignore[return-value]
 
 
-def _pair_slices(offset: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[tuple, tuple] | None:
+def pair_slices(offset: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[tuple, tuple] | None:
     """Slices ``(here, there)`` such that ``here`` indexes p and ``there`` indexes p + offset.
 
     None when the offset reaches outside the volume from every voxel.
@@ -81,11 +81,11 @@ def affinities_and_mask(
         raise ValueError(f"labels must be (Z, Y, X), got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    offsets = _check_offsets(offsets)
+    offsets = check_offsets(offsets)
     affinities = np.zeros((len(offsets),) + labels.shape, dtype=np.float32)
     mask = np.zeros_like(affinities)
     for channel, offset in enumerate(offsets):
-        pair = _pair_slices(offset, labels.shape)
+        pair = pair_slices(offset, labels.shape)
         if pair is None:
             continue
         here, there = pair

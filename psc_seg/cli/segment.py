@@ -1,0 +1,47 @@
+"""``psc-seg segment``: affinities to instance labels (waterz agglomeration or connected components)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def segment_command(
+    affinities: Annotated[str, typer.Argument(help="Affinity volume (C, Z, Y, X), e.g. affs.zarr.")],
+    output: Annotated[str, typer.Argument(help="Output volume, e.g. seg.zarr (several thresholds: seg.zarr/threshold_0.50, ...).")],
+    threshold: Annotated[
+        list[float] | None,
+        typer.Option("--threshold", "-t", help="waterz merge threshold (cc: affinity threshold); repeat for several. Default 0.5."),
+    ] = None,
+    scoring: Annotated[str, typer.Option(help="waterz scoring: hist_quant_50, hist_quant_75 or mean.")] = "hist_quant_50",
+    fragments: Annotated[str, typer.Option(help="Fragments: waterz (its watershed) or distance (seeded watershed on the boundary distance).")] = "waterz",
+    decoder: Annotated[str, typer.Option(help="waterz (fragments + agglomeration) or cc (connected components of affinities above the threshold).")] = "waterz",
+    min_size: Annotated[int, typer.Option("--min-size", help="Segments of fewer voxels become background 0.")] = 0,
+    block_shape: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option("--block-shape", help="Segment block by block with write blocks of Z Y X voxels (for large volumes)."),
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Blockwise: local dask cluster with N workers.")] = None,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Blockwise: address of a running dask scheduler.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background)."""
+    from psc_seg.errors import UserError
+    from psc_seg.pipelines.segment import segment
+
+    if workers is not None and scheduler is not None:
+        raise UserError("--workers and --scheduler exclude each other; pick one")
+    outputs = segment(
+        affinities, output, thresholds=threshold or [0.5], scoring=scoring, fragments=fragments, decoder=decoder,
+        min_size=min_size, block_shape=block_shape, workers=workers, scheduler=scheduler, resume=resume,
+        overwrite=overwrite, progress=not quiet,
+    )
+    for spec in outputs:
+        typer.echo(f"wrote {spec}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("segment")(segment_command)

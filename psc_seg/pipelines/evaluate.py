@@ -1,0 +1,114 @@
+"""``psc-seg evaluate``: score predictions against ground truth, block by block."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psc_seg.errors import UserError
+from psc_seg.evaluate import CONVENTIONS, contingency_tables_blockwise, dice_scores, instance_scores
+
+
+def _open_labels(spec: str, role: str):
+    from psc_seg.io import open_volume
+
+    volume = open_volume(spec)
+    if volume.channels is not None:
+        raise UserError(f"{role} {spec!r} has shape {volume.shape}; labels must be 3D (z, y, x)")
+    if not (np.issubdtype(volume.dtype, np.integer) or volume.dtype == bool):
+        raise UserError(
+            f"{role} {spec!r} holds {volume.dtype} values; labels must be integers "
+            "(segment affinities first with `psc-seg segment`)"
+        )
+    return volume
+
+
+def evaluate(
+    predictions: Sequence[str],
+    ground_truth: str,
+    *,
+    semantic: bool = False,
+    mask: str | None = None,
+    json_path: str | Path | None = None,
+    max_voxels: int = 2**25,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Score each prediction against the ground truth.
+
+    Args:
+        predictions: volume specs of ``(Z, Y, X)`` integer labels.
+        ground_truth: volume spec of the ``(Z, Y, X)`` ground truth (0 = unlabelled).
+        semantic: class labels: Dice per class (0 = background, excluded) and the mean,
+            instead of VI / ARAND.
+        mask: optional volume spec; only voxels where it is non-zero are scored.
+        json_path: write ``{"rows": [...], "conventions": {...}, ...}`` there.
+        max_voxels: the most voxels of one volume read at once (volumes are read in z slabs).
+        progress: show a progress bar.
+
+    Returns:
+        One row per prediction: ``{"prediction", "voi_split", "voi_merge", "voi", "arand",
+        "arand_precision", "arand_recall", "n_segments"}`` or, semantic,
+        ``{"prediction", "dice": {class: dice}, "mean_dice"}``.
+    """
+    if not predictions:
+        raise UserError("give at least one prediction before the ground truth")
+    gt = _open_labels(ground_truth, "ground truth")
+    preds = [_open_labels(spec, "prediction") for spec in predictions]
+    mask_volume = _open_labels(mask, "mask") if mask else None
+    for spec, volume in [*zip(predictions, preds), *([(mask, mask_volume)] if mask_volume else [])]:
+        if volume.shape != gt.shape:
+            raise UserError(
+                f"{spec!r} has shape {volume.shape} but the ground truth {ground_truth!r} has {gt.shape}; "
+                "score volumes of the same shape (crop one of them)"
+            )
+    tables = contingency_tables_blockwise(gt, preds, mask=mask_volume, max_voxels=max_voxels, progress=progress)
+    rows = []
+    for spec, table in zip(predictions, tables):
+        if semantic:
+            if table.n_voxels == 0:
+                raise UserError(f"nothing to score: the mask {mask!r} selects no voxel")
+            dice, mean = dice_scores(table=table)
+            rows.append({"prediction": spec, "dice": {str(k): v for k, v in dice.items()}, "mean_dice": mean})
+            continue
+        if table.drop_gt([0]).n_voxels == 0:
+            raise UserError(
+                f"the ground truth {ground_truth!r} has no labelled voxels"
+                + (" inside the mask" if mask else "")
+                + " (all 0); nothing to score"
+            )
+        rows.append({"prediction": spec, **instance_scores(table)})
+    if json_path is not None:
+        report = {
+            "ground_truth": ground_truth,
+            "mask": mask,
+            "mode": "semantic" if semantic else "instance",
+            "rows": rows,
+            "conventions": CONVENTIONS,
+        }
+        Path(json_path).write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    return rows
+
+
+def format_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a text table (instance or semantic columns, by the first row)."""
+    if not rows:
+        return ""
+    width = max(len("prediction"), *(len(r["prediction"]) for r in rows))
+    lines = []
+    if "dice" in rows[0]:
+        classes = sorted({k for r in rows for k in r["dice"]}, key=int)
+        lines.append(f"{'prediction':<{width}}  {'mean_dice':>9}" + "".join(f"  {'dice_' + k:>8}" for k in classes))
+        for r in rows:
+            cells = "".join(f"  {r['dice'].get(k, math.nan):>8.4f}" for k in classes)
+            lines.append(f"{r['prediction']:<{width}}  {r['mean_dice']:>9.4f}" + cells)
+        return "\n".join(lines)
+    names = ("voi_split", "voi_merge", "voi", "arand")
+    lines.append(f"{'prediction':<{width}}" + "".join(f"  {n:>9}" for n in names) + f"  {'n_segments':>10}")
+    for r in rows:
+        lines.append(f"{r['prediction']:<{width}}" + "".join(f"  {r[n]:>9.4f}" for n in names) + f"  {r['n_segments']:>10}")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Whole-volume segmentation: labels -> affinities -> labels, decoders, fragments, min size."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from psc_seg.evaluate import variation_of_information
+from psc_seg.segment import agglomerate, affinity_components, make_fragments, remove_small_segments, segment_affinities
+from psc_seg.segment.quiet import quiet_stdout
+from psc_seg.train.targets import seg_to_affinities
+
+
+def _voi(gt, pred):
+    return sum(variation_of_information(gt, pred))
+
+
+@pytest.mark.parametrize(
+    "decoder, fragments, scoring",
+    [
+        ("waterz", "waterz", "hist_quant_50"),
+        ("waterz", "distance", "hist_quant_75"),
+        ("waterz", "waterz", "mean"),
+        ("cc", "waterz", "hist_quant_50"),
+    ],
+)
+def test_affinities_of_labels_segment_back(make_labels, decoder, fragments, scoring):
+    labels = make_labels((24, 40, 40), 30, seed=1, background=0.2)
+    affs = seg_to_affinities(labels)
+    (seg,) = segment_affinities(affs, thresholds=[0.5], decoder=decoder, fragments=fragments, scoring=scoring)
+    assert seg.dtype == np.uint64 and seg.shape == labels.shape
+    assert _voi(labels, seg) <= 0.05
+    # background stays background: nothing of it is joined to a cell
+    assert not seg[labels == 0].any() or decoder == "waterz"
+
+
+def test_several_thresholds_merge_more_as_the_threshold_rises(make_labels, make_noisy):
+    labels = make_labels((16, 32, 32), 12, seed=2)
+    affs = make_noisy(seg_to_affinities(labels), sigma=0.15)
+    low, mid, high = agglomerate(affs, [0.1, 0.5, 0.95], fragments=make_fragments(affs))
+    counts = [len(np.unique(s)) for s in (low, mid, high)]
+    assert counts[0] >= counts[1] >= counts[2]
+    assert counts[2] < counts[0]
+    # thresholds given out of order come back in the order given
+    again = agglomerate(affs, [0.95, 0.1], fragments=make_fragments(affs))
+    np.testing.assert_array_equal(again[0], high)
+    np.testing.assert_array_equal(again[1], low)
+
+
+def test_agglomerate_keeps_large_fragment_ids(make_labels):
+    labels = make_labels((8, 24, 24), 6, seed=3)
+    affs = seg_to_affinities(labels)
+    fragments = make_fragments(affs, method="distance")
+    big = np.where(fragments > 0, fragments + np.uint64(2**62), np.uint64(0)).astype(np.uint64)
+    (seg,) = agglomerate(affs, [0.5], fragments=big)
+    assert set(np.unique(seg)) <= set(np.unique(big))
+    assert _voi(labels, seg) <= 0.05
+
+
+def test_cc_threshold_is_strict_and_lone_voxels_are_background():
+    affs = np.zeros((3, 1, 1, 5), dtype=np.float32)
+    affs[2, 0, 0, 1] = 0.9  # joins x=0 and x=1
+    affs[2, 0, 0, 4] = 0.5  # not above 0.5: x=3, x=4 stay apart
+    labels = affinity_components(affs, 0.5)
+    assert labels[0, 0].tolist() == [1, 1, 0, 0, 0]
+
+
+def test_remove_small_segments():
+    labels = np.array([[[1, 1, 1, 2, 3, 3]]], dtype=np.uint64)
+    np.testing.assert_array_equal(remove_small_segments(labels, 2), [[[1, 1, 1, 0, 3, 3]]])
+
+
+def test_quiet_stdout_silences_file_descriptor_one(capfd):
+    with quiet_stdout():
+        os.write(1, b"from C\n")
+        print("from python")
+    os.write(1, b"after\n")
+    print("python after")
+    sys.stdout.flush()
+    out = capfd.readouterr().out
+    assert "from C" not in out and "from python" not in out
+    assert "after" in out and "python after" in out
+
+
+def test_unknown_names_raise():
+    affs = np.zeros((3, 2, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="decoder"):
+        segment_affinities(affs, decoder="magic")
+    with pytest.raises(ValueError, match="fragments"):
+        make_fragments(affs, method="magic")
+    with pytest.raises(ValueError, match="scoring"):
+        agglomerate(affs, [0.5], scoring="magic")
