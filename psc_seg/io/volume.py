@@ -188,6 +188,15 @@ class Volume:
         self._attrs.update(values)
         self._store_attrs()
 
+    def sidecar_dir(self, name: str) -> Path:
+        """A folder kept with this volume for bookkeeping (e.g. resume records): inside the
+        array folder for zarr (zarr ignores it), else a hidden folder beside the file."""
+        path = self.spec_obj.path
+        if self.format == "zarr":
+            return self.array_path / f".psc-seg-{name}"
+        inner = f".{self.spec_obj.inner.replace('/', '_')}" if self.spec_obj.inner else ""
+        return path.with_name(f".{path.name}{inner}.psc-seg-{name}")
+
     def finalize(self) -> None:
         """Mark a written volume complete (and assemble buffered formats)."""
         meta = dict(self._attrs.get(META_KEY, {}))

@@ -1,0 +1,113 @@
+"""Resume records: which blocks of an output are finished, keyed by a hash of the settings.
+
+A record is a folder kept with the output (``Volume.sidecar_dir("blocks")``)::
+
+    settings.json   {"hash": "<sha256 of the canonical settings JSON>", "settings": {...}}
+    done.log        finished block ids, one per line, appended (and flushed) as blocks finish
+
+A block is appended only after its output has been written, so a run killed at any moment
+(even SIGKILL) leaves a record that lists only blocks whose data are on disk; a torn last
+line is ignored. A rerun with other settings is refused (the hash differs) unless the caller
+starts a new record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from psc_seg.errors import UserError
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``settings`` (sorted keys)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_hash(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes (e.g. a checkpoint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BlockRecord:
+    """The finished-block record in ``directory`` (see the module docstring)."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self._log = None
+
+    @property
+    def settings_file(self) -> Path:
+        return self.directory / "settings.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "done.log"
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, settings: dict[str, Any]) -> BlockRecord:
+        """A new, empty record for ``settings`` (replacing any record in ``directory``)."""
+        record = cls(directory)
+        if record.directory.exists():
+            shutil.rmtree(record.directory)
+        record.directory.mkdir(parents=True)
+        tmp = record.directory / "settings.json.tmp"
+        tmp.write_text(json.dumps({"hash": settings_hash(settings), "settings": settings}, indent=1, default=str))
+        os.replace(tmp, record.settings_file)
+        record.log_file.touch()
+        return record
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, settings: dict[str, Any], *, what: str = "output") -> BlockRecord:
+        """The existing record in ``directory``; UserError if there is none or it was written
+        with other settings."""
+        record = cls(directory)
+        if not record.settings_file.is_file():
+            raise UserError(f"{what} has no block record to resume from; pass --overwrite to start again")
+        stored = json.loads(record.settings_file.read_text())
+        if stored.get("hash") != settings_hash(settings):
+            differ = sorted(k for k in set(settings) | set(stored.get("settings", {}))
+                            if json.dumps(settings.get(k), sort_keys=True, default=str)
+                            != json.dumps(stored.get("settings", {}).get(k), sort_keys=True, default=str))
+            raise UserError(f"{what} was written with other settings ({', '.join(differ) or 'hash'} differ); "
+                            "pass --overwrite to replace it")
+        return record
+
+    def matches(self, settings: dict[str, Any]) -> bool:
+        """Whether the record exists and was made for ``settings``."""
+        if not self.settings_file.is_file():
+            return False
+        return json.loads(self.settings_file.read_text()).get("hash") == settings_hash(settings)
+
+    def done_ids(self) -> set[int]:
+        """Ids of the finished blocks."""
+        if not self.log_file.is_file():
+            return set()
+        done = set()
+        lines = self.log_file.read_text().split("\n")[:-1]  # the last piece is "" or a torn line
+        for line in lines:
+            if line.strip().isdigit():
+                done.add(int(line))
+        return done
+
+    def mark_done(self, block_ids: Iterable[int]) -> None:
+        """Append finished block ids (call only once their output is written)."""
+        if self._log is None:
+            self._log = open(self.log_file, "a")
+        self._log.write("".join(f"{int(i)}\n" for i in block_ids))
+        self._log.flush()
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
