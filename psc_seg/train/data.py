@@ -1,0 +1,225 @@
+"""Training data: labelled volumes, random patches with targets, and the torch DataLoader.
+
+Sample ``i`` of a run is drawn with its own generator, ``numpy.random.default_rng([seed, i])``,
+so the stream of patches does not depend on the number of loader workers, and a resumed run
+(which starts at sample ``iteration * batch_size``) sees exactly the patches an uninterrupted
+run would. Patches are read from volumes preloaded into numpy arrays (shared by forked
+workers without copies: no Python object per voxel, so no copy-on-read growth) or lazily,
+each worker opening its own file handles.
+
+Geometry of one patch (valid networks; for "same" networks input = output)::
+
+    input  ┌──────────────────────────┐   input_shape = output_shape + 2 * context,
+           │   context                │   read with mirroring where it leaves the volume;
+           │     ┌──────────────┐     │   targets and loss mask on the output region only.
+           │     │    output    │     │   Labels outside the volume are unknown (no loss).
+           │     └──────────────┘     │
+           └──────────────────────────┘
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from psc_seg.engine import Roi, read_mirrored
+from psc_seg.errors import UserError
+from psc_seg.train.augment import augment, transposable_axes
+from psc_seg.train.config import AugmentConfig, TaskConfig
+from psc_seg.train.targets import affinities_and_mask, seg_to_affinities
+
+MAX_TRIES = 200
+
+
+@dataclass
+class LabelledVolume:
+    """One training (or validation) volume.
+
+    ``raw`` is ``(Z, Y, X)`` or ``(C, Z, Y, X)``, ``labels`` and ``mask`` ``(Z, Y, X)``; each
+    is a numpy array or anything with numpy slicing and ``shape`` (a lazily read
+    :class:`psc_seg.io.Volume`). ``normalize`` maps a raw patch to float32 network input."""
+
+    name: str
+    raw: Any
+    labels: Any
+    normalize: Callable[[np.ndarray], np.ndarray]
+    voxel_size: tuple[float, float, float]
+    mask: Any = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.labels.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if len(self.raw.shape) == 3 else int(self.raw.shape[0])
+
+
+class ArrayView:
+    """A numpy array seen through the ``spatial_shape`` / ``read`` interface of
+    :class:`psc_seg.io.Volume`, so the engine's mirrored reads work on preloaded data."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return self.array.shape[-3:]
+
+    def read(self, region: Any = None) -> np.ndarray:
+        if region is None:
+            return self.array
+        lead = (slice(None),) * (self.array.ndim - 3)
+        return self.array[lead + tuple(region)]
+
+    def __getitem__(self, region: Any) -> np.ndarray:
+        return self.array[region]
+
+
+def read_raw(volume: LabelledVolume, start: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Normalised float32 raw of a region, mirrored where it leaves the volume (as predict
+    reads it): ``(Z, Y, X)`` or ``(C, Z, Y, X)``."""
+    raw = volume.raw if hasattr(volume.raw, "spatial_shape") else ArrayView(volume.raw)
+    data = read_mirrored(raw, Roi(start, shape))
+    return volume.normalize(data).astype(np.float32, copy=False)
+
+
+def read_known(volume: LabelledVolume, start: Sequence[int], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the ``known`` mask of a region: inside the volume and (if the volume has a
+    mask) inside the mask. Outside the volume labels are 0."""
+    labels = np.zeros(tuple(shape), dtype=np.uint64)
+    known = np.zeros(tuple(shape), dtype=bool)
+    full = volume.shape
+    src = tuple(slice(max(0, s), min(f, s + n)) for s, n, f in zip(start, shape, full))
+    dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start))
+    if all(a.start < a.stop for a in src):
+        labels[dst] = np.asarray(volume.labels[src])
+        known[dst] = True if volume.mask is None else np.asarray(volume.mask[src]) != 0
+    return labels, known
+
+
+class PatchDataset(Dataset):
+    """Random training patches with targets; ``dataset[i]`` is sample ``i`` of the run.
+
+    Each item is a dict of float32 / int64 tensors:
+    ``raw (C, *input_shape)``; for affinities ``target (K, *output_shape)`` and
+    ``mask (K, *output_shape)`` (one channel per offset); for semantic tasks
+    ``target (*output_shape)`` (class ids, int64) and ``mask (*output_shape)``.
+    """
+
+    def __init__(
+        self, volumes: Sequence[LabelledVolume], *, input_shape: Sequence[int], output_shape: Sequence[int],
+        task: TaskConfig, augment_config: AugmentConfig, seed: int, min_labelled: float = 0.25,
+        zero_label: str = "ignore",
+    ) -> None:
+        self.volumes = list(volumes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        self.task, self.augment_config = task, augment_config
+        self.seed, self.min_labelled, self.zero_label = int(seed), float(min_labelled), zero_label
+        self.crop = tuple((i - o) // 2 for i, o in zip(self.input_shape, self.output_shape))
+        sizes = np.array([float(np.prod(v.shape)) for v in self.volumes])
+        self.weights = sizes / sizes.sum()
+        self.transpose_groups = [
+            transposable_axes(v.voxel_size, self.input_shape, self.output_shape) for v in self.volumes
+        ]
+
+    def __len__(self) -> int:  # the sampler decides which samples are drawn
+        return 2**62
+
+    def _draw(self, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """A patch whose output region is labelled enough: (volume index, raw, labels, known)."""
+        best = None
+        for _ in range(MAX_TRIES):
+            index = int(rng.choice(len(self.volumes), p=self.weights))
+            volume = self.volumes[index]
+            out_start = [int(rng.integers(0, max(f - o, 0) + 1)) for f, o in zip(volume.shape, self.output_shape)]
+            start = [s - c for s, c in zip(out_start, self.crop)]
+            labels, known = read_known(volume, start, self.input_shape)
+            inner = tuple(slice(c, c + o) for c, o in zip(self.crop, self.output_shape))
+            fraction = float(np.mean(known[inner] & (labels[inner] != 0)))
+            if best is None or fraction > best[0]:
+                best = (fraction, index, start, labels, known)
+            if fraction >= self.min_labelled:
+                break
+        fraction, index, start, labels, known = best
+        if fraction < self.min_labelled and fraction == 0:
+            raise UserError(
+                f"no training patch with labelled voxels found in {MAX_TRIES} tries; check that the labels "
+                "are not all 0 (unlabelled) and the mask covers them, or lower train.min_labelled"
+            )
+        raw = read_raw(self.volumes[index], start, self.input_shape)
+        return index, raw, labels, known
+
+    def __getitem__(self, sample: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(sample)])
+        index, raw, labels, known = self._draw(rng)
+        if self.task.kind == "affinities" and self.zero_label == "ignore":
+            known &= labels != 0
+        if raw.ndim == 3:
+            raw_zyx = raw
+            raw_zyx, labels, known = augment(raw_zyx, labels, known, rng, self.augment_config,
+                                             transpose_groups=self.transpose_groups[index])
+            raw = raw_zyx[None]
+        else:  # multi-channel: augment the channels with one draw of geometry and intensity
+            channels = []
+            for c in range(raw.shape[0]):
+                channel_rng = np.random.default_rng([self.seed, int(sample), 1])
+                channel, lab, kn = augment(raw[c], labels, known, channel_rng, self.augment_config,
+                                           transpose_groups=self.transpose_groups[index])
+                channels.append(channel)
+            raw, labels, known = np.stack(channels), lab, kn
+        inner = tuple(slice(c, c + o) for c, o in zip(self.crop, self.output_shape))
+        if self.task.kind == "affinities":
+            target = seg_to_affinities(labels, self.task.offsets)[(slice(None), *inner)]
+            mask = affinities_and_mask(known.astype(np.uint8), self.task.offsets)[1][(slice(None), *inner)]
+            return {
+                "raw": torch.from_numpy(np.ascontiguousarray(raw)),
+                "target": torch.from_numpy(np.ascontiguousarray(target)),
+                "mask": torch.from_numpy(np.ascontiguousarray(mask)),
+            }
+        classes = labels[inner].astype(np.int64)
+        bad = classes[known[inner]]
+        if bad.size and (bad.min() < 0 or bad.max() >= self.task.num_classes):
+            raise UserError(
+                f"labels of {self.volumes[index].name!r} hold class {int(bad.max())}, but task.num_classes is "
+                f"{self.task.num_classes}; classes must be 0 .. num_classes - 1"
+            )
+        return {
+            "raw": torch.from_numpy(np.ascontiguousarray(raw)),
+            "target": torch.from_numpy(np.ascontiguousarray(np.where(known[inner], classes, 0))),
+            "mask": torch.from_numpy(np.ascontiguousarray(known[inner]).astype(np.float32)),
+        }
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker differently (base_seed + id); numpy's global RNG would be the
+    # same in every forked worker, so derive it too (our patches use their own generators).
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: PatchDataset, *, batch_size: int, start_iteration: int, iterations: int, num_workers: int,
+    seed: int, pin_memory: bool = False,
+) -> DataLoader:
+    """Batches for iterations ``start_iteration + 1 .. iterations`` (sample numbers
+    ``start_iteration * batch_size`` on), ``num_workers`` processes preparing them."""
+    samples = range(start_iteration * batch_size, iterations * batch_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=samples, num_workers=num_workers,
+        worker_init_fn=_seed_worker if num_workers else None, pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
+    )
