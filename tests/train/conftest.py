@@ -93,6 +93,6 @@ def mri_config(volume: dict, **train) -> dict:
                   "block_layers": [1, 1, 1, 1], "dropout": 0.1},
         "task": {"kind": "semantic", "num_classes": 4},
         "data": {"train": [pair], "validation": [pair], "normalize": {"kind": "zscore"}},
-        "train": {"iterations": 3, "batch_size": 1, "patch_shape": [16, 16, 16], "validate_every": 3,
+        "train": {"iterations": 3, "batch_size": 2, "patch_shape": [16, 16, 16], "validate_every": 3,
                   "num_workers": 0, "lr": 1.0e-3, "loss": "ce+dice", "min_labelled": 0.1, **train},
     }

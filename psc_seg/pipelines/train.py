@@ -1,0 +1,206 @@
+"""``psc-seg train`` as a plain function: config in, run folder (checkpoints, metrics) out."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from psc_seg.errors import UserError
+from psc_seg.io import normalize, open_volume, resolve_normalization
+from psc_seg.train.config import TrainConfig, VolumeSet, load_config
+from psc_seg.train.data import LabelledVolume, PatchDataset
+from psc_seg.train.loop import Trainer
+from psc_seg.train.model import build_training_model, check_patch_shape
+
+# keys that may change when a run is resumed (longer training, other logging, other machine)
+RESUMABLE_CHANGES = ("train.iterations", "train.validate_every", "train.checkpoint_every", "train.log_every",
+                     "train.num_workers")
+RUN_FILES = ("checkpoints", "metrics.csv", "config.yaml", "curves.png", "tensorboard")
+
+
+def default_run_dir(config: str | Path) -> Path:
+    """``runs/<name>``: the config file's stem, or the preset name with ``/`` as ``-``."""
+    path = Path(str(config))
+    name = path.stem if path.is_file() else str(config).removesuffix(".yaml").replace("/", "-")
+    return Path("runs") / name
+
+
+def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool) -> LabelledVolume:
+    """Open one raw / labels (/ mask) triple, check it, resolve its normalisation.
+
+    Raises:
+        UserError: shapes that disagree, labels that are not integers.
+    """
+    raw = open_volume(volume_set.raw)
+    labels = open_volume(volume_set.labels)
+    mask = open_volume(volume_set.mask) if volume_set.mask else None
+    if labels.channels is not None:
+        raise UserError(f"labels {volume_set.labels!r} have {labels.channels} channels; give one (z, y, x) label volume")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"labels {volume_set.labels!r} are {labels.dtype}; labels must be integers")
+    for other, name in ((labels, "labels"), (mask, "mask")):
+        if other is not None and other.spatial_shape != raw.spatial_shape:
+            raise UserError(
+                f"{name} {other.spec!r} has shape {other.spatial_shape} but raw {raw.spec!r} has {raw.spatial_shape}; "
+                "they must cover the same voxels"
+            )
+    spec = resolve_normalization(config.data.normalize.metadata(), raw)
+    if preload:
+        raw_data, label_data = raw.read(), labels.read()
+        mask_data = mask.read() if mask is not None else None
+        if raw_data.dtype.kind == "f" and not np.isfinite(raw_data).all():
+            raise UserError(f"raw {raw.spec!r} contains NaN or infinite values; clean it before training")
+    else:
+        raw_data, label_data, mask_data = raw, labels, mask
+    return LabelledVolume(
+        name=raw.spec, raw=raw_data, labels=label_data, mask=mask_data, voxel_size=raw.voxel_size,
+        normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "labels": labels.spec},
+    )
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
+    """The ``last.pt`` to resume from (or None); clears an old run under ``overwrite``."""
+    last = run_dir / "checkpoints" / "last.pt"
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if resume:
+        if not last.is_file():
+            raise UserError(f"nothing to resume: {str(last)!r} does not exist; run without --resume to start")
+        saved_path = run_dir / "config.yaml"
+        if saved_path.is_file():
+            changed = _changed_keys(yaml.safe_load(saved_path.read_text()) or {}, config.as_dict())
+            changed = [k for k in changed if k not in RESUMABLE_CHANGES]
+            if changed:
+                raise UserError(
+                    f"the config differs from the run's config.yaml in {', '.join(changed)}; resume with the same "
+                    f"config (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new --out"
+                )
+        return last
+    if existing:
+        if not overwrite:
+            raise UserError(
+                f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass --resume to continue "
+                "it, --overwrite to start over, or choose another --out"
+            )
+        for name in existing:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return None
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` or ``cuda`` (``cuda:N``); UserError if CUDA is asked for and absent."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device {device!r}: use cpu or cuda")
+    return torch.device(device)
+
+
+def prepare(config: TrainConfig) -> tuple[torch.nn.Module, tuple[int, int, int], list[LabelledVolume], list[LabelledVolume]]:
+    """Open the volumes and build the model: ``(model, input_shape, train, validation)``."""
+    train_volumes = [open_labelled(v, config, preload=config.data.preload) for v in config.data.train]
+    validation_volumes = [open_labelled(v, config, preload=True) for v in config.data.validation]
+    channels = {v.in_channels for v in train_volumes + validation_volumes}
+    if len(channels) != 1:
+        raise UserError(f"the raw volumes have different channel counts ({sorted(channels)}); use volumes alike")
+    torch.manual_seed(config.train.seed)
+    model = build_training_model(config, in_channels=channels.pop())
+    input_shape = check_patch_shape(model, config.train.patch_shape)
+    return model, input_shape, train_volumes, validation_volumes
+
+
+def train(
+    config: str | Path | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    iterations: int | None = None,
+    device: str = "cpu",
+    overrides: Sequence[str] = (),
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train a model as ``config`` says, writing checkpoints and metrics into ``out``.
+
+    Args:
+        config: YAML file, preset name (``em/unet-p2sc2``) or parsed mapping.
+        out: run folder (default ``runs/<config name>``).
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
+        overwrite: replace a run already in ``out``.
+        iterations: overrides ``train.iterations``.
+        device: ``cpu`` or ``cuda`` (mixed precision on CUDA).
+        overrides: ``key.path=value`` strings (``--set``).
+        quiet: no progress bar.
+
+    Returns:
+        ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
+        "elapsed_s", "validation"}``.
+    """
+    overrides = list(overrides)
+    if iterations is not None:
+        overrides.append(f"train.iterations={int(iterations)}")
+    cfg = load_config(config, overrides)
+    torch_device = resolve_device(device)
+    run_dir = Path(out) if out is not None else default_run_dir(config if not isinstance(config, dict) else "config")
+    model, input_shape, train_volumes, validation_volumes = prepare(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = _check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    dataset = PatchDataset(
+        train_volumes, input_shape=input_shape, output_shape=cfg.train.patch_shape, task=cfg.task,
+        augment_config=cfg.augment, seed=cfg.train.seed, min_labelled=cfg.train.min_labelled,
+        zero_label=cfg.data.zero_label,
+    )
+    validator = None
+    if validation_volumes:
+        from psc_seg.train.validate import make_validator
+
+        validator = make_validator(cfg, validation_volumes)
+    resolved = cfg.as_dict()
+    _write_yaml(run_dir / "config.yaml", resolved)
+    metadata = {
+        "task": cfg.task.metadata(),
+        "normalize": cfg.data.normalize.metadata(),
+        "config": resolved,
+        "voxel_size": list(train_volumes[0].voxel_size),
+        "input_shape": list(input_shape),
+        "output_shape": list(cfg.train.patch_shape),
+    }
+    trainer = Trainer(config=cfg, model=model, dataset=dataset, run_dir=run_dir, metadata=metadata,
+                      validator=validator, device=torch_device, quiet=quiet)
+    summary = trainer.fit(resume_from=resume_from)
+    return {"run_dir": str(run_dir), "last": str(run_dir / "checkpoints" / "last.pt"),
+            "best": str(run_dir / "checkpoints" / "best.pt"), **summary}
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
+    """The rows of ``RUN_DIR/metrics.csv``."""
+    import csv
+
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+__all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "read_metrics", "resolve_device", "train")

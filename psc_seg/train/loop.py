@@ -1,0 +1,349 @@
+"""The training loop: optimise, log, validate, checkpoint, resume.
+
+A run folder holds::
+
+    RUN_DIR/config.yaml              the resolved config
+    RUN_DIR/metrics.csv              iteration, loss, lr, validation figures, elapsed_s
+    RUN_DIR/checkpoints/last.pt      model + optimizer + iteration + RNG states (resume)
+    RUN_DIR/checkpoints/best.pt      the model at the best validation figure so far
+    RUN_DIR/curves.png               loss and validation curves (written at the end)
+    RUN_DIR/tensorboard/             event files, when tensorboard is installed
+
+Resuming restores model, optimizer, AMP scaler, iteration and RNG states from ``last.pt``,
+drops rows of ``metrics.csv`` written after it, and continues with the very samples an
+uninterrupted run would have drawn (see :mod:`psc_seg.train.data`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from psc_seg.models import read_checkpoint, save_checkpoint
+from psc_seg.train.config import TrainConfig
+from psc_seg.train.data import PatchDataset, make_loader
+from psc_seg.train.losses import affinity_loss, semantic_loss
+
+
+class Validator(Protocol):
+    """Scores the model on the validation volumes."""
+
+    columns: list[str]  # metrics.csv columns it fills
+    metric: str  # the column that picks best.pt
+    mode: str  # "min" or "max"
+
+    def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]: ...
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after ``last.pt`` was written (``checkpoint``, ``iteration``)."""
+
+    def __init__(self, checkpoint: Path, iteration: int) -> None:
+        super().__init__(f"interrupted at iteration {iteration}; {checkpoint} saved")
+        self.checkpoint, self.iteration = checkpoint, iteration
+
+
+@dataclass
+class RunState:
+    """Where a run stands; stored in ``last.pt``'s extra entries."""
+
+    iteration: int = 0
+    best_value: float | None = None
+    best_iteration: int | None = None
+    elapsed_s: float = 0.0
+    last_validation: dict[str, float] = field(default_factory=dict)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam as in the paper (lr 1e-4, betas (0.99, 0.999), weight decay 5e-6 for EM)."""
+    t = config.train
+    return torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def compute_loss(config: TrainConfig, prediction: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The configured loss of ``prediction`` against a batch of :class:`PatchDataset` items."""
+    if config.task.kind == "affinities":
+        return affinity_loss(prediction, batch["target"], batch["mask"], kind=config.train.loss,
+                             balance=config.train.balance)
+    return semantic_loss(prediction, batch["target"], batch["mask"], kind=config.train.loss)
+
+
+# ------------------------------------------------------------------ RNG states
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain values / tensors (loadable with
+    ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ------------------------------------------------------------------ metrics file
+
+class MetricsLog:
+    """``metrics.csv``: one row per logged iteration, flushed at once."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = ["iteration", "loss", "lr", *columns, "elapsed_s"]
+
+    def start(self, *, after_iteration: int) -> None:
+        """Keep the rows up to ``after_iteration`` (resume) or start a new file."""
+        rows = [r for r in self.read() if int(r["iteration"]) <= after_iteration] if after_iteration else []
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".csv", dir=self.path.parent)
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in self.columns})
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow({k: _format(row.get(k)) for k in self.columns})
+
+    def read(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None) -> Path | None:
+    """Loss (and the validation ``metric``) against iterations, as a PNG."""
+    if not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = [int(r["iteration"]) for r in metrics]
+    losses = [float(r["loss"]) for r in metrics]
+    panels = 2 if metric and any(r.get(metric) for r in metrics) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    axes[0][0].plot(iterations, losses, lw=0.8)
+    axes[0][0].set(xlabel="iteration", ylabel="training loss", yscale="log" if min(losses) > 0 else "linear")
+    if panels == 2:
+        points = [(int(r["iteration"]), float(r[metric])) for r in metrics if r.get(metric)]
+        axes[0][1].plot(*zip(*points), marker="o")
+        axes[0][1].set(xlabel="iteration", ylabel=f"validation {metric}")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------ the loop
+
+@dataclass
+class Trainer:
+    """Trains ``model`` as ``config`` says, writing into ``run_dir``.
+
+    ``metadata``: the checkpoint metadata besides the iteration (task, normalize, config,
+    voxel_size); ``validator``: None when there are no validation volumes."""
+
+    config: TrainConfig
+    model: nn.Module
+    dataset: PatchDataset
+    run_dir: Path
+    metadata: dict[str, Any]
+    validator: Validator | None = None
+    device: torch.device = torch.device("cpu")
+    quiet: bool = False
+    on_iteration: Callable[[int, float], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = RunState()
+        self.checkpoints = self.run_dir / "checkpoints"
+        columns = self.validator.columns if self.validator else []
+        self.log = MetricsLog(self.run_dir / "metrics.csv", columns)
+
+    # -------------------------------------------------------------- checkpoints
+    def _metadata(self) -> dict[str, Any]:
+        return {**self.metadata, "iteration": self.state.iteration, "trained": True,
+                "validation": dict(self.state.last_validation)}
+
+    def save(self, name: str) -> Path:
+        """Write ``checkpoints/<name>.pt`` atomically with what resuming needs."""
+        extra = {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.state.iteration,
+            "best_value": self.state.best_value,
+            "best_iteration": self.state.best_iteration,
+            "elapsed_s": self.state.elapsed_s,
+            "rng": rng_states(),
+        }
+        return save_checkpoint(self.checkpoints / f"{name}.pt", self.model, metadata=self._metadata(), extra=extra)
+
+    def restore(self, path: Path) -> None:
+        """Continue from a ``last.pt`` written by :meth:`save`."""
+        payload = read_checkpoint(path)
+        self.model.load_state_dict(payload["state_dict"])
+        self.model.to(self.device)
+        extra = payload.get("extra", {})
+        self.optimizer.load_state_dict(extra["optimizer"])
+        if extra.get("scaler"):
+            self.scaler.load_state_dict(extra["scaler"])
+        self.state = RunState(
+            iteration=int(extra["iteration"]), best_value=extra.get("best_value"),
+            best_iteration=extra.get("best_iteration"), elapsed_s=float(extra.get("elapsed_s", 0.0)),
+            last_validation=dict(payload.get("metadata", {}).get("validation", {})),
+        )
+        set_rng_states(extra["rng"])
+
+    # -------------------------------------------------------------- steps
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimisation step on a batch; returns the loss."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            prediction = self.model(batch["raw"])
+        loss = compute_loss(self.config, prediction.float(), batch)  # losses in float32, outside autocast
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss is {loss.item()} at iteration {self.state.iteration + 1}; lower train.lr or check the data"
+            )
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        """Run the validator and keep ``best.pt`` up to date."""
+        self.model.eval()
+        with torch.no_grad():
+            figures = self.validator(self.model, self.device)
+        self.model.train()
+        self.state.last_validation = dict(figures)
+        value = figures.get(self.validator.metric)
+        if value is not None and not math.isnan(value):
+            better = self.state.best_value is None or (
+                value < self.state.best_value if self.validator.mode == "min" else value > self.state.best_value
+            )
+            if better:
+                self.state.best_value, self.state.best_iteration = float(value), self.state.iteration
+                self.save("best")
+        return figures
+
+    # -------------------------------------------------------------- run
+    def fit(self, *, resume_from: Path | None = None) -> dict[str, Any]:
+        """Train up to ``config.train.iterations``; KeyboardInterrupt writes ``last.pt`` first.
+
+        Returns:
+            ``{"iteration", "loss", "best_value", "best_iteration", "elapsed_s", "validation"}``.
+        """
+        t = self.config.train
+        if resume_from is not None:
+            self.restore(resume_from)
+        self.log.start(after_iteration=self.state.iteration)
+        checkpoint_every = t.checkpoint_every or t.validate_every
+        writer = _tensorboard(self.run_dir)
+        loader = make_loader(
+            self.dataset, batch_size=t.batch_size, start_iteration=self.state.iteration, iterations=t.iterations,
+            num_workers=t.num_workers, seed=t.seed, pin_memory=self.device.type == "cuda",
+        )
+        started = time.perf_counter() - self.state.elapsed_s
+        loss = float("nan")
+        progress = tqdm(total=t.iterations, initial=self.state.iteration, desc="train", unit="it",
+                        disable=self.quiet, dynamic_ncols=True)
+        try:
+            for batch in loader:
+                loss = self.step(batch)
+                self.state.iteration += 1
+                it = self.state.iteration
+                self.state.elapsed_s = time.perf_counter() - started
+                figures: dict[str, float] = {}
+                if self.validator is not None and (it % t.validate_every == 0 or it == t.iterations):
+                    figures = self.validate()
+                    self.state.elapsed_s = time.perf_counter() - started
+                if it % t.log_every == 0 or figures or it == t.iterations:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.log.write({"iteration": it, "loss": loss, "lr": lr, **figures,
+                                    "elapsed_s": round(self.state.elapsed_s, 3)})
+                    if writer is not None:
+                        writer.add_scalar("train/loss", loss, it)
+                        for key, value in figures.items():
+                            writer.add_scalar(f"validation/{key}", value, it)
+                if it % checkpoint_every == 0 or it == t.iterations:
+                    self.save("last")
+                postfix = {"loss": f"{loss:.4f}"}
+                if self.validator is not None and self.validator.metric in self.state.last_validation:
+                    postfix[self.validator.metric] = f"{self.state.last_validation[self.validator.metric]:.4f}"
+                progress.set_postfix(postfix)
+                progress.update(1)
+                if self.on_iteration is not None:
+                    self.on_iteration(it, loss)
+        except KeyboardInterrupt:
+            progress.close()
+            path = self.save("last")
+            raise TrainingInterrupted(path, self.state.iteration) from None
+        finally:
+            progress.close()
+            if writer is not None:
+                writer.close()
+        if self.validator is None or self.state.best_value is None:
+            self.save("best")  # no validation: the final model is the best we know
+        plot_curves(self.log.read(), self.run_dir / "curves.png",
+                    metric=self.validator.metric if self.validator else None)
+        return {
+            "iteration": self.state.iteration, "loss": loss, "best_value": self.state.best_value,
+            "best_iteration": self.state.best_iteration, "elapsed_s": self.state.elapsed_s,
+            "validation": dict(self.state.last_validation),
+        }
