@@ -79,16 +79,49 @@ def agglomerate(
     return results  # type: ignore[return-value]
 
 
+def _join_scores(pairs: np.ndarray, merges: list[tuple[int, int, float]]) -> np.ndarray:
+    """The score of the merge that first puts both ends of each pair in one region (inf if none).
+
+    ``merges`` are waterz's ``(a, b, score)`` in the order they happened (scores ascending).
+    Union by size, moving the pending pairs of the smaller region: O(E log E).
+    """
+    scores = np.full(len(pairs), np.inf)
+    root: dict[int, int] = {}
+    members: dict[int, list[int]] = {}
+    pending: dict[int, list[int]] = {}
+    for index, (u, v) in enumerate(pairs.tolist()):
+        for node in (u, v):
+            if node not in root:
+                root[node], members[node], pending[node] = node, [node], []
+        pending[u].append(index)
+        pending[v].append(index)
+    for a, b, score in merges:
+        ra, rb = root[a], root[b]
+        if ra == rb:
+            continue
+        if len(members[ra]) < len(members[rb]):
+            ra, rb = rb, ra
+        for index in pending[rb]:
+            u, v = pairs[index]
+            if np.isinf(scores[index]) and {root[int(u)], root[int(v)]} == {ra, rb}:
+                scores[index] = score
+        for node in members[rb]:
+            root[node] = ra
+        members[ra].extend(members.pop(rb))
+        pending[ra].extend(p for p in pending.pop(rb) if np.isinf(scores[p]))
+    return scores
+
+
 def scored_edges(
     affs: np.ndarray, fragments: np.ndarray, *, max_threshold: float, scoring: str = "hist_quant_50"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Edges between fragments with the score at which waterz merges them.
+    """Each pair of touching fragments, with the score at which waterz first joins them.
 
-    Agglomerates up to ``max_threshold`` and returns the merges of its history and the edges
-    of the region graph left at the end (waterz keeps the first fragment id of a merged
-    pair as the id of the union, so every edge joins two original fragment ids). Merging
-    every edge with a score below a threshold ``t <= max_threshold`` gives waterz's
-    segmentation at ``t``, as far as the context of ``affs`` allows.
+    Agglomerates up to ``max_threshold``; the merge score of a pair ``(u, v)`` is the score
+    of the merge that first put ``u`` and ``v`` in one region (inf if none did). Merging every
+    pair whose score is below a threshold ``t <= max_threshold`` gives waterz's segmentation
+    at ``t`` (waterz merges in ascending score order), as far as the context of ``affs``
+    allows.
 
     Args:
         affs: ``(C, Z, Y, X)`` affinities.
@@ -107,17 +140,14 @@ def scored_edges(
     with quiet_stdout():
         generator = waterz.agglomerate(
             affs,
-            [float(max_threshold)],
+            [-1.0, float(max_threshold)],  # -1 merges nothing: the initial region graph
             fragments=compact,
             scoring_function=scoring_function(scoring),
             return_merge_history=True,
             return_region_graph=True,
         )
-        _, history, graph = next(generator)
-    pairs = [(m["a"], m["b"], m["score"]) for m in history] + [(e["u"], e["v"], e["score"]) for e in graph]
-    if not pairs:
-        return np.zeros((0, 2), np.uint64), np.zeros(0, np.float64)
-    table = np.array(pairs, dtype=np.float64)
-    uv = ids[table[:, :2].astype(np.int64)]
-    keep = (uv[:, 0] != 0) & (uv[:, 1] != 0)
-    return np.sort(uv[keep], axis=1), table[keep, 2]
+        _, _, initial = next(generator)
+        _, history, _ = next(generator)
+    pairs = np.array([(e["u"], e["v"]) for e in initial if e["u"] and e["v"]], dtype=np.int64).reshape(-1, 2)
+    scores = _join_scores(pairs, [(m["a"], m["b"], m["score"]) for m in history])
+    return np.sort(ids[pairs], axis=1), scores

@@ -1,0 +1,306 @@
+"""Blockwise segmentation of affinities larger than memory (the scheme of lsd / volara).
+
+Four steps over the blocks of :func:`psc_seg.engine.block_grid`, each run with
+:func:`psc_seg.engine.run_blockwise` (serial, ``--workers N`` or ``--scheduler``) and
+resumable through its :class:`psc_seg.engine.BlockRecord`:
+
+1. **fragments**: per block, fragments of the affinities in the read ROI (write ROI grown by
+   ``context``), cropped to the write ROI and given globally unique ids
+   ``block_id * stride + k`` (``stride`` = voxels per block + 1); their ids and sizes are kept;
+2. **edges**: per block, with context, the waterz region graph of the fragments and the
+   score at which the agglomeration first joins each touching pair ``(u, v)``, ``u < v``;
+   the pair is stored by the block that owns ``u`` only (``u // stride``), so once.
+   For the ``cc`` decoder the fragments are the connected components of the block (with
+   context) at the threshold and the edges are the links above it across the block faces;
+3. **global**: per threshold, connected components of the edges scoring below the threshold
+   (scipy.sparse.csgraph) give a fragment -> segment table; ``min_size`` drops small segments;
+4. **relabel**: per block, fragments -> segments into each output.
+
+Bookkeeping (fragments, edges, tables, block records) lives in a hidden folder beside the
+first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is finalized.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psc_seg.engine import BlockRecord, Roi, block_grid, run_blockwise, settings_hash
+from psc_seg.errors import UserError
+from psc_seg.segment.agglomerate import scored_edges
+from psc_seg.segment.components import affinity_components, merge_fragments
+from psc_seg.segment.fragments import as_affinities, make_fragments
+
+DEFAULT_CONTEXT = 8
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write atomically: a killed task never leaves a readable half file."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _global_ids(fragments: np.ndarray, block_id: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fragments renumbered ``block_id * stride + 1..n`` (0 stays 0), their ids and sizes."""
+    ids, inverse, sizes = np.unique(fragments, return_inverse=True, return_counts=True)
+    local = inverse.reshape(fragments.shape).astype(np.uint64)
+    if ids.size and ids[0] == 0:
+        ids, sizes = ids[1:], sizes[1:]
+    else:
+        local += np.uint64(1)
+    base = np.uint64(block_id) * np.uint64(stride)
+    out = np.where(local > 0, local + base, np.uint64(0)).astype(np.uint64)
+    new_ids = base + np.arange(1, ids.size + 1, dtype=np.uint64)
+    return out, new_ids, sizes.astype(np.int64)
+
+
+def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, starts: Sequence[int]) -> np.ndarray:
+    """``(E, 2)`` sorted pairs of different fragments joined by an affinity above ``threshold``.
+
+    ``affs`` / ``fragments`` cover the write ROI grown by ``starts[a]`` (0 or 1) voxels on the
+    low side of each axis; only edges from a voxel of the write ROI back to its neighbour are
+    looked at, so each edge of the volume is seen by exactly one block.
+    """
+    found = []
+    for axis in range(3):
+        here = [slice(s, None) for s in starts]
+        there = list(here)
+        if starts[axis] == 0:
+            here[axis] = slice(1, None)
+        there[axis] = slice(here[axis].start - 1, fragments.shape[axis] - 1)
+        a, b = fragments[tuple(here)], fragments[tuple(there)]
+        joined = (affs[axis][tuple(here)] > threshold) & (a != b) & (a != 0) & (b != 0)
+        found.append(np.stack([a[joined], b[joined]], axis=1))
+    pairs = np.sort(np.concatenate(found), axis=1) if found else np.zeros((0, 2), np.uint64)
+    return np.unique(pairs, axis=0) if pairs.size else pairs.astype(np.uint64).reshape(0, 2)
+
+
+class _FragmentStep:
+    """Step 1, picklable for dask workers."""
+
+    def __init__(self, affs, fragments_volume, work: Path, *, method: str, decoder: str, threshold: float,
+                 context: int, stride: int, total: Roi) -> None:
+        self.affs, self.fragments = affs, fragments_volume
+        self.work, self.method, self.decoder, self.threshold = work, method, decoder, threshold
+        self.context, self.stride, self.total = context, stride, total
+
+    def __call__(self, block) -> None:
+        read = block.read_roi.intersect(self.total)
+        affs = as_affinities(self.affs.read(read.to_slices()))
+        if self.decoder == "cc":
+            # context only joins voxels that a path joins anyway, and labels the voxels of
+            # the write ROI whose only link leaves it
+            fragments = affinity_components(affs, self.threshold)
+        else:
+            fragments = make_fragments(affs, method=self.method)
+        fragments = fragments[block.write_roi.relative_to(read).to_slices()]
+        fragments, ids, sizes = _global_ids(fragments, block.block_id, self.stride)
+        self.fragments.write(block.write_roi.to_slices(), fragments)
+        _save_npz(self.work / f"fragments_{block.block_id}.npz", ids=ids, sizes=sizes)
+
+
+class _EdgeStep:
+    """Step 2, picklable for dask workers."""
+
+    def __init__(self, affs, fragments_volume, work: Path, *, decoder: str, scoring: str, max_threshold: float,
+                 stride: int, total: Roi) -> None:
+        self.affs, self.fragments, self.work = affs, fragments_volume, work
+        self.decoder, self.scoring, self.max_threshold = decoder, scoring, max_threshold
+        self.stride, self.total = stride, total
+
+    def __call__(self, block) -> None:
+        if self.decoder == "cc":
+            starts = tuple(1 if b > t else 0 for b, t in zip(block.write_roi.begin, self.total.begin))
+            region = block.write_roi.grow(starts, 0).intersect(self.total)
+            affs = as_affinities(self.affs.read(region.to_slices()))
+            uv = _linked_pairs(affs, self.fragments.read(region.to_slices()), self.max_threshold, starts)
+            scores = np.zeros(len(uv))
+        else:
+            read = block.read_roi.intersect(self.total)
+            fragments = self.fragments.read(read.to_slices())
+            uv, scores = scored_edges(self.affs.read(read.to_slices()), fragments,
+                                      max_threshold=self.max_threshold, scoring=self.scoring)
+            owned = uv[:, 0] // np.uint64(self.stride) == np.uint64(block.block_id)
+            uv, scores = uv[owned], scores[owned]
+        _save_npz(self.work / f"edges_{block.block_id}.npz", uv=uv.astype(np.uint64), scores=scores)
+
+
+class _RelabelStep:
+    """Step 4, picklable for dask workers: fragments -> segments, into every output."""
+
+    def __init__(self, fragments_volume, outputs: list, tables: list[Path]) -> None:
+        self.fragments, self.outputs, self.tables = fragments_volume, outputs, tables
+        self._loaded: list | None = None
+
+    def __call__(self, block) -> None:
+        if self._loaded is None:  # once per worker
+            self._loaded = [(t["ids"], t["segments"]) for t in map(np.load, self.tables)]
+        fragments = self.fragments.read(block.write_roi.to_slices())
+        nonzero = fragments != 0
+        for out, (ids, segments) in zip(self.outputs, self._loaded):
+            labels = np.zeros(fragments.shape, dtype=np.uint64)
+            labels[nonzero] = segments[np.searchsorted(ids, fragments[nonzero])]
+            out.write(block.write_roi.to_slices(), labels)
+
+
+def _record(directory: Path, settings: dict[str, Any]) -> BlockRecord:
+    """The step's record: the existing one if made for these settings, else a new one."""
+    record = BlockRecord(directory)
+    return record if record.matches(settings) else BlockRecord.create(directory, settings)
+
+
+def _segment_tables(work: Path, n_blocks: int, thresholds: Sequence[float], min_size: int,
+                    prefix: str) -> list[Path]:
+    """Step 3: one fragment -> segment table per threshold (``.npz`` with ids, segments)."""
+    paths = [work / f"{prefix}segments_{i}.npz" for i in range(len(thresholds))]
+    if all(p.exists() for p in paths):
+        return paths
+    parts = [np.load(work / f"fragments_{b}.npz") for b in range(n_blocks)]
+    ids = np.concatenate([p["ids"] for p in parts]).astype(np.uint64)
+    sizes = np.concatenate([p["sizes"] for p in parts])
+    order = np.argsort(ids)
+    ids, sizes = ids[order], sizes[order]
+    edges = [np.load(work / f"edges_{b}.npz") for b in range(n_blocks)]
+    uv = np.concatenate([e["uv"].reshape(-1, 2) for e in edges]).astype(np.uint64)
+    scores = np.concatenate([e["scores"] for e in edges])
+    for path, threshold in zip(paths, thresholds):
+        segments = merge_fragments(ids, uv, scores, threshold)
+        if min_size > 1:
+            voxels = np.bincount(segments.astype(np.int64), weights=sizes)
+            segments = np.where(voxels[segments.astype(np.int64)] >= min_size, segments, 0).astype(np.uint64)
+        _save_npz(path, ids=ids, segments=segments)
+    return paths
+
+
+def segment_blockwise(
+    affs,
+    outputs: Sequence[str],
+    *,
+    config: dict[str, Any],
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    context: int = DEFAULT_CONTEXT,
+) -> list[str]:
+    """Segment the affinity volume ``affs`` block by block into ``outputs`` (one per threshold).
+
+    Args:
+        affs: an open ``(C, Z, Y, X)`` affinity :class:`psc_seg.io.Volume`.
+        outputs: output specs, one per ``config["thresholds"]``.
+        config: ``thresholds``, ``decoder``, ``fragments``, ``scoring``, ``min_size``,
+            ``block_shape`` (write ROI ``(Z, Y, X)``), as :func:`psc_seg.pipelines.segment.segment`.
+        workers, scheduler: where blocks run (see :func:`psc_seg.engine.run_blockwise`).
+        resume: continue an interrupted run with the same settings.
+        overwrite: replace existing outputs and bookkeeping.
+        progress: progress bars, one per step.
+        context: voxels added on each side of a block for fragments and region graphs.
+
+    Returns:
+        ``outputs``.
+    """
+    from psc_seg.io import create_volume, open_volume, volume_exists
+
+    thresholds = list(config["thresholds"])
+    block_shape = tuple(int(v) for v in config["block_shape"])
+    if len(block_shape) != 3 or min(block_shape) < 1:
+        raise UserError(f"--block-shape needs three positive sizes Z Y X, got {block_shape}")
+    total = Roi((0, 0, 0), affs.spatial_shape)
+    settings = {**config, "context": context, "affinities_shape": list(affs.shape)}
+    existing = [spec for spec in outputs if volume_exists(spec)]
+    if existing and not (overwrite or resume):
+        raise UserError(f"output {existing[0]!r} already exists; pass --resume to continue or --overwrite to replace it")
+    volumes = []
+    for spec in outputs:
+        if resume and volume_exists(spec):
+            volume = open_volume(spec, mode="r+")
+            if volume.complete and volume.attrs.get("psc_seg", {}).get("segment_settings") == settings_hash(settings):
+                volumes.append(volume)
+                continue
+            if volume.complete or volume.shape != tuple(affs.spatial_shape):
+                raise UserError(f"output {spec!r} was written with other settings; pass --overwrite to replace it")
+        else:
+            volume = create_volume(spec, shape=affs.spatial_shape, dtype=np.uint64, chunks=block_shape,
+                                   reference=affs, axis_names=("z", "y", "x"), overwrite=True,
+                                   provenance={"config": config})
+        volumes.append(volume)
+    if all(v.complete for v in volumes):
+        return list(outputs)
+    work = _work_dir(outputs[0])
+    config_file = work / "settings.json"
+    if resume and config_file.exists() and json.loads(config_file.read_text()).get("hash") != settings_hash(settings):
+        raise UserError(f"output {outputs[0]!r} was started with other settings; pass --overwrite to start again")
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps({"hash": settings_hash(settings), "settings": settings}, default=str))
+
+    blocks = block_grid(total, write_shape=block_shape, context=context)
+    stride = int(np.prod(block_shape)) + 1
+    run = {"workers": workers or 0, "scheduler": scheduler, "progress": progress}
+    # cc: fragments and edges depend on the threshold, so each threshold is one pass
+    passes = [[t] for t in thresholds] if config["decoder"] == "cc" else [thresholds]
+    for index, group in enumerate(passes):
+        prefix = f"pass{index}_"
+        step_work = work / prefix.rstrip("_")
+        step_work.mkdir(exist_ok=True)
+        fragments = _fragments_volume(step_work, total, block_shape)
+        step_settings = {**settings, "pass": group}
+        run_blockwise(
+            blocks,
+            _FragmentStep(affs, fragments, step_work, method=config["fragments"], decoder=config["decoder"],
+                          threshold=group[0], context=context, stride=stride, total=total),
+            record=_record(step_work / "fragments.record", {**step_settings, "step": "fragments"}),
+            desc=f"1/4 fragments{_label(group, passes)}", **run,
+        )
+        run_blockwise(
+            blocks,
+            _EdgeStep(affs, fragments, step_work, decoder=config["decoder"], scoring=config["scoring"],
+                      max_threshold=max(group), stride=stride, total=total),
+            record=_record(step_work / "edges.record", {**step_settings, "step": "edges"}),
+            desc=f"2/4 edges{_label(group, passes)}", **run,
+        )
+        tables = _segment_tables(step_work, len(blocks), group, config["min_size"], prefix)
+        targets = [volumes[thresholds.index(t)] for t in group]
+        run_blockwise(
+            blocks,
+            _RelabelStep(fragments, targets, tables),
+            record=_record(step_work / "relabel.record", {**step_settings, "step": "relabel"}),
+            desc=f"4/4 relabel{_label(group, passes)}", **run,
+        )
+    for volume in volumes:
+        meta = volume.attrs.get("psc_seg", {})
+        volume.update_attrs({"psc_seg": {**meta, "segment_settings": settings_hash(settings)}})
+        volume.finalize()
+    shutil.rmtree(work, ignore_errors=True)
+    return list(outputs)
+
+
+def _work_dir(output: str) -> Path:
+    """The bookkeeping folder of a run: hidden, beside the output's file or container."""
+    from psc_seg.io import parse_spec
+
+    spec = parse_spec(output)
+    inner = f".{spec.inner.replace('/', '_')}" if spec.inner else ""
+    return spec.path.with_name(f".{spec.path.name}{inner}.psc-seg-segment")
+
+
+def _label(group: Sequence[float], passes: Sequence) -> str:
+    return f" (threshold {group[0]:.2f})" if len(passes) > 1 else ""
+
+
+def _fragments_volume(work: Path, total: Roi, block_shape: Sequence[int]):
+    from psc_seg.io import create_volume, open_volume
+
+    path = work / "fragments.zarr"
+    if path.exists():
+        return open_volume(str(path), mode="r+")
+    return create_volume(str(path), shape=total.shape, dtype=np.uint64, chunks=block_shape)
