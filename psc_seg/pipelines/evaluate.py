@@ -21,10 +21,8 @@ def _open_labels(spec: str, role: str):
     if volume.channels is not None:
         raise UserError(f"{role} {spec!r} has shape {volume.shape}; labels must be 3D (z, y, x)")
     if not (np.issubdtype(volume.dtype, np.integer) or volume.dtype == bool):
-        raise UserError(
-            f"{role} {spec!r} holds {volume.dtype} values; labels must be integers "
-            "(segment affinities first with `psc-seg segment`)"
-        )
+        hint = "store the mask as 0/1 integers" if role == "mask" else "segment affinities first with `psc-seg segment`"
+        raise UserError(f"{role} {spec!r} holds {volume.dtype} values; it must hold integers ({hint})")
     return volume
 
 
