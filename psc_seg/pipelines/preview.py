@@ -1,0 +1,60 @@
+"""``psc-seg preview``: orthogonal slices of a volume on disk as a PNG (three slices read)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from psc_seg.errors import UserError
+from psc_seg.io import open_volume
+from psc_seg.preview import write_preview
+
+
+def preview_volume(
+    volume: str,
+    *,
+    out: str | Path,
+    labels: str | None = None,
+    affinities: str | None = None,
+    center: Sequence[int | None] = (None, None, None),
+    title: str | None = None,
+    size: int = 1000,
+    overwrite: bool = False,
+) -> Path:
+    """Write a PNG of the slices of ``volume`` through ``center`` (see :mod:`psc_seg.preview`).
+
+    Args:
+        volume: spec of the raw volume (``(Z, Y, X)``); a ``(C >= 3, Z, Y, X)`` volume (e.g. a
+            ``predict`` output) is shown as affinities in RGB.
+        out: the PNG.
+        labels: spec of ``(Z, Y, X)`` ids to overlay in random colours.
+        affinities: spec of ``(C >= 3, Z, Y, X)`` affinities shown in RGB instead of the raw.
+        center: ``(z, y, x)``; a None coordinate is the middle of that axis.
+        title: a title; default the volume spec.
+        size: the PNG's longer side in pixels.
+        overwrite: replace an existing PNG; without it an existing one is a UserError.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"preview output {str(out)!r}: give a .png file name")
+    if out.exists() and not overwrite:
+        raise UserError(f"{str(out)!r} exists; pass --overwrite to replace it")
+    raw = open_volume(volume)
+    label_volume = open_volume(labels) if labels else None
+    affinity_volume = open_volume(affinities) if affinities else None
+    if affinity_volume is None and raw.channels is not None:
+        if raw.channels < 3:
+            raise UserError(f"{volume!r} has {raw.channels} channels; preview shows a 3D volume or >= 3 affinities")
+        raw, affinity_volume = None, raw
+    shape = (raw or affinity_volume).spatial_shape
+    full_center = tuple(s // 2 if c is None else int(c) for c, s in zip(center, shape))
+    return write_preview(
+        raw,
+        labels=label_volume,
+        affinities=affinity_volume,
+        out=out,
+        title=volume if title is None else title,
+        center=full_center,
+        voxel_size=(raw or affinity_volume).voxel_size,
+        size=size,
+    )

@@ -1,0 +1,155 @@
+"""``psc-seg synth``: write synthetic volumes with ground truth to disk.
+
+EM: one container with the volumes ``raw`` (uint8), ``labels`` (uint64 neuron ids) and
+``mask`` (uint8, 1 on membranes), voxel size in nanometres: ``OUT.zarr`` (OME-Zarr image
+groups ``OUT.zarr/raw`` ...) or ``OUT.h5`` (datasets ``/raw`` ...).
+MRI: ``OUT_DIR/raw.nii.gz`` (float32) and ``OUT_DIR/labels.nii.gz`` (uint8: 0 background,
+1 CSF, 2 GM, 3 WM) with a 1 mm affine.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from psc_seg.errors import UserError
+from psc_seg.io import create_volume
+from psc_seg.synth import em_volume, mri_volume
+
+ZARR_SUFFIXES = (".zarr",)
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+EM_ARRAYS = ("raw", "labels", "mask")
+MRI_FILES = ("raw.nii.gz", "labels.nii.gz")
+
+
+def em_container(out: str | Path) -> tuple[Path, str]:
+    """``(path, format)`` of an EM output: ``x.zarr`` -> zarr, ``x.h5`` / ``.hdf5`` / ``.hdf``
+    -> hdf5, no suffix -> ``x.zarr``; any other suffix is a UserError."""
+    path = Path(out)
+    suffix = path.suffix.lower()
+    if suffix in ZARR_SUFFIXES:
+        return path, "zarr"
+    if suffix in HDF5_SUFFIXES:
+        return path, "hdf5"
+    if suffix == "":
+        return path.with_suffix(".zarr"), "zarr"
+    raise UserError(f"output {str(out)!r}: use a .zarr or .h5 name (or no suffix for zarr)")
+
+
+def em_specs(path: Path, fmt: str) -> dict[str, str]:
+    """Volume spec of each EM array in the container."""
+    return {name: (f"{path}/{name}" if fmt == "zarr" else f"{path}:/{name}") for name in EM_ARRAYS}
+
+
+def synth_em(
+    out: str | Path,
+    *,
+    shape: Sequence[int] = (64, 128, 128),
+    seed: int = 0,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Generate an EM-like volume (:func:`psc_seg.synth.em_volume`) and write it to ``out``.
+
+    Args:
+        out: ``name.zarr`` (default format; a name without suffix gets ``.zarr``) or ``name.h5``.
+        shape: ``(z, y, x)`` in voxels.
+        seed: random seed.
+        overwrite: replace an existing ``out`` (the whole container); without it an existing
+            output is a UserError and nothing is written.
+        options: further keyword arguments of :func:`psc_seg.synth.em_volume`.
+
+    Returns:
+        ``{"path", "format", "specs": {name: spec}, "shape", "voxel_size", "num_cells",
+        "membrane_fraction"}``.
+    """
+    path, fmt = em_container(out)
+    _claim(path, overwrite=overwrite)
+    volume = em_volume(shape, seed=seed, **options)
+    specs = em_specs(path, fmt)
+    params = {"kind": "em", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
+    data = {"raw": volume["raw"], "labels": volume["labels"], "mask": volume["mask"].astype(np.uint8)}
+    for name in EM_ARRAYS:
+        _write(specs[name], data[name], voxel_size=volume["voxel_size"], unit="nanometer", params=params)
+    return {
+        "path": str(path),
+        "format": fmt,
+        "specs": specs,
+        "shape": params["shape"],
+        "voxel_size": [float(v) for v in volume["voxel_size"]],
+        "num_cells": int(np.unique(volume["labels"][volume["labels"] > 0]).size),
+        "membrane_fraction": float(volume["mask"].mean()),
+    }
+
+
+def synth_mri(
+    out_dir: str | Path,
+    *,
+    shape: Sequence[int] = (64, 64, 64),
+    seed: int = 0,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Generate an MRI head phantom (:func:`psc_seg.synth.mri_volume`) and write
+    ``out_dir/raw.nii.gz`` and ``out_dir/labels.nii.gz`` (1 mm voxels, identity affine).
+
+    ``overwrite`` replaces existing files; without it an existing one is a UserError and
+    nothing is written. ``options``: further keyword arguments of ``mri_volume``.
+
+    Returns:
+        ``{"raw", "labels" (paths), "shape", "class_fractions": {name: fraction}}``.
+    """
+    from psc_seg.synth.mri import CLASSES
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{str(out_dir)!r} is a file; give a directory for the NIfTI outputs")
+    paths = {name.split(".")[0]: out_dir / name for name in MRI_FILES}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise UserError(f"{existing[0]!r} exists; pass --overwrite to replace it")
+    volume = mri_volume(shape, seed=seed, **options)
+    params = {"kind": "mri", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
+    for name, path in paths.items():
+        _write(str(path), volume[name], voxel_size=volume["voxel_size"], unit="millimeter", params=params,
+               overwrite=overwrite)
+    labels = volume["labels"]
+    return {
+        "raw": str(paths["raw"]),
+        "labels": str(paths["labels"]),
+        "shape": params["shape"],
+        "class_fractions": {CLASSES[k]: float((labels == k).mean()) for k in sorted(CLASSES)},
+    }
+
+
+def _claim(path: Path, *, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``; with it, remove the old one first."""
+    if not path.exists():
+        return
+    if not overwrite:
+        raise UserError(f"{str(path)!r} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _write(spec: str, data: np.ndarray, *, voxel_size, unit: str, params: dict, overwrite: bool = False) -> None:
+    """Write one whole array as a finished volume (incomplete until the last step)."""
+    volume = create_volume(
+        spec,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(64, 64, 64),
+        voxel_size=[float(v) for v in voxel_size],
+        unit=unit,
+        provenance={"synth": params},
+        overwrite=overwrite,
+    )
+    volume.write(tuple(slice(0, n) for n in data.shape), data)
+    volume.finalize()
+    volume.close()
