@@ -9,7 +9,7 @@ import typer
 
 
 def info_command(
-    volume: Annotated[str, typer.Argument(help="Volume spec: vol.zarr[/array], vol.h5:/dataset, .nii[.gz], .tif, .npy.")],
+    volume: Annotated[str, typer.Argument(help="Volume spec: vol.zarr or vol.zarr/array, vol.h5:/dataset, .nii[.gz], .tif, .npy.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Describe VOLUME: shape, dtype, chunks, voxel size, value range of a sample, metadata."""

@@ -62,12 +62,13 @@ def _register() -> None:
     from psc_seg.cli import info as info_cmd
     from psc_seg.cli import evaluate as evaluate_cmd
     from psc_seg.cli import models as models_cmd
+    from psc_seg.cli import predict as predict_cmd
     from psc_seg.cli import preview as preview_cmd
     from psc_seg.cli import segment as segment_cmd
     from psc_seg.cli import synth as synth_cmd
     from psc_seg.cli import train as train_cmd
 
-    for module in (models_cmd, info_cmd, segment_cmd, evaluate_cmd, train_cmd, synth_cmd, preview_cmd):
+    for module in (models_cmd, info_cmd, predict_cmd, segment_cmd, evaluate_cmd, train_cmd, synth_cmd, preview_cmd):
         module.register(app)
 
 

@@ -1,0 +1,46 @@
+"""``psc-seg predict CHECKPOINT INPUT OUTPUT``: blockwise prediction on volumes of any size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def predict_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt) written by psc-seg train / models init.")],
+    input: Annotated[str, typer.Argument(help="Input volume: vol.zarr or vol.zarr/array, vol.h5:/dataset, .nii[.gz], .tif, .npy.")],
+    output: Annotated[str, typer.Argument(help="Output volume (zarr v3 by default; .h5:/path, .nii.gz, ...).")],
+    block_shape: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option("--block-shape", metavar="Z Y X",
+                     help="Write shape of a block in voxels; a multiple of the model's shape step. Default 64^3."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Local dask worker processes (0: in this process).")] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", metavar="ADDRESS", help="Existing dask scheduler, e.g. tcp://host:8786.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Blocks per forward pass.")] = 1,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, or uint8 (round(255 p)).")] = "float32",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output made with the same settings.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Predict affinities (UNet) or class probabilities and labels (DenseNet) for INPUT, block by
+    block, with the network in CHECKPOINT; write them to OUTPUT."""
+    from psc_seg.pipelines.predict import predict
+
+    summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,
+                      device=device, batch_size=batch_size, dtype=dtype, resume=resume, overwrite=overwrite,
+                      progress=not quiet)
+    where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
+    typer.echo(
+        f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done "
+        f"(of {summary['blocks']}), {summary['seconds']:.1f} s, {summary['voxels_per_second']:,.0f} voxels/s"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)

@@ -1,0 +1,355 @@
+"""``psc-seg predict``: run a checkpoint's network over a volume block by block.
+
+Data flow per block (:class:`BlockPredictor`): read the block's read ROI (mirrored outside the
+volume), normalise it as the checkpoint says, run the network once under
+``torch.inference_mode``, crop the output to the write ROI, write it. Blocks never overlap
+in the output, so there is no blending, and output chunks equal the block shape.
+
+Geometry (:func:`plan_geometry`), per axis, for a block shape ``B`` (a multiple of the
+model's ``shape_step``):
+
+* valid-padding networks (UNet ``padding="valid"``): the network runs on the smallest valid
+  output ``O >= B``, from an input of ``valid_input_shape(O)`` starting ``context`` voxels
+  before the write ROI; output voxel 0 is the write ROI's first voxel, the last ``O - B``
+  are cropped. Every input starts on the same ``shape_step`` lattice as the whole padded
+  volume's would, so the result equals the network applied to the whole mirrored volume.
+* same-padding networks (DenseNet, UNet ``padding="same"``): a halo of ``context`` voxels
+  rounded up to ``shape_step`` is read on each side and cropped away.
+
+Outputs (``OUTPUT`` names the main one):
+
+* affinities (UNet): ``OUTPUT`` is ``(C, Z, Y, X)``, one channel per offset.
+* semantic (DenseNet): class probabilities ``(K, Z, Y, X)`` and argmax labels ``(Z, Y, X)``:
+  ``OUTPUT/probabilities`` and ``OUTPUT/labels`` in a zarr container or HDF5 group; for
+  ``.nii[.gz]`` / ``.tif`` / ``.npy``, the labels at ``OUTPUT`` and the probabilities at
+  ``<stem>_probabilities<suffix>`` (NIfTI outputs keep a NIfTI input's affine and header).
+
+``dtype="uint8"`` stores ``round(255 * p)`` (attribute ``value_scale = 1/255``). Finished
+blocks are recorded with the main output (see :mod:`psc_seg.engine.resume`), keyed by a
+hash of the checkpoint file, the input, the block shape, the output dtype and the resolved
+normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from psc_seg.engine import BlockRecord, Roi, block_grid, file_hash, read_mirrored, run_blockwise
+from psc_seg.errors import UserError
+from psc_seg.io import (
+    create_volume, default_provenance, normalize, open_volume, parse_spec, partial_path, resolve_normalization,
+    volume_exists,
+)
+from psc_seg.io.volume import Volume
+from psc_seg.models import load_checkpoint
+
+DEFAULT_BLOCK = 64
+DEFAULT_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+DTYPES = ("float32", "uint8")
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Per-axis ``(z, y, x)`` geometry of one block (see the module docstring).
+
+    write_shape: the block's write ROI shape. read_shape: the network's input shape.
+    context: the read ROI starts this many voxels before the write ROI.
+    crop: the write ROI starts at this voxel of the network's output.
+    """
+
+    write_shape: tuple[int, int, int]
+    read_shape: tuple[int, int, int]
+    context: tuple[int, int, int]
+    crop: tuple[int, int, int]
+
+
+def _round_up(values: Sequence[int], step: Sequence[int]) -> tuple[int, int, int]:
+    return tuple(-(-int(v) // s) * s for v, s in zip(values, step))  # type: ignore[return-value]
+
+
+def default_block_shape(model, volume_shape: Sequence[int]) -> tuple[int, int, int]:
+    """64 voxels per axis (fewer for a smaller volume), rounded up to the model's ``shape_step``."""
+    return _round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], model.shape_step)
+
+
+def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
+    """The :class:`BlockGeometry` of ``model`` for ``block_shape``; UserError naming the
+    model's ``shape_step`` if the block shape is not a positive multiple of it."""
+    block_shape = tuple(int(b) for b in block_shape)
+    step = tuple(model.shape_step)
+    if len(block_shape) != 3 or min(block_shape) < 1 or any(b % s for b, s in zip(block_shape, step)):
+        axis = next((i for i, (b, s) in enumerate(zip(block_shape, step)) if b < 1 or b % s), 0)
+        raise UserError(
+            f"--block-shape {' '.join(map(str, block_shape))} must be a multiple of the model's shape step "
+            f"{step} (along {'zyx'[axis]}) so that blocks stitch exactly; e.g. --block-shape "
+            f"{' '.join(map(str, _round_up([max(1, b) for b in block_shape], step)))}"
+        )
+    if model.padding == "valid":
+        output = model.valid_output_shape(block_shape)
+        read_shape = tuple(model.valid_input_shape(output))
+        context = tuple(model.context)
+        if any(r - o != 2 * c for r, o, c in zip(read_shape, output, context)):
+            raise ValueError(f"model context {context} does not match input {read_shape} -> output {output}")
+        crop = (0, 0, 0)
+    else:
+        halo = _round_up(model.context, step)
+        read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
+        if tuple(model.output_shape(read_shape)) != read_shape:
+            raise ValueError(f"same-padding model changes shape {read_shape}")
+        context = crop = halo
+    return BlockGeometry(block_shape, read_shape, context, crop)  # type: ignore[arg-type]
+
+
+def resolve_task(checkpoint) -> dict[str, Any]:
+    """The checkpoint's task (``{"kind": "affinities", "offsets": ...}`` or ``{"kind":
+    "semantic", "num_classes": K}``), defaulting to the 3 standard affinities for 3 outputs."""
+    task = dict(checkpoint.metadata.get("task") or {})
+    out_channels = getattr(checkpoint.model, "out_channels", None) or checkpoint.kwargs.get("num_classes")
+    if not task:
+        if checkpoint.name == "densenet":
+            task = {"kind": "semantic", "num_classes": int(out_channels)}
+        elif out_channels == 3:
+            task = {"kind": "affinities", "offsets": DEFAULT_OFFSETS}
+        else:
+            raise UserError(f"checkpoint has no task metadata and {out_channels} outputs; retrain with psc-seg train "
+                            "or add metadata['task']")
+    if task["kind"] == "affinities":
+        task.setdefault("offsets", DEFAULT_OFFSETS)
+    elif task["kind"] == "semantic":
+        task.setdefault("num_classes", int(out_channels))
+    else:
+        raise UserError(f"unknown task kind {task['kind']!r} in the checkpoint; expected affinities or semantic")
+    return task
+
+
+def output_specs(output: str, task: dict[str, Any]) -> dict[str, str]:
+    """Where each output goes: ``{"affinities": ...}`` or ``{"probabilities": ..., "labels": ...}``."""
+    s = parse_spec(output)
+    if task["kind"] == "affinities":
+        if s.format == "hdf5" and not s.inner:
+            return {"affinities": f"{s.path}:/affinities"}
+        return {"affinities": str(output)}
+    if s.format == "zarr":
+        base = f"{s.path}/{s.inner}" if s.inner else str(s.path)
+        return {"probabilities": f"{base}/probabilities", "labels": f"{base}/labels"}
+    if s.format == "hdf5":
+        base = f"{s.path}:/{s.inner}" if s.inner else f"{s.path}:"
+        return {"probabilities": f"{base}/probabilities", "labels": f"{base}/labels"}
+    name = s.path.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else s.path.suffix
+    stem = name[: len(name) - len(suffix)]
+    return {"probabilities": str(s.path.with_name(f"{stem}_probabilities{suffix}")), "labels": str(output)}
+
+
+_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
+class BlockPredictor:
+    """The per-block function: read (mirrored), normalise, forward, crop, write.
+
+    Picklable for dask workers: the model is not pickled but loaded from the checkpoint once
+    per process (and ``torch.set_num_threads(threads)`` applied there).
+    """
+
+    def __init__(self, *, checkpoint: str, model: torch.nn.Module | None, device: str, geometry: BlockGeometry,
+                 source: Volume, outputs: dict[str, Volume], norm: dict[str, Any], task: dict[str, Any],
+                 activation: str | None, dtype: str, threads: int | None) -> None:
+        self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
+        self.source, self.outputs, self.norm, self.task = source, outputs, norm, task
+        self.activation, self.dtype, self.threads = activation, dtype, threads
+        self._model = model
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None}
+
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device)
+            if key not in _MODELS:
+                if self.threads:
+                    torch.set_num_threads(self.threads)
+                _MODELS[key] = load_checkpoint(self.checkpoint, map_location=self.device).model
+            self._model = _MODELS[key]
+        return self._model
+
+    def __call__(self, blocks) -> int:
+        blocks = blocks if isinstance(blocks, list) else [blocks]
+        model = self.model()
+        batch = np.stack([normalize(read_mirrored(self.source, b.read_roi), self.norm) for b in blocks])
+        if batch.ndim == 4:  # (B, Z, Y, X) -> (B, 1, Z, Y, X)
+            batch = batch[:, None]
+        with torch.inference_mode():
+            y = model(torch.from_numpy(batch).to(self.device))
+            if self.activation == "sigmoid":
+                y = torch.sigmoid(y)
+            elif self.activation == "softmax":
+                y = torch.softmax(y, dim=1)
+            y = y.float().cpu().numpy()
+        cz, cy, cx = self.geometry.crop
+        for i, block in enumerate(blocks):
+            wz, wy, wx = block.write_roi.shape
+            values = y[i, :, cz:cz + wz, cy:cy + wy, cx:cx + wx]
+            if self.task["kind"] == "semantic":
+                self.outputs["labels"].write(block.write_roi, values.argmax(axis=0))
+                self.outputs["probabilities"].write(block.write_roi, self._cast(values))
+            else:
+                self.outputs["affinities"].write(block.write_roi, self._cast(values))
+        return len(blocks)
+
+    def _cast(self, values: np.ndarray) -> np.ndarray:
+        if self.dtype == "uint8":
+            return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return values
+
+
+def _activation(checkpoint, task: dict[str, Any]) -> str | None:
+    final = checkpoint.kwargs.get("final_activation")
+    if task["kind"] == "affinities":
+        return None if final == "sigmoid" else "sigmoid"
+    return None if final == "softmax" else "softmax"
+
+
+def _is_complete(spec: str) -> bool:
+    s = parse_spec(spec)
+    if s.format in ("nifti", "tiff", "npy"):
+        return s.path.exists() and not partial_path(s.path).exists()
+    return open_volume(spec).complete
+
+
+def predict(
+    checkpoint: str | os.PathLike,
+    input: str,
+    output: str,
+    *,
+    block_shape: Sequence[int] | None = None,
+    workers: int = 0,
+    scheduler: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 1,
+    dtype: str = "float32",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
+
+    Args:
+        checkpoint: a psc-seg checkpoint (.pt).
+        input: input volume spec, ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
+        output: output volume spec (see the module docstring for what is written where).
+        block_shape: write ROI shape ``(z, y, x)``, a multiple of the model's ``shape_step``;
+            default 64 per axis (see :func:`default_block_shape`).
+        workers: local dask worker processes (0: in this process).
+        scheduler: address of an existing dask scheduler instead of ``workers``.
+        device: "cpu" or "cuda".
+        batch_size: blocks per forward pass.
+        dtype: "float32" or "uint8" (quantised ``round(255 p)``).
+        resume: continue an unfinished output made with the same settings.
+        overwrite: replace an existing output.
+        progress: tqdm bar over blocks.
+
+    Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second.
+    """
+    if resume and overwrite:
+        raise UserError("give either --resume or --overwrite, not both")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    ckpt = load_checkpoint(checkpoint, map_location=device)
+    model = ckpt.model
+    task = resolve_task(ckpt)
+    source = open_volume(input)
+    in_channels = getattr(model, "in_channels", 1)
+    if (source.channels or 1) != in_channels:
+        raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
+    shape = source.spatial_shape
+    block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape)
+    geometry = plan_geometry(model, block_shape)
+    norm = resolve_normalization(ckpt.metadata.get("normalize"), source)
+    specs = output_specs(output, task)
+    main = next(iter(specs))
+    settings = {
+        "checkpoint_sha256": file_hash(checkpoint),
+        "input": {"spec": str(Path(parse_spec(input).path).resolve()) + ":" + parse_spec(input).inner,
+                  "shape": list(source.shape), "dtype": str(source.dtype)},
+        "block_shape": list(geometry.write_shape),
+        "dtype": dtype,
+        "normalize": norm,
+        "outputs": specs,
+    }
+
+    exists = any(volume_exists(s) for s in specs.values())
+    if exists and not (resume or overwrite):
+        raise UserError(f"output {output!r} already exists; pass --resume to continue an unfinished run "
+                        "or --overwrite to replace it")
+    if exists and resume:
+        if _is_complete(specs[main]):
+            record = BlockRecord(open_volume(specs[main]).sidecar_dir("blocks"))
+            if not record.matches(settings):
+                raise UserError(f"output {output!r} is complete but was written with other settings; "
+                                "pass --overwrite to replace it")
+            total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))
+            return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0)
+        outputs = {name: open_volume(s, mode="r+") for name, s in specs.items()}
+        record = BlockRecord.open(outputs[main].sidecar_dir("blocks"), settings, what=f"output {output!r}")
+    else:
+        outputs = _create_outputs(specs, task, source=source, dtype=dtype, geometry=geometry, settings=settings,
+                                  checkpoint=str(checkpoint), overwrite=overwrite)
+        record = BlockRecord.create(outputs[main].sidecar_dir("blocks"), settings)
+
+    parallel = bool(workers or scheduler)
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if parallel else None
+    predictor = BlockPredictor(
+        checkpoint=str(Path(checkpoint).resolve()), model=None if parallel else model, device=device,
+        geometry=geometry, source=source, outputs=outputs, norm=norm, task=task, activation=_activation(ckpt, task),
+        dtype=dtype, threads=threads,
+    )
+    blocks = block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape, context=geometry.context,
+                        read_shape=geometry.read_shape)
+    stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
+                          batch_size=batch_size if batch_size > 1 else None, record=record, progress=progress,
+                          desc="predict")
+    for vol in outputs.values():
+        vol.finalize()
+    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped,
+                    seconds=stats.seconds, voxels=stats.voxels)
+
+
+def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,
+                    geometry: BlockGeometry, settings: dict, checkpoint: str, overwrite: bool) -> dict[str, Volume]:
+    shape = source.spatial_shape
+    attrs: dict[str, Any] = {"task": task}
+    if dtype == "uint8":
+        attrs["value_scale"] = 1.0 / 255.0
+    provenance = default_provenance({"config": {"checkpoint": checkpoint, **settings,
+                                                "block_geometry": asdict(geometry)}})
+    common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance, overwrite=overwrite)
+    outputs = {}
+    if task["kind"] == "affinities":
+        outputs["affinities"] = create_volume(specs["affinities"], shape=(len(task["offsets"]), *shape),
+                                              dtype=dtype, attrs=attrs, **common)
+    else:
+        k = int(task["num_classes"])
+        outputs["probabilities"] = create_volume(specs["probabilities"], shape=(k, *shape), dtype=dtype,
+                                                 attrs=attrs, **common)
+        outputs["labels"] = create_volume(specs["labels"], shape=shape, dtype=np.uint8 if k <= 256 else np.uint16,
+                                          attrs={"task": task}, **common)
+    return outputs
+
+
+def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, seconds: float,
+             voxels: int) -> dict[str, Any]:
+    return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "seconds": seconds,
+            "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}

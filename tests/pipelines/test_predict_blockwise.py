@@ -1,0 +1,202 @@
+"""Blockwise predict: exact stitching (block shapes, workers, whole volume), resume after SIGKILL,
+semantic outputs (NIfTI affine), refusals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from psc_seg.cli.main import app
+from psc_seg.engine import BlockRecord
+from psc_seg.errors import UserError
+from psc_seg.io import create_volume, normalize, open_volume
+from psc_seg.models import build_model, save_checkpoint
+from psc_seg.pipelines.predict import plan_geometry, predict
+
+SHAPE = (50, 52, 70)  # not a multiple of any block shape: edge blocks are clipped
+
+
+def _tiny_unet(path: Path, *, padding: str = "valid", seed: int = 0, scale: float = 1.5) -> Path:
+    torch.manual_seed(seed)
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]],
+                        padding=padding)
+    with torch.no_grad():  # larger weights: outputs that vary, so stitching errors would show
+        for p in model.parameters():
+            p.mul_(scale)
+    save_checkpoint(path, model, metadata={"task": {"kind": "affinities", "offsets": [[-1, 0, 0], [0, -1, 0],
+                                                                                      [0, 0, -1]]},
+                                           "normalize": {"kind": "uint8"}})
+    return path
+
+
+def _raw(path: Path, shape=SHAPE, seed: int = 0) -> tuple[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    vol = create_volume(path, shape=shape, dtype="uint8", voxel_size=(40, 4, 4), unit="nanometer")
+    vol.write(None, data)
+    vol.finalize()
+    return str(path), data
+
+
+def _whole_volume(model, data: np.ndarray) -> np.ndarray:
+    """The network once on the whole mirrored volume, cropped to the volume."""
+    out_shape = model.valid_output_shape(data.shape)
+    in_shape = model.valid_input_shape(out_shape)
+    ctx = model.context
+    pad = [(c, i - s - c) for c, i, s in zip(ctx, in_shape, data.shape)]
+    x = np.pad(normalize(data, {"kind": "uint8"}), pad, mode="reflect")
+    with torch.inference_mode():
+        y = model(torch.from_numpy(x)[None, None]).numpy()[0]
+    return y[:, : data.shape[0], : data.shape[1], : data.shape[2]]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    ckpt = _tiny_unet(root / "unet.pt")
+    spec, data = _raw(root / "raw.zarr")
+    from psc_seg.models import load_checkpoint
+
+    reference = _whole_volume(load_checkpoint(ckpt).model, data)
+    return root, ckpt, spec, data, reference
+
+
+@pytest.mark.parametrize("block", [32, 48, 64])
+def test_block_shapes_equal_the_whole_volume(setup, block):
+    root, ckpt, spec, data, reference = setup
+    out = root / f"affs{block}.zarr"
+    summary = predict(ckpt, spec, str(out), block_shape=(block,) * 3, progress=False)
+    vol = open_volume(out)
+    assert vol.shape == (3, *SHAPE) and vol.chunks == (3, *(min(block, s) for s in SHAPE)) and vol.complete
+    assert vol.voxel_size == (40, 4, 4) and vol.unit == "nanometer"
+    assert summary["computed"] == summary["blocks"] == int(np.prod([-(-s // block) for s in SHAPE]))
+    result = vol.read()
+    assert reference.std() > 0.05  # a non-trivial answer
+    assert np.abs(result - reference).max() <= 1e-5
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_cluster_workers_equal_the_whole_volume(setup, workers):
+    root, ckpt, spec, data, reference = setup
+    out = root / f"affs_w{workers}.zarr"
+    summary = predict(ckpt, spec, str(out), block_shape=(32, 64, 64), workers=workers, batch_size=workers,
+                      progress=False)
+    assert summary["computed"] == 4
+    assert np.abs(open_volume(out).read() - reference).max() <= 1e-5
+
+
+def test_uint8_output_and_hdf5(setup):
+    root, ckpt, spec, data, reference = setup
+    out = f"{root}/pred.h5:/volumes/affs"
+    predict(ckpt, spec, out, block_shape=(64, 64, 64), dtype="uint8", progress=False)
+    vol = open_volume(out)
+    assert vol.dtype == np.uint8 and vol.attrs["value_scale"] == pytest.approx(1 / 255)
+    diff = np.abs(vol.read().astype(int) - np.rint(reference * 255).astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # off by one only where 255 p is a hair from .5
+
+
+def test_same_padding_halo_is_cropped(tmp_path):
+    ckpt = _tiny_unet(tmp_path / "same.pt", padding="same", seed=1, scale=1.0)
+    spec, data = _raw(tmp_path / "raw.zarr", shape=(32, 36, 40), seed=1)
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]],
+                        padding="same")
+    geometry = plan_geometry(model, (32, 20, 20))
+    assert geometry.context == geometry.crop == (20, 20, 20) and geometry.read_shape == (72, 60, 60)
+    a = tmp_path / "a.zarr"
+    b = tmp_path / "b.zarr"
+    predict(ckpt, spec, str(a), block_shape=(32, 20, 20), progress=False)
+    predict(ckpt, spec, str(b), block_shape=(16, 36, 40), progress=False)
+    assert np.abs(open_volume(a).read() - open_volume(b).read()).max() <= 1e-5
+
+
+def test_semantic_nifti_labels_keep_the_affine(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("densenet", num_classes=3, stem_channels=4, growth_rate=2, block_layers=[1, 1],
+                        bottleneck_factor=1).eval()
+    ckpt = save_checkpoint(tmp_path / "dn.pt", model, metadata={"task": {"kind": "semantic", "num_classes": 3}})
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(100, 20, size=(20, 18, 13)).astype(np.float32)  # stored (x, y, z)
+    affine = np.array([[-1.2, 0, 0, 30], [0, 1.1, 0, -5], [0, 0, 2.5, 7], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(xyz, affine), tmp_path / "t1.nii.gz")
+    summary = predict(ckpt, str(tmp_path / "t1.nii.gz"), str(tmp_path / "seg.nii.gz"), block_shape=(8, 8, 8),
+                      progress=False)
+    assert summary["outputs"]["probabilities"] == str(tmp_path / "seg_probabilities.nii.gz")
+    labels = nib.load(tmp_path / "seg.nii.gz")
+    np.testing.assert_allclose(labels.affine, affine)
+    assert labels.shape == (20, 18, 13)
+    probs = open_volume(tmp_path / "seg_probabilities.nii.gz")
+    assert probs.shape == (3, 13, 18, 20)
+    p = probs.read()
+    np.testing.assert_allclose(p.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(open_volume(tmp_path / "seg.nii.gz").read(), p.argmax(axis=0))
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_refusals(setup, tmp_path):
+    root, ckpt, spec, data, reference = setup
+    out = str(tmp_path / "o.zarr")
+    predict(ckpt, spec, out, block_shape=(64, 64, 64), progress=False)
+    with pytest.raises(UserError, match="already exists; pass --resume .* or --overwrite"):
+        predict(ckpt, spec, out, block_shape=(64, 64, 64), progress=False)
+    with pytest.raises(UserError, match="complete but was written with other settings"):
+        predict(ckpt, spec, out, block_shape=(32, 32, 32), resume=True, progress=False)
+    done = predict(ckpt, spec, out, block_shape=(64, 64, 64), resume=True, progress=False)
+    assert done["computed"] == 0 and done["skipped"] == 2
+    with pytest.raises(UserError, match=r"multiple of the model's shape step \(4, 4, 4\) \(along y\).*32 32 32"):
+        predict(ckpt, spec, str(tmp_path / "x.zarr"), block_shape=(32, 30, 32), progress=False)
+    with pytest.raises(UserError, match="either --resume or --overwrite"):
+        predict(ckpt, spec, out, resume=True, overwrite=True)
+    two = create_volume(tmp_path / "two.zarr", shape=(2, 8, 8, 8), dtype="uint8")
+    two.finalize()
+    with pytest.raises(UserError, match="has 2 channel.* expects 1"):
+        predict(ckpt, str(tmp_path / "two.zarr"), str(tmp_path / "y.zarr"), progress=False)
+    res = CliRunner().invoke(app, ["predict", str(ckpt), spec, out, "--block-shape", "64", "64", "64", "--quiet"])
+    assert res.exit_code == 2 and "error: output" in res.output
+    res = CliRunner().invoke(app, ["predict", str(ckpt), spec, out, "--block-shape", "64", "64", "64", "--quiet",
+                                   "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert "2 blocks computed, 0 already done (of 2)" in res.output
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A CLI run killed with SIGKILL half-way, rerun with --resume: identical output, and the
+    blocks recorded before the kill are not recomputed."""
+    ckpt = _tiny_unet(tmp_path / "unet.pt", seed=2)
+    spec, _ = _raw(tmp_path / "raw.zarr", shape=(32, 48, 48), seed=2)
+    out = tmp_path / "affs.zarr"
+    exe = Path(sys.executable).with_name("psc-seg")
+    cmd = [str(exe if exe.exists() else "psc-seg"), "predict", str(ckpt), spec, str(out), "--block-shape", "16", "16",
+           "16", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = out / "0" / ".psc-seg-blocks" / "done.log"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if log.exists() and log.read_text().count("\n") >= 4:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not open_volume(out).complete  # the killed output does not look complete
+    recorded = BlockRecord(log.parent).done_ids()
+    assert 4 <= len(recorded) < 18
+    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, check=True)
+    match = re.search(r"(\d+) blocks computed, (\d+) already done \(of 18\)", res.stdout)
+    assert match, res.stdout + res.stderr
+    assert int(match.group(2)) == len(recorded) and int(match.group(1)) == 18 - len(recorded)
+    assert open_volume(out).complete
+    full = tmp_path / "full.zarr"
+    subprocess.run([*cmd[:4], str(full), *cmd[5:]], env=env, check=True, capture_output=True)
+    np.testing.assert_array_equal(open_volume(out).read(), open_volume(full).read())
