@@ -148,7 +148,9 @@ def _panels(raw, labels, affinities, center) -> list[np.ndarray]:
     return [xy, np.transpose(yz, (1, 0, 2)), xz]
 
 
-def figure_pixels(shape: Sequence[int], *, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), size: int = 1000) -> tuple[int, int]:
+def figure_pixels(
+    shape: Sequence[int], *, voxel_size: Sequence[float] = (1.0, 1.0, 1.0), size: int = 1000
+) -> tuple[int, int]:
     """``(width, height)`` of the PNG in pixels: ``size`` on the longer side, proportioned
     like the panels, ``(X + Z) : (Y + Z)`` in physical units."""
     z, y, x = (n * v for n, v in zip(shape, voxel_size))

@@ -10,6 +10,7 @@ import typer
 synth_app = typer.Typer(help="Write synthetic volumes with ground truth (seeded, sized by options).",
                         no_args_is_help=True)
 
+Shape = Annotated[tuple[int, int, int], typer.Option("--shape", help="Volume shape Z Y X in voxels.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same volume.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 
@@ -17,10 +18,12 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing o
 @synth_app.command("em")
 def em_command(
     out: Annotated[Path, typer.Argument(help="Output container: NAME.zarr (default) or NAME.h5.")],
-    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Volume shape Z Y X in voxels.")] = (64, 128, 128),
+    shape: Shape = (64, 128, 128),
     seed: Seed = 0,
     cell_size: Annotated[float, typer.Option("--cell-size", help="Typical neurite diameter in voxels.")] = 18.0,
-    noise: Annotated[float, typer.Option("--noise", help="Noise standard deviation, fraction of the grey range.")] = 0.07,
+    noise: Annotated[float, typer.Option("--noise", help="Noise standard deviation, fraction of the grey range.")] = (
+        0.07
+    ),
     zero_membranes: Annotated[
         bool, typer.Option("--zero-membranes", help="Label membrane voxels 0 (CREMI convention) instead of their cell.")
     ] = False,
@@ -40,13 +43,15 @@ def em_command(
 @synth_app.command("mri")
 def mri_command(
     out_dir: Annotated[Path, typer.Argument(help="Output directory for raw.nii.gz and labels.nii.gz.")],
-    shape: Annotated[tuple[int, int, int], typer.Option("--shape", help="Volume shape Z Y X in 1 mm voxels.")] = (64, 64, 64),
+    shape: Shape = (64, 64, 64),
     seed: Seed = 0,
-    noise: Annotated[float, typer.Option("--noise", help="Rician noise, relative to the white-matter intensity.")] = 0.03,
+    noise: Annotated[float, typer.Option("--noise", help="Rician noise, relative to the white-matter intensity.")] = (
+        0.03
+    ),
     bias: Annotated[float, typer.Option("--bias", help="Bias-field amplitude (0.2: about +-20 %).")] = 0.2,
     overwrite: Overwrite = False,
 ) -> None:
-    """MRI-like head phantom, T1 contrast: raw.nii.gz and labels.nii.gz (0 background, 1 CSF, 2 GM, 3 WM)."""
+    """MRI-like head phantom (T1, 1 mm voxels): raw.nii.gz and labels.nii.gz (0 background, 1 CSF, 2 GM, 3 WM)."""
     from psc_seg.pipelines.synth import synth_mri
 
     summary = synth_mri(out_dir, shape=shape, seed=seed, overwrite=overwrite, noise=noise, bias=bias)

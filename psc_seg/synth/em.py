@@ -4,14 +4,15 @@ The cells are a generalised Voronoi diagram of seeded line segments (neurites: l
 running in all directions) and points (boutons: round, large, full of vesicles), each seed
 with its own radius weight, computed in a smoothly warped space so boundaries curve. Between
 cells a dark membrane of about ``membrane_width`` voxels; inside them a grainy cytoplasm of a
-per-cell grey, optional mitochondria (dark, elongated along their neurite, with a darker outer
-membrane and cristae) and vesicles (small dark spots, dense in boutons). The image is then
-blurred (the microscope's point spread), multiplied by a slow intensity drift (section to
-section and across the field) and given Gaussian noise.
+per-cell grey (dark in a few cells, like glia), optional mitochondria (dark, elongated along
+their neurite, with a darker outer membrane and cristae) and vesicles (small dark spots, dense
+in boutons). The image is then blurred (the microscope's point spread), multiplied by a slow
+intensity drift (section to section and across the field) and given Gaussian noise.
 
-What makes it harder than thresholding: mitochondria and vesicle clouds are as dark as
-membranes (an intensity-only method splits cells at them), membranes fade in places (it
-merges there), cells differ in grey level and the drift moves all levels slowly.
+What makes it harder than thresholding: mitochondria, vesicle clouds and dark cells are
+nearly as dark as membranes (an intensity-only method splits cells at them), membranes fade
+in places (it merges there), cells differ in grey level and the drift moves all levels
+slowly. A network learns that membranes are thin dark sheets between cells.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from psc_seg.synth._fields import check_shape, smooth_field
 
 #: Mean grey levels in [0, 1] before drift and noise.
 CYTOPLASM_RANGE = (0.62, 0.82)
+DARK_CYTOPLASM_RANGE = (0.38, 0.48)
 MEMBRANE_LEVEL = 0.18
 MITOCHONDRION_LEVEL = 0.40
 MITOCHONDRION_MEMBRANE_LEVEL = 0.22
@@ -40,6 +42,7 @@ def em_volume(
     membrane_width: float = 3.0,
     mitochondria: bool = True,
     vesicles: bool = True,
+    dark_cells: float = 0.1,
     noise: float = 0.07,
     blur: float = 0.8,
     drift: float = 0.12,
@@ -57,6 +60,8 @@ def em_volume(
             half darkness); also the width of ``mask``.
         mitochondria: add mitochondria (about one per two cells).
         vesicles: add vesicles (dense in boutons, sparse elsewhere).
+        dark_cells: fraction of cells with a dark cytoplasm (glia, dark axons), about as
+            dark as mitochondria.
         noise: standard deviation of the Gaussian noise, in units of the full [0, 1] range
             (0.07 is about 18 grey levels).
         blur: sigma in voxels of the Gaussian point-spread blur (0 for none).
@@ -81,9 +86,15 @@ def em_volume(
         raise UserError(f"em_volume: membrane_width must be in [1, cell_size / 2], got {membrane_width}")
     if noise < 0 or blur < 0 or drift < 0:
         raise UserError("em_volume: noise, blur and drift must be >= 0")
-    rng = np.random.default_rng(seed)
+    if not 0 <= dark_cells <= 1:
+        raise UserError(f"em_volume: dark_cells is a fraction in [0, 1], got {dark_cells}")
+    # one independent stream per component, so switching one off leaves the others unchanged
+    streams = np.random.SeedSequence(seed).spawn(7)
+    rng_cells, rng_levels, rng_vesicles, rng_mito, rng_membranes, rng_drift, rng_noise = (
+        np.random.default_rng(s) for s in streams
+    )
 
-    owner, seeds = _voronoi_cells(shape, cell_size, rng)
+    owner, seeds = _voronoi_cells(shape, cell_size, rng_cells)
     labels = _connected_ids(owner, min_size=max(8, int(0.02 * cell_size**3)))
     owner_of_label = _owner_of_label(labels, owner)
 
@@ -91,21 +102,23 @@ def em_volume(
     mask = interface_distance < membrane_width / 2
 
     n_cells = int(labels.max())
-    cell_level = rng.uniform(*CYTOPLASM_RANGE, size=n_cells + 1).astype(np.float32)
+    cell_level = rng_levels.uniform(*CYTOPLASM_RANGE, size=n_cells + 1).astype(np.float32)
+    dark = rng_levels.random(n_cells + 1) < dark_cells
+    cell_level[dark] = rng_levels.uniform(*DARK_CYTOPLASM_RANGE, size=int(dark.sum()))
     image = cell_level[labels]
-    image += 0.035 * smooth_field(shape, 1.5, rng)  # cytoplasm grain
+    image += 0.035 * smooth_field(shape, 1.5, rng_levels)  # cytoplasm grain
 
     if vesicles:
         is_bouton = seeds["half_length"][owner_of_label] == 0
         density = np.where(is_bouton, 0.02, 0.001).astype(np.float32)[labels]
-        image = _add_vesicles(image, density * (interface_distance > 2.5), rng)
+        image = _add_vesicles(image, density * (interface_distance > 2.5), rng_vesicles)
     if mitochondria:
-        image = _add_mitochondria(image, labels, interface_distance, seeds, owner_of_label, cell_size, rng)
+        image = _add_mitochondria(image, labels, interface_distance, seeds, owner_of_label, cell_size, rng_mito)
 
     sigma = membrane_width / 2.355
     darkness = np.exp(-0.5 * (interface_distance / sigma) ** 2)
-    # membranes fade in places (oblique cuts, poor staining): contrast 0.35..1
-    contrast = np.clip(0.8 + 0.3 * smooth_field(shape, cell_size, rng), 0.35, 1.0)
+    # membranes fade in places (oblique cuts, poor staining): contrast 0.5..1
+    contrast = np.clip(0.85 + 0.3 * smooth_field(shape, cell_size, rng_membranes), 0.5, 1.0)
     darkness *= contrast
     image = image * (1 - darkness) + MEMBRANE_LEVEL * darkness
 
@@ -113,11 +126,12 @@ def em_volume(
         image = ndimage.gaussian_filter(image, blur, truncate=3.0)
     if drift > 0:
         z = np.arange(shape[0], dtype=np.float32)[:, None, None]
-        phase, period = rng.uniform(0, 2 * np.pi), rng.uniform(1.5, 3.0) * shape[0]
-        gain = 1 + drift * (0.6 * np.sin(2 * np.pi * z / period + phase) + 0.6 * smooth_field(shape, 4 * cell_size, rng))
+        phase, period = rng_drift.uniform(0, 2 * np.pi), rng_drift.uniform(1.5, 3.0) * shape[0]
+        along_z = np.sin(2 * np.pi * z / period + phase)
+        gain = 1 + drift * (0.6 * along_z + 0.6 * smooth_field(shape, 4 * cell_size, rng_drift))
         image = image * gain
     if noise > 0:
-        image += rng.normal(0.0, noise, size=shape).astype(np.float32)
+        image += rng_noise.normal(0.0, noise, size=shape).astype(np.float32)
     raw = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
 
     labels = labels.astype(np.uint64)
@@ -145,7 +159,8 @@ def _voronoi_cells(shape: tuple[int, int, int], cell_size: float, rng: np.random
     # warp space so straight segments become curved neurites
     warp = 0.3 * cell_size
     coords = [
-        np.arange(n, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)]) + warp * smooth_field(shape, 2.5 * cell_size, rng)
+        np.arange(n, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        + warp * smooth_field(shape, 2.5 * cell_size, rng)
         for axis, n in enumerate(shape)
     ]
     best = np.full(shape, np.inf, dtype=np.float32)

@@ -57,18 +57,20 @@ def mri_volume(
         raise UserError("mri_volume: noise, bias and folds must be >= 0")
     if cortex_thickness <= 0:
         raise UserError(f"mri_volume: cortex_thickness must be > 0 mm, got {cortex_thickness}")
-    rng = np.random.default_rng(seed)
-    labels, tissue = _anatomy(shape, rng, cortex_thickness=cortex_thickness, folds=folds)
+    # one independent stream per component, so changing one leaves the others unchanged
+    streams = np.random.SeedSequence(seed).spawn(4)
+    rng_anatomy, rng_texture, rng_bias, rng_noise = (np.random.default_rng(s) for s in streams)
+    labels, tissue = _anatomy(shape, rng_anatomy, cortex_thickness=cortex_thickness, folds=folds)
 
     levels = np.array([LEVELS[name] for name in ("air", "scalp", "skull", "csf", "gm", "wm")], dtype=np.float32)
     image = levels[tissue]
-    image *= 1 + 0.03 * smooth_field(shape, 3.0, rng)  # within-tissue texture
+    image *= 1 + 0.03 * smooth_field(shape, 3.0, rng_texture)  # within-tissue texture
     image = ndimage.gaussian_filter(image, 0.5, truncate=3.0)  # partial volume
     if bias > 0:
-        image *= np.exp(bias * smooth_field(shape, 0.6 * max(shape), rng))
+        image *= np.exp(bias * smooth_field(shape, 0.6 * max(shape), rng_bias))
     if noise > 0:
-        real = image + rng.normal(0.0, noise, size=shape).astype(np.float32)
-        imag = rng.normal(0.0, noise, size=shape).astype(np.float32)
+        real = image + rng_noise.normal(0.0, noise, size=shape).astype(np.float32)
+        imag = rng_noise.normal(0.0, noise, size=shape).astype(np.float32)
         image = np.sqrt(real * real + imag * imag)
     return {
         "raw": image.astype(np.float32, copy=False),
