@@ -23,8 +23,8 @@ from psc_seg.train.model import build_training_model, check_patch_shape
 
 # keys that may change when a run is resumed (longer training, other logging, other machine)
 RESUMABLE_CHANGES = ("train.iterations", "train.validate_every", "train.checkpoint_every", "train.log_every",
-                     "train.num_workers")
-RUN_FILES = ("checkpoints", "metrics.csv", "config.yaml", "curves.png", "tensorboard")
+                     "train.num_workers", "train.max_seconds")
+RUN_FILES = ("checkpoints", "metrics.csv", "config.yaml", "curves.png", "tensorboard", "validation")
 
 
 def default_run_dir(config: str | Path) -> Path:
@@ -63,7 +63,7 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool) 
         raw_data, label_data, mask_data = raw, labels, mask
     return LabelledVolume(
         name=raw.spec, raw=raw_data, labels=label_data, mask=mask_data, voxel_size=raw.voxel_size,
-        normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "labels": labels.spec},
+        normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "raw": volume_set.raw, "labels": volume_set.labels},
     )
 
 
@@ -122,7 +122,7 @@ def resolve_device(device: str) -> torch.device:
 def prepare(config: TrainConfig) -> tuple[torch.nn.Module, tuple[int, int, int], list[LabelledVolume], list[LabelledVolume]]:
     """Open the volumes and build the model: ``(model, input_shape, train, validation)``."""
     train_volumes = [open_labelled(v, config, preload=config.data.preload) for v in config.data.train]
-    validation_volumes = [open_labelled(v, config, preload=True) for v in config.data.validation]
+    validation_volumes = [open_labelled(v, config, preload=False) for v in config.data.validation]
     channels = {v.in_channels for v in train_volumes + validation_volumes}
     if len(channels) != 1:
         raise UserError(f"the raw volumes have different channel counts ({sorted(channels)}); use volumes alike")
@@ -177,7 +177,7 @@ def train(
     if validation_volumes:
         from psc_seg.train.validate import make_validator
 
-        validator = make_validator(cfg, validation_volumes)
+        validator = make_validator(cfg, validation_volumes, run_dir / "validation")
     resolved = cfg.as_dict()
     _write_yaml(run_dir / "config.yaml", resolved)
     metadata = {

@@ -52,11 +52,12 @@ def transpose(arrays: Sequence[np.ndarray], groups: Sequence[Sequence[int]], rng
 
 
 def elastic(
-    arrays: Sequence[np.ndarray], rng: np.random.Generator, *, alpha: float, sigma: float
+    arrays: Sequence[np.ndarray], rng: np.random.Generator, *, alpha: float, sigma: float, linear: int = 1
 ) -> list[np.ndarray]:
     """Smooth random deformation: a displacement field of white noise smoothed with a Gaussian
-    of ``sigma`` voxels, scaled so its largest value is ``alpha`` voxels. The first array
-    (raw) is interpolated linearly, the others (labels, masks) by nearest neighbour."""
+    of ``sigma`` voxels, scaled so its largest value is ``alpha`` voxels. The first ``linear``
+    arrays (raw channels) are interpolated linearly, the others (labels, masks) by nearest
+    neighbour."""
     shape = arrays[0].shape
     grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
     coords = []
@@ -66,9 +67,8 @@ def elastic(
         coords.append(grid[axis] + field * (alpha / peak))
     result = []
     for index, a in enumerate(arrays):
-        order = 1 if index == 0 else 0
         source = a.view(np.uint8) if a.dtype == bool else a
-        moved = ndimage.map_coordinates(source, coords, order=order, mode="mirror")
+        moved = ndimage.map_coordinates(source, coords, order=1 if index < linear else 0, mode="mirror")
         result.append(moved.astype(a.dtype, copy=False))
     return result
 
@@ -87,17 +87,18 @@ def gaussian_noise(raw: np.ndarray, rng: np.random.Generator, *, max_sigma: floa
 def section_defects(
     raw: np.ndarray, rng: np.random.Generator, *, missing: float, low_contrast: float, contrast: float = 0.2
 ) -> np.ndarray:
-    """EM section defects along z: each section is blanked (set to 0) with probability
+    """EM section defects along z (axis -3): each section is blanked (set to 0) with probability
     ``missing``, or else has its contrast around its mean cut to ``contrast`` with
     probability ``low_contrast``."""
     raw = raw.copy()
-    for z in range(raw.shape[0]):
+    for z in range(raw.shape[-3]):
+        section = (Ellipsis, z, slice(None), slice(None))
         draw = rng.random()
         if draw < missing:
-            raw[z] = 0.0
+            raw[section] = 0.0
         elif draw < missing + low_contrast:
-            mean = raw[z].mean()
-            raw[z] = mean + (raw[z] - mean) * contrast
+            mean = raw[section].mean()
+            raw[section] = mean + (raw[section] - mean) * contrast
     return raw
 
 
@@ -108,7 +109,8 @@ def augment(
     """Apply the augmentations enabled in ``config`` to one patch.
 
     Args:
-        raw: ``(Z, Y, X)`` float32 normalised intensities.
+        raw: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` float32 normalised intensities (all channels
+            get the same geometry and intensity change).
         labels: ``(Z, Y, X)`` integer labels.
         known: ``(Z, Y, X)`` bool, where labels may be trusted.
         rng: the patch's random generator.
@@ -118,14 +120,17 @@ def augment(
     Returns:
         ``(raw, labels, known)`` of the same shapes, contiguous.
     """
-    arrays = [raw, labels, known]
+    channels = [raw] if raw.ndim == 3 else list(raw)
+    arrays = [*channels, labels, known]
     if config.elastic.enabled and config.elastic.alpha > 0:
-        arrays = elastic(arrays, rng, alpha=config.elastic.alpha, sigma=config.elastic.sigma)
+        arrays = elastic(arrays, rng, alpha=config.elastic.alpha, sigma=config.elastic.sigma, linear=len(channels))
     if config.flip:
         arrays = flip(arrays, rng)
     if config.transpose and transpose_groups:
         arrays = transpose(arrays, transpose_groups, rng)
-    raw, labels, known = (np.ascontiguousarray(a) for a in arrays)
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    raw = arrays[0] if raw.ndim == 3 else np.stack(arrays[: len(channels)])
+    labels, known = arrays[-2], arrays[-1]
     raw = intensity(raw, rng, scale=config.intensity_scale, shift=config.intensity_shift)
     if config.noise_sigma > 0:
         raw = gaussian_noise(raw, rng, max_sigma=config.noise_sigma)

@@ -155,7 +155,12 @@ class TrainSettings(_Strict):
     checkpoint_every: int | None = Field(default=None, ge=1)
     """Write last.pt every this many iterations (default: validate_every)."""
     log_every: int = Field(default=1, ge=1)
+    max_seconds: float | None = Field(default=None, gt=0)
+    """Stop (saving last.pt, as at the end) once this invocation has trained this long."""
     seed: int = 0
+    init: Literal["kaiming", "default"] = "kaiming"
+    """Initial weights: He (Kaiming) normal for every conv, zero biases; or PyTorch's default
+    (whose shrinking variance stalls the deeper PmSCn stacks)."""
     num_workers: int = Field(default=2, ge=0)
     min_labelled: float = Field(default=0.25, ge=0, le=1)
     """Reject patches whose output region has a smaller fraction of labelled voxels."""

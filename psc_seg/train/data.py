@@ -153,7 +153,7 @@ class PatchDataset(Dataset):
             if fraction >= self.min_labelled:
                 break
         fraction, index, start, labels, known = best
-        if fraction < self.min_labelled and fraction == 0:
+        if fraction == 0:
             raise UserError(
                 f"no training patch with labelled voxels found in {MAX_TRIES} tries; check that the labels "
                 "are not all 0 (unlabelled) and the mask covers them, or lower train.min_labelled"
@@ -166,19 +166,10 @@ class PatchDataset(Dataset):
         index, raw, labels, known = self._draw(rng)
         if self.task.kind == "affinities" and self.zero_label == "ignore":
             known &= labels != 0
+        raw, labels, known = augment(raw, labels, known, rng, self.augment_config,
+                                     transpose_groups=self.transpose_groups[index])
         if raw.ndim == 3:
-            raw_zyx = raw
-            raw_zyx, labels, known = augment(raw_zyx, labels, known, rng, self.augment_config,
-                                             transpose_groups=self.transpose_groups[index])
-            raw = raw_zyx[None]
-        else:  # multi-channel: augment the channels with one draw of geometry and intensity
-            channels = []
-            for c in range(raw.shape[0]):
-                channel_rng = np.random.default_rng([self.seed, int(sample), 1])
-                channel, lab, kn = augment(raw[c], labels, known, channel_rng, self.augment_config,
-                                           transpose_groups=self.transpose_groups[index])
-                channels.append(channel)
-            raw, labels, known = np.stack(channels), lab, kn
+            raw = raw[None]
         inner = tuple(slice(c, c + o) for c, o in zip(self.crop, self.output_shape))
         if self.task.kind == "affinities":
             target = seg_to_affinities(labels, self.task.offsets)[(slice(None), *inner)]
@@ -208,6 +199,12 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     torch.set_num_threads(1)
+    # lazily read volumes: drop file handles inherited from the parent, each worker reopens its own
+    info = torch.utils.data.get_worker_info()
+    for volume in info.dataset.volumes if info is not None else ():
+        for array in (volume.raw, volume.labels, volume.mask):
+            if hasattr(array, "close"):
+                array.close()
 
 
 def make_loader(

@@ -4,8 +4,11 @@ A run folder holds::
 
     RUN_DIR/config.yaml              the resolved config
     RUN_DIR/metrics.csv              iteration, loss, lr, validation figures, elapsed_s
-    RUN_DIR/checkpoints/last.pt      model + optimizer + iteration + RNG states (resume)
-    RUN_DIR/checkpoints/best.pt      the model at the best validation figure so far
+    RUN_DIR/checkpoints/last.pt      model + optimizer + iteration + RNG states (resume), every
+                                     checkpoint_every iterations, at each validation and the end
+    RUN_DIR/checkpoints/best.pt      the model at the best validation figure so far (the final
+                                     model when there is no validation data)
+    RUN_DIR/validation/              the latest predictions on the validation volumes
     RUN_DIR/curves.png               loss and validation curves (written at the end)
     RUN_DIR/tensorboard/             event files, when tensorboard is installed
 
@@ -39,13 +42,13 @@ from psc_seg.train.losses import affinity_loss, semantic_loss
 
 
 class Validator(Protocol):
-    """Scores the model on the validation volumes."""
+    """Scores a checkpoint on the validation volumes."""
 
     columns: list[str]  # metrics.csv columns it fills
     metric: str  # the column that picks best.pt
     mode: str  # "min" or "max"
 
-    def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]: ...
+    def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]: ...
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -267,10 +270,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Run the validator and keep ``best.pt`` up to date."""
-        self.model.eval()
-        with torch.no_grad():
-            figures = self.validator(self.model, self.device)
-        self.model.train()
+        figures = self.validator(self.checkpoints / "last.pt", self.device)
         self.state.last_validation = dict(figures)
         value = figures.get(self.validator.metric)
         if value is not None and not math.isnan(value):
@@ -281,6 +281,15 @@ class Trainer:
                 self.state.best_value, self.state.best_iteration = float(value), self.state.iteration
                 self.save("best")
         return figures
+
+    def _log_row(self, iteration: int, loss: float, figures: dict[str, float], writer) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.log.write({"iteration": iteration, "loss": loss, "lr": lr, **figures,
+                        "elapsed_s": round(self.state.elapsed_s, 3)})
+        if writer is not None:
+            writer.add_scalar("train/loss", loss, iteration)
+            for key, value in figures.items():
+                writer.add_scalar(f"validation/{key}", value, iteration)
 
     # -------------------------------------------------------------- run
     def fit(self, *, resume_from: Path | None = None) -> dict[str, Any]:
@@ -299,7 +308,8 @@ class Trainer:
             self.dataset, batch_size=t.batch_size, start_iteration=self.state.iteration, iterations=t.iterations,
             num_workers=t.num_workers, seed=t.seed, pin_memory=self.device.type == "cuda",
         )
-        started = time.perf_counter() - self.state.elapsed_s
+        session_start = time.perf_counter()
+        started = session_start - self.state.elapsed_s
         loss = float("nan")
         progress = tqdm(total=t.iterations, initial=self.state.iteration, desc="train", unit="it",
                         disable=self.quiet, dynamic_ncols=True)
@@ -309,20 +319,17 @@ class Trainer:
                 self.state.iteration += 1
                 it = self.state.iteration
                 self.state.elapsed_s = time.perf_counter() - started
-                figures: dict[str, float] = {}
-                if self.validator is not None and (it % t.validate_every == 0 or it == t.iterations):
-                    figures = self.validate()
-                    self.state.elapsed_s = time.perf_counter() - started
-                if it % t.log_every == 0 or figures or it == t.iterations:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    self.log.write({"iteration": it, "loss": loss, "lr": lr, **figures,
-                                    "elapsed_s": round(self.state.elapsed_s, 3)})
-                    if writer is not None:
-                        writer.add_scalar("train/loss", loss, it)
-                        for key, value in figures.items():
-                            writer.add_scalar(f"validation/{key}", value, it)
-                if it % checkpoint_every == 0 or it == t.iterations:
-                    self.save("last")
+                out_of_time = t.max_seconds is not None and time.perf_counter() - session_start >= t.max_seconds
+                final = it == t.iterations or out_of_time
+                validating = self.validator is not None and (it % t.validate_every == 0 or final)
+                if it % checkpoint_every == 0 or final or validating:
+                    self.save("last")  # validation predicts from last.pt
+                figures = self.validate() if validating else {}
+                if figures:
+                    self.save("last")  # with the validation figures and best so far, for --resume
+                self.state.elapsed_s = time.perf_counter() - started
+                if it % t.log_every == 0 or figures or final:
+                    self._log_row(it, loss, figures, writer)
                 postfix = {"loss": f"{loss:.4f}"}
                 if self.validator is not None and self.validator.metric in self.state.last_validation:
                     postfix[self.validator.metric] = f"{self.state.last_validation[self.validator.metric]:.4f}"
@@ -330,6 +337,8 @@ class Trainer:
                 progress.update(1)
                 if self.on_iteration is not None:
                     self.on_iteration(it, loss)
+                if out_of_time:
+                    break
         except KeyboardInterrupt:
             progress.close()
             path = self.save("last")

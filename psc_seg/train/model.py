@@ -15,7 +15,8 @@ from psc_seg.train.config import TrainConfig
 
 def build_training_model(config: TrainConfig, *, in_channels: int = 1) -> nn.Module:
     """The model of ``config.model`` with ``in_channels`` inputs and one output per affinity
-    offset or per class. UNets for semantic tasks output logits unless told otherwise.
+    offset or per class, initialised as ``train.init`` says. UNets for semantic tasks output
+    logits unless told otherwise.
 
     Raises:
         UserError: unknown model name or builder argument (with a close match), bad values.
@@ -43,12 +44,32 @@ def build_training_model(config: TrainConfig, *, in_channels: int = 1) -> nn.Mod
     if config.task.kind == "affinities" and "final_activation" in accepted:
         kwargs.setdefault("final_activation", "sigmoid")
     try:
-        return build_model(name, **kwargs)
+        model = build_model(name, **kwargs)
     except (ValueError, TypeError) as exc:
         raise UserError(f"config section 'model': {str(exc).splitlines()[0]}") from None
+    return initialize(model, config.train.init)
 
 
 _CHANNEL_ARGS = ("in_channels", "out_channels", "num_classes")
+
+
+def initialize(model: nn.Module, scheme: str = "kaiming") -> nn.Module:
+    """Re-initialise the weights of ``model`` in place (uses torch's global RNG).
+
+    ``"kaiming"``: He normal initialisation (fan in, gain of a leaky ReLU) for every 3D conv and
+    transposed conv, zero biases, so activations keep their scale through the extra 2D / 1D
+    convs of PmSCn blocks; ``"default"``: leave PyTorch's initialisation.
+    """
+    if scheme == "default":
+        return model
+    if scheme != "kaiming":
+        raise ValueError(f"unknown init scheme {scheme!r}; use kaiming or default")
+    for module in model.modules():
+        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+            nn.init.kaiming_normal_(module.weight, a=0.01, mode="fan_in", nonlinearity="leaky_relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
 
 
 def check_patch_shape(model: nn.Module, patch_shape: Sequence[int]) -> tuple[int, int, int]:

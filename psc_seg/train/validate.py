@@ -1,24 +1,43 @@
-"""Validation during training, with the code the user runs afterwards.
+"""Validation during training, with the very code the user runs afterwards.
 
-EM (affinities): predict the validation volumes -> segment (waterz agglomeration at
-``validation.thresholds``) -> VI against the ground truth; the figure is the VI at the best
-threshold, averaged over the volumes. MRI (semantic): predict -> argmax -> Dice of the
-foreground classes, averaged over the volumes.
+The checkpoint just written (``last.pt``) goes through the blockwise ``predict`` pipeline on
+each validation volume (outputs kept in ``RUN_DIR/validation/``), then:
+
+- EM (affinities): ``segment_affinities`` (waterz at ``validation.thresholds``) and VI against
+  the ground truth; the figure is the VI at the threshold that is best on average over the
+  volumes.
+- MRI (semantic): the predicted labels and the foreground Dice per class, averaged over the
+  volumes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from psc_seg.evaluate import contingency_table, dice_scores, instance_scores
-from psc_seg.segment.agglomerate import agglomerate
+from psc_seg.io import open_volume
 from psc_seg.train.config import TrainConfig
 from psc_seg.train.data import LabelledVolume
-from psc_seg.train.predict import predict_in_memory
+
+
+def _predict(checkpoint: Path, raw: str, output: Path, *, config: TrainConfig, device: torch.device) -> dict:
+    from psc_seg.pipelines.predict import predict
+
+    block = config.validation.block_shape
+    return predict(checkpoint, raw, str(output), block_shape=list(block) if block else None, device=str(device),
+                   overwrite=True, progress=False)
+
+
+def _labels_and_mask(volume: LabelledVolume) -> tuple[np.ndarray, np.ndarray | None]:
+    gt = np.asarray(volume.labels.read() if hasattr(volume.labels, "read") else volume.labels)
+    if volume.mask is None:
+        return gt, None
+    mask = np.asarray(volume.mask.read() if hasattr(volume.mask, "read") else volume.mask) != 0
+    return gt, mask
 
 
 class AffinityValidator:
@@ -28,22 +47,29 @@ class AffinityValidator:
     metric = "val_voi"
     mode = "min"
 
-    def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume]) -> None:
-        self.config, self.volumes = config, list(volumes)
+    def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
+        self.config, self.volumes, self.folder = config, list(volumes), Path(folder)
         self.thresholds = sorted(config.validation.thresholds)
 
-    def scores(self, model: nn.Module, device: torch.device) -> list[list[dict[str, float]]]:
-        """Per volume, per threshold: the instance scores (``voi_split``, ``voi_merge``, ``voi``...)."""
+    def scores(self, checkpoint: Path, device: torch.device) -> list[list[dict[str, float]]]:
+        """Per volume, per threshold: instance scores (``voi_split``, ``voi_merge``, ``voi``...)."""
+        from psc_seg.segment import segment_affinities
+
         result = []
-        for volume in self.volumes:
-            affinities = predict_in_memory(model, volume, device=device, config=self.config)
-            segmentations = agglomerate(affinities, self.thresholds, scoring=self.config.validation.scoring)
-            gt = np.asarray(volume.labels)
+        for index, volume in enumerate(self.volumes):
+            output = self.folder / f"{index}-affinities.zarr"
+            _predict(checkpoint, volume.meta["raw"], output, config=self.config, device=device)
+            affinities = open_volume(str(output)).read()
+            segmentations = segment_affinities(affinities, thresholds=self.thresholds,
+                                               scoring=self.config.validation.scoring)
+            gt, mask = _labels_and_mask(volume)
+            if mask is not None:  # voxels outside the mask count as unlabelled ground truth
+                gt = np.where(mask, gt, 0)
             result.append([instance_scores(contingency_table(gt, seg)) for seg in segmentations])
         return result
 
-    def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        per_volume = self.scores(model, device)
+    def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]:
+        per_volume = self.scores(checkpoint, device)
         mean = [
             {key: float(np.mean([v[t][key] for v in per_volume])) for key in ("voi_split", "voi_merge", "voi")}
             for t in range(len(self.thresholds))
@@ -59,21 +85,21 @@ class SemanticValidator:
     metric = "val_dice"
     mode = "max"
 
-    def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume]) -> None:
-        self.config, self.volumes = config, list(volumes)
+    def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
+        self.config, self.volumes, self.folder = config, list(volumes), Path(folder)
         self.classes = list(range(1, int(config.task.num_classes)))
         self.columns = ["val_dice", *(f"val_dice_{k}" for k in self.classes)]
 
-    def __call__(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+    def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]:
         per_class: dict[int, list[float]] = {k: [] for k in self.classes}
         means = []
-        for volume in self.volumes:
-            logits = predict_in_memory(model, volume, device=device, config=self.config)
-            prediction = np.argmax(logits, axis=0)
-            gt = np.asarray(volume.labels)
-            if volume.mask is not None:
-                keep = np.asarray(volume.mask) != 0
-                gt, prediction = gt[keep], prediction[keep]
+        for index, volume in enumerate(self.volumes):
+            output = self.folder / f"{index}-classes.zarr"
+            _predict(checkpoint, volume.meta["raw"], output, config=self.config, device=device)
+            prediction = open_volume(f"{output}/labels").read()
+            gt, mask = _labels_and_mask(volume)
+            if mask is not None:
+                gt, prediction = gt[mask], prediction[mask]
             dice, mean = dice_scores(gt.astype(np.int64), prediction.astype(np.int64))
             means.append(mean)
             for k in self.classes:
@@ -85,8 +111,8 @@ class SemanticValidator:
         return figures
 
 
-def make_validator(config: TrainConfig, volumes: Sequence[LabelledVolume]):
-    """The validator for the config's task."""
+def make_validator(config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path):
+    """The validator for the config's task; predictions are written under ``folder``."""
     if config.task.kind == "affinities":
-        return AffinityValidator(config, volumes)
-    return SemanticValidator(config, volumes)
+        return AffinityValidator(config, volumes, folder)
+    return SemanticValidator(config, volumes, folder)

@@ -47,7 +47,7 @@ def test_preset_demo_small_builds_and_checks():
     em = load_config("em/demo-small")
     model = build_training_model(em)
     assert (model.in_channels, model.out_channels) == (1, 3)
-    assert check_patch_shape(model, em.train.patch_shape) == (40, 72, 72)
+    assert check_patch_shape(model, em.train.patch_shape) == (48, 88, 88)
     mri = load_config("mri/demo-small")
     model = build_training_model(mri)
     assert model.out_channels == 4 and model.padding == "same"
@@ -119,3 +119,24 @@ def test_patch_shape_error_proposes_the_nearest_valid_one():
         check_patch_shape(model, (15, 33, 31))
     assert "nearest valid one is [16, 32, 32]" in str(info.value)
     assert "--set train.patch_shape=[16,32,32]" in str(info.value)
+
+
+def test_kaiming_init_keeps_the_weight_scale_of_psc_convs():
+    import torch
+
+    from psc_seg.train.model import initialize
+
+    torch.manual_seed(0)
+    config = load_config("em/demo-small", ["model.num_fmaps=16"])
+    model = build_training_model(config)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv3d) and m.weight.numel() > 2000]
+    assert convs
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        assert abs(conv.weight.std().item() * (fan_in / 2) ** 0.5 - 1) < 0.15
+        assert conv.bias is None or not conv.bias.any()
+    default = build_training_model(load_config("em/demo-small", ["model.num_fmaps=16", "train.init=default"]))
+    conv = next(m for m in default.modules() if isinstance(m, torch.nn.Conv3d) and m.weight.numel() > 2000)
+    assert conv.weight.std().item() * (conv.weight[0].numel() / 2) ** 0.5 < 0.7  # torch's default is smaller
+    with pytest.raises(ValueError, match="unknown init scheme"):
+        initialize(default, "xavier")

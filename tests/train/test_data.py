@@ -128,3 +128,31 @@ def test_loader_batches_do_not_depend_on_workers_or_resume_point():
         assert torch.equal(a["raw"], b["raw"]) and torch.equal(a["target"], b["target"])
     assert torch.equal(serial[2]["raw"], resumed[0]["raw"])
     assert serial[0]["raw"].shape == (2, 1, 8, 16, 16)
+
+
+def test_multichannel_raw_gets_one_geometry_for_all_channels():
+    labels = blob_labels((16, 32, 32))
+    raw = np.stack([labels.astype(np.float32), -labels.astype(np.float32)])
+    dataset = PatchDataset([_volume(labels, raw=raw)], input_shape=(8, 16, 16), output_shape=(4, 8, 8),
+                           task=TaskConfig(), augment_config=AugmentConfig(intensity_scale=(1, 1),
+                                                                            intensity_shift=(0, 0)),
+                           seed=0, zero_label="boundary", min_labelled=0.0)
+    for sample in range(4):
+        item = dataset[sample]
+        assert item["raw"].shape == (2, 8, 16, 16)
+        assert torch.equal(item["raw"][0], -item["raw"][1])
+
+
+def test_lazy_volumes_through_a_worker(tmp_path, em_volume):
+    from psc_seg.io import open_volume
+
+    volume = LabelledVolume(name="lazy", raw=open_volume(em_volume["raw"]), labels=open_volume(em_volume["labels"]),
+                            voxel_size=(1.0, 1.0, 1.0),
+                            normalize=functools.partial(normalize, spec={"kind": "uint8"}))
+    dataset = PatchDataset([volume], input_shape=(8, 16, 16), output_shape=(4, 8, 8), task=TaskConfig(),
+                           augment_config=NO_AUGMENT, seed=4, zero_label="boundary")
+    serial = list(make_loader(dataset, batch_size=1, start_iteration=0, iterations=2, num_workers=0, seed=4))
+    worker = list(make_loader(dataset, batch_size=1, start_iteration=0, iterations=2, num_workers=1, seed=4))
+    for a, b in zip(serial, worker):
+        assert torch.equal(a["raw"], b["raw"]) and torch.equal(a["target"], b["target"])
+    assert 0 < serial[0]["raw"].mean() < 1

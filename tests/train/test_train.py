@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.errors import UserError
+from psc_seg.io import open_volume
 from psc_seg.models import load_checkpoint
 from psc_seg.pipelines.train import train
 from psc_seg.train.loop import Trainer, TrainingInterrupted
@@ -58,6 +59,15 @@ def test_train_cli_writes_a_run_whose_checkpoint_rebuilds(tmp_path, em_volume):
     assert float(rows[-1]["val_voi"]) >= 0 and float(rows[-1]["val_threshold"]) in (0.3, 0.6)
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["iterations"] == 4
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # validation went through the real predict pipeline; its output stays for inspection
+    validated = open_volume(str(run / "validation" / "0-affinities.zarr"))
+    assert validated.shape == (3, 16, 32, 32) and validated.complete
+    # and `psc-seg predict` takes the checkpoint with nothing else
+    out = tmp_path / "pred.zarr"
+    result = runner.invoke(app, ["predict", str(run / "checkpoints" / "best.pt"), em_volume["raw"], str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    affinities = open_volume(str(out)).read()
+    assert affinities.shape == (3, 16, 32, 32) and 0 <= affinities.min() and affinities.max() <= 1
 
 
 def test_resume_continues_the_same_curve(tmp_path, em_volume):
