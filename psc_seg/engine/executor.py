@@ -48,6 +48,8 @@ from psc_seg.engine.blocks import Block, iter_batches
 from psc_seg.engine.resume import BlockRecord
 from psc_seg.errors import UserError
 
+CONNECT_TIMEOUT = "20s"  # for an existing scheduler
+
 
 @dataclass
 class RunStats:
@@ -141,7 +143,7 @@ def _run_dask(tasks: list, process: Callable, batched: bool, finish: Callable, *
     cluster = None
     if scheduler:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             raise UserError(f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address") from None
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))

@@ -259,6 +259,8 @@ def predict(
     """
     if resume and overwrite:
         raise UserError("give either --resume or --overwrite, not both")
+    if workers and scheduler:
+        raise UserError("give either --workers or --scheduler, not both")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):

@@ -113,3 +113,23 @@ def test_block_record_settings_and_torn_lines(tmp_path):
         BlockRecord.open(tmp_path / "none", {"a": 1})
     with pytest.raises(UserError, match="either --workers or --scheduler"):
         run_blockwise([], print, workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_existing_scheduler_address(tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    from psc_seg.engine import executor
+
+    data = np.random.default_rng(4).random((10, 11, 12)).astype(np.float32)
+    src = create_volume(tmp_path / "in.zarr", shape=data.shape, dtype="float32")
+    src.write(None, data)
+    out = create_volume(tmp_path / "out.zarr", shape=data.shape, dtype="float32", chunks=(5, 5, 5))
+    blocks = block_grid(Roi((0, 0, 0), data.shape), write_shape=5, context=1)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        stats = run_blockwise(blocks, PlusOne(src, out), scheduler=cluster.scheduler_address, progress=False)
+    assert stats.computed == len(blocks) == 2 * 3 * 3
+    np.testing.assert_array_equal(open_volume(tmp_path / "out.zarr").read(), data + 1)
+    monkeypatch.setattr(executor, "CONNECT_TIMEOUT", "1s")
+    with pytest.raises(UserError, match="cannot reach the dask scheduler"):
+        run_blockwise(blocks, PlusOne(src, out), scheduler="tcp://127.0.0.1:9", progress=False)

@@ -157,6 +157,11 @@ def test_refusals(setup, tmp_path):
         predict(ckpt, spec, str(tmp_path / "x.zarr"), block_shape=(32, 30, 32), progress=False)
     with pytest.raises(UserError, match="either --resume or --overwrite"):
         predict(ckpt, spec, out, resume=True, overwrite=True)
+    with pytest.raises(UserError, match="either --workers or --scheduler"):
+        predict(ckpt, spec, out, workers=2, scheduler="tcp://127.0.0.1:8786")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            predict(ckpt, spec, str(tmp_path / "gpu.zarr"), device="cuda")
     two = create_volume(tmp_path / "two.zarr", shape=(2, 8, 8, 8), dtype="uint8")
     two.finalize()
     with pytest.raises(UserError, match="has 2 channel.* expects 1"):
