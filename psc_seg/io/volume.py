@@ -310,6 +310,15 @@ class ZarrVolume(Volume):
             units = [axes[i].get("unit") for i in space] if axes and isinstance(axes[0], dict) else []
             unit = units[0] if units else None
             attrs = {k: v for k, v in group_attrs.items() if k not in ("ome", "multiscales")}
+            # OME-Zarr from other tools is often (t, c, z, y, x) with t = 1 (and c = 1): drop those
+            types = [ax.get("type") if isinstance(ax, dict) else None for ax in axes]
+            lead = []
+            for i, size in enumerate(array.shape[:-3]):
+                if size == 1 and (types[i] == "time" if i < len(types) else False):
+                    lead.append(i)
+            if lead and array.ndim - len(lead) == 4 and array.shape[-4] == 1 and types[-4] == "channel":
+                lead.append(array.ndim - 4)
+            squeeze = tuple(lead)
         else:
             array = node
             self.array_path = node_path
@@ -317,11 +326,23 @@ class ZarrVolume(Volume):
             voxel_size = attrs.get("voxel_size") or attrs.get("resolution")
             offset = attrs.get("offset")
             unit = attrs.get("unit")
-        check_dims(array.shape, f"zarr array {spec.text or str(node_path)!r}")
-        super().__init__(spec, mode=mode, shape=array.shape, dtype=array.dtype, voxel_size=voxel_size,
-                         offset=offset, chunks=array.chunks, unit=unit, attrs=attrs)
+            squeeze = ()
+        shape = tuple(s for i, s in enumerate(array.shape) if i not in squeeze)
+        chunks = tuple(c for i, c in enumerate(array.chunks) if i not in squeeze)
+        check_dims(shape, f"zarr array {spec.text or str(node_path)!r}")
+        super().__init__(spec, mode=mode, shape=shape, dtype=array.dtype, voxel_size=voxel_size,
+                         offset=offset, chunks=chunks, unit=unit, attrs=attrs)
         self.is_group = isinstance(node, zarr.Group)
+        self._squeeze = squeeze  # leading singleton axes (OME time / channel) hidden from the view
         self._h_array = None
+
+    def _full_key(self, key: tuple) -> tuple:
+        if not self._squeeze:
+            return key
+        parts = list(key)
+        for axis in self._squeeze:
+            parts.insert(axis, slice(0, 1))
+        return tuple(parts)
 
     def _array(self):
         if self._h_array is None:
@@ -331,10 +352,12 @@ class ZarrVolume(Volume):
         return self._h_array
 
     def _read(self, key):
-        return self._array()[key]
+        data = self._array()[self._full_key(key)]
+        return data.reshape(data.shape[len(self._squeeze):]) if self._squeeze else data
 
     def _write(self, key, data):
-        self._array()[key] = data
+        full = self._full_key(key)
+        self._array()[full] = data.reshape(tuple(s.stop - s.start for s in full)) if self._squeeze else data
 
     def _store_attrs(self) -> None:
         import zarr

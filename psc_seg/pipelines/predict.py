@@ -164,6 +164,7 @@ class BlockPredictor:
         self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
         self.source, self.outputs, self.norm, self.task = source, outputs, norm, task
         self.activation, self.dtype, self.threads = activation, dtype, threads
+        self.check_finite = np.issubdtype(source.dtype, np.floating)
         self._model = model
 
     def __getstate__(self) -> dict:
@@ -183,6 +184,9 @@ class BlockPredictor:
         blocks = blocks if isinstance(blocks, list) else [blocks]
         model = self.model()
         batch = np.stack([normalize(read_mirrored(self.source, b.read_roi), self.norm) for b in blocks])
+        if self.check_finite and not np.isfinite(batch).all():
+            roi = next(b.read_roi for b, x in zip(blocks, batch) if not np.isfinite(x).all())
+            raise UserError(f"input {self.source.spec!r} has NaN or infinite values in {roi}; clean it before predicting")
         if batch.ndim == 4:  # (B, Z, Y, X) -> (B, 1, Z, Y, X)
             batch = batch[:, None]
         with torch.inference_mode():
@@ -214,6 +218,11 @@ def _activation(checkpoint, task: dict[str, Any]) -> str | None:
     if task["kind"] == "affinities":
         return None if final == "sigmoid" else "sigmoid"
     return None if final == "softmax" else "softmax"
+
+
+def _same_volume(a: str, b: str) -> bool:
+    sa, sb = parse_spec(a), parse_spec(b)
+    return sa.path.resolve() == sb.path.resolve() and sa.inner.strip("/") == sb.inner.strip("/")
 
 
 def _is_complete(spec: str) -> bool:
@@ -282,6 +291,8 @@ def predict(
     norm = resolve_normalization(ckpt.metadata.get("normalize"), source)
     specs = output_specs(output, task)
     main = next(iter(specs))
+    if any(_same_volume(input, s) for s in specs.values()):
+        raise UserError(f"output {output!r} is the input volume; choose another output")
     settings = {
         "checkpoint_sha256": file_hash(checkpoint),
         "input": {"spec": str(Path(parse_spec(input).path).resolve()) + ":" + parse_spec(input).inner,

@@ -220,3 +220,17 @@ def test_info_cli(tmp_path):
     assert info["voxel_size"] == [40, 4, 4] and info["complete"] is True and info["sample"]["max"] == 23
     res = runner.invoke(app, ["info", str(tmp_path / "nope.h5:/raw")])
     assert res.exit_code == 2 and "error:" in res.output and "does not exist" in res.output
+
+
+def test_ome_zarr_tczyx_with_singleton_time_and_channel(tmp_path):
+    root = zarr.open_group(str(tmp_path / "tczyx.zarr"), mode="w", zarr_format=2)
+    data = _blob((1, 1, 4, 5, 6))
+    root.create_array("0", shape=data.shape, dtype="float32", chunks=(1, 1, 2, 5, 6))[:] = data
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1, 1, 0.5, 0.25, 0.25]}]}]}]
+    vol = open_volume(tmp_path / "tczyx.zarr")
+    assert vol.shape == (4, 5, 6) and vol.channels is None and vol.chunks == (2, 5, 6)
+    assert vol.voxel_size == (0.5, 0.25, 0.25) and vol.unit == "micrometer"
+    np.testing.assert_array_equal(vol[1:3, :, 2:], data[0, 0, 1:3, :, 2:])

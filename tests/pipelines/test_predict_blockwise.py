@@ -159,6 +159,13 @@ def test_refusals(setup, tmp_path):
         predict(ckpt, spec, out, resume=True, overwrite=True)
     with pytest.raises(UserError, match="either --workers or --scheduler"):
         predict(ckpt, spec, out, workers=2, scheduler="tcp://127.0.0.1:8786")
+    with pytest.raises(UserError, match="is the input volume"):
+        predict(ckpt, spec, spec, overwrite=True)
+    nan = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    nan[2, 3, 4] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(UserError, match="NaN or infinite values"):
+        predict(ckpt, str(tmp_path / "nan.npy"), str(tmp_path / "nan.zarr"), progress=False)
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
             predict(ckpt, spec, str(tmp_path / "gpu.zarr"), device="cuda")
