@@ -428,9 +428,7 @@ class Hdf5Volume(Volume):
         voxel_size = attrs.get("voxel_size") or attrs.get("resolution")
         super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=voxel_size,
                          offset=attrs.get("offset"), chunks=chunks, unit=attrs.get("unit"),
-                         attrs={k: v for k, v in attrs.items() if k != META_KEY})
-        if META_KEY in attrs:
-            self._attrs[META_KEY] = json.loads(attrs[META_KEY]) if isinstance(attrs[META_KEY], str) else attrs[META_KEY]
+                         attrs={k: _from_json(v) for k, v in attrs.items()})
         self._h_file = None
 
     def _dataset(self):
@@ -466,6 +464,16 @@ class Hdf5Volume(Volume):
         if self._h_file is not None:
             self._h_file.close()
         self._h_file = None
+
+
+def _from_json(value: Any) -> Any:
+    """Dicts and lists are stored in HDF5 attributes as JSON text; decode them."""
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -102,6 +102,7 @@ def test_uint8_output_and_hdf5(setup):
     predict(ckpt, spec, out, block_shape=(64, 64, 64), dtype="uint8", progress=False)
     vol = open_volume(out)
     assert vol.dtype == np.uint8 and vol.attrs["value_scale"] == pytest.approx(1 / 255)
+    assert vol.attrs["task"]["offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
     diff = np.abs(vol.read().astype(int) - np.rint(reference * 255).astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # off by one only where 255 p is a hair from .5
 
