@@ -54,8 +54,16 @@ def orthogonal_slices(volume: Any, center: Sequence[int]) -> tuple[np.ndarray, n
     return slices[0], slices[1], slices[2]
 
 
+#: Distinct colours for the small ids of semantic labels (1 CSF, 2 GM, 3 WM, ...).
+PALETTE = np.array([
+    [0.12, 0.47, 0.71], [1.0, 0.5, 0.05], [0.17, 0.63, 0.17], [0.84, 0.15, 0.16], [0.58, 0.4, 0.74],
+    [0.55, 0.34, 0.29], [0.89, 0.47, 0.76], [0.74, 0.74, 0.13], [0.09, 0.75, 0.81],
+], dtype=np.float32)
+
+
 def label_colors(ids: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random RGB colour in [0.2, 1] for each id: ``(..., 3)`` float32."""
+    """A fixed RGB colour for each id, ``(..., 3)`` float32: ids 1-9 from a palette of distinct
+    colours (semantic classes), larger ids pseudo-random in [0.2, 1] (instances)."""
     ids = np.asarray(ids).astype(np.uint64)
     channels = []
     with np.errstate(over="ignore"):
@@ -65,7 +73,10 @@ def label_colors(ids: np.ndarray) -> np.ndarray:
             h *= np.uint64(0xBF58476D1CE4E5B9)
             h ^= h >> np.uint64(32)
             channels.append((h & np.uint64(0xFF)).astype(np.float32) / 255.0)
-    return 0.2 + 0.8 * np.stack(channels, axis=-1)
+    colors = 0.2 + 0.8 * np.stack(channels, axis=-1)
+    small = (ids >= 1) & (ids <= len(PALETTE))
+    colors[small] = PALETTE[ids[small].astype(np.int64) - 1]
+    return colors
 
 
 def write_preview(

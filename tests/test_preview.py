@@ -40,13 +40,17 @@ def test_orthogonal_slices_numpy_and_volume(tmp_path):
 
 
 def test_label_colors_fixed_per_id():
-    ids = np.array([[1, 2], [1, 7]], dtype=np.uint64)
+    ids = np.array([[11, 12], [11, 17]], dtype=np.uint64)
     colors = label_colors(ids)
     assert colors.shape == (2, 2, 3)
     np.testing.assert_array_equal(colors[0, 0], colors[1, 0])
     assert not np.allclose(colors[0, 0], colors[0, 1])
-    np.testing.assert_array_equal(label_colors(np.array([7])), colors[1, 1][None])
+    np.testing.assert_array_equal(label_colors(np.array([17])), colors[1, 1][None])
     assert colors.min() >= 0.2 and colors.max() <= 1.0
+    # small ids (semantic classes) get clearly distinct palette colours
+    classes = label_colors(np.arange(1, 10))
+    distances = np.linalg.norm(classes[:, None] - classes[None], axis=-1)
+    assert distances[~np.eye(9, dtype=bool)].min() > 0.15
 
 
 def test_figure_pixels():

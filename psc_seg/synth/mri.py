@@ -116,7 +116,8 @@ def _anatomy(shape: tuple[int, int, int], rng: np.random.Generator, *, cortex_th
     gradient = np.sqrt(sum(np.gradient(g, axis=a) ** 2 for a in range(3))) + 1e-6
     depth = folds * (0.3 + 0.1 * np.tanh(smooth_field(shape, 0.3 * max(shape), rng)))
     sulcus = (np.abs(g) / gradient < 0.6) & (rho > 0.92 - depth) & brain
-    midline = np.abs(grids[2] - center[2]) < 0.75
+    wiggle = 1.5 * smooth_field((shape[0], shape[1], 1), 12.0, rng)  # the fissure is not a plane
+    midline = np.abs(grids[2] - center[2] - wiggle) < 0.75
     fissure = brain & midline & ((q[0] > 0.05) | (np.abs(q[1]) > 0.55)) & (rho > 0.25)
     csf = outer_csf | (sulcus & (folds > 0)) | fissure
 
