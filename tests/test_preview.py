@@ -128,7 +128,19 @@ def test_preview_cli(tmp_path):
     _write(f"{tmp_path}/affs.zarr", affs)
     result = runner.invoke(app, ["preview", f"{tmp_path}/affs.zarr", "-o", str(tmp_path / "affs.png")])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "affs.png").is_file()
+    grey = _png(tmp_path / "affs.png")
+    assert np.abs(grey[..., 0] - grey[..., 1]).max() < 1e-6  # three equal channels: grey
+    # or beside the raw, with --affinities: shown instead of it, in RGB
+    affs[1:] = 0
+    _write(f"{tmp_path}/red.zarr", affs)
+    result = runner.invoke(app, ["preview", f"{tmp_path}/em.zarr/raw", "--affinities", f"{tmp_path}/red.zarr",
+                                 "-o", str(tmp_path / "red.png")])
+    assert result.exit_code == 0, result.output
+    red = _png(tmp_path / "red.png")
+    assert ((red[..., 0] > 0.99) & (red[..., 1] < 0.01)).sum() > 1000
+    result = runner.invoke(app, ["preview", f"{tmp_path}/em.zarr/raw", "--affinities", f"{tmp_path}/affs.zarr/x",
+                                 "-o", str(tmp_path / "none.png")])
+    assert result.exit_code == 2 and not (tmp_path / "none.png").exists()
 
 
 def test_preview_help():

@@ -12,7 +12,7 @@ def preview_command(
     volume: Annotated[str, typer.Argument(help="Raw volume: vol.zarr/raw, vol.h5:/raw, scan.nii.gz, ... "
                                                 "(a (C, Z, Y, X) volume is shown as affinities).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="PNG file to write.")],
-    labels: Annotated[str | None, typer.Option("--labels", help="Labels to overlay in random colours.")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Labels to overlay, one fixed colour per id.")] = None,
     affinities: Annotated[
         str | None, typer.Option("--affinities", help="(C, Z, Y, X) affinities to show as RGB instead of the raw.")
     ] = None,
