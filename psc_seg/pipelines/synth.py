@@ -9,6 +9,7 @@ MRI: ``OUT_DIR/raw.nii.gz`` (float32) and ``OUT_DIR/labels.nii.gz`` (uint8: 0 ba
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +61,8 @@ def synth_em(
         shape: ``(z, y, x)`` in voxels.
         seed: random seed.
         overwrite: replace an existing ``out`` (the whole container); without it an existing
-            output is a UserError and nothing is written.
+            output is a UserError and nothing is written. The container is written under a
+            hidden partial name beside ``out`` and renamed when complete.
         options: further keyword arguments of :func:`psc_seg.synth.em_volume`.
 
     Returns:
@@ -68,13 +70,20 @@ def synth_em(
         "membrane_fraction"}``.
     """
     path, fmt = em_container(out)
-    _claim(path, overwrite=overwrite)
+    if path.exists() and not overwrite:
+        raise UserError(f"{str(path)!r} exists; pass --overwrite to replace it")
     volume = em_volume(shape, seed=seed, **options)
-    specs = em_specs(path, fmt)
     params = {"kind": "em", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
     data = {"raw": volume["raw"], "labels": volume["labels"], "mask": volume["mask"].astype(np.uint8)}
-    for name in EM_ARRAYS:
-        _write(specs[name], data[name], voxel_size=volume["voxel_size"], unit="nanometer", params=params)
+    # written beside the target and renamed when complete: an interrupted run leaves no OUT
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    _remove(partial)
+    for name, spec in em_specs(partial, fmt).items():
+        _write(spec, data[name], voxel_size=volume["voxel_size"], unit="nanometer", params=params)
+    _remove(path)
+    os.replace(partial, path)
+    _remove(partial)  # its lock file
+    specs = em_specs(path, fmt)
     return {
         "path": str(path),
         "format": fmt,
@@ -126,16 +135,14 @@ def synth_mri(
     }
 
 
-def _claim(path: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; with it, remove the old one first."""
-    if not path.exists():
-        return
-    if not overwrite:
-        raise UserError(f"{str(path)!r} exists; pass --overwrite to replace it")
+def _remove(path: Path) -> None:
+    """Delete a file or directory tree if it exists, and the lock file psc_seg.io keeps beside
+    an HDF5 file."""
     if path.is_dir():
         shutil.rmtree(path)
-    else:
+    elif path.exists():
         path.unlink()
+    path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
 
 
 def _write(spec: str, data: np.ndarray, *, voxel_size, unit: str, params: dict, overwrite: bool = False) -> None:

@@ -36,6 +36,7 @@ def test_synth_em_writes_readable_volumes(tmp_path, name, fmt, spec):
         assert data.dtype == (np.uint8 if array != "labels" else np.uint64)
         np.testing.assert_array_equal(data, want.astype(data.dtype))
     assert open_volume(spec.format(out=out, name="raw")).attrs["psc_seg"]["provenance"]["synth"]["seed"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []  # renamed when complete
 
 
 def test_synth_em_refuses_to_overwrite(tmp_path):
@@ -101,3 +102,24 @@ def test_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
     assert "Usage" in result.output
+
+
+def test_interrupted_synth_em_leaves_no_output(tmp_path, monkeypatch):
+    import psc_seg.pipelines.synth as pipeline
+
+    real_write = pipeline._write
+
+    def failing_write(spec, data, **kwargs):
+        if spec.endswith("labels"):
+            raise KeyboardInterrupt
+        real_write(spec, data, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_write", failing_write)
+    out = tmp_path / "em.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.synth_em(out, shape=(16, 32, 32))
+    assert not out.exists()
+    monkeypatch.setattr(pipeline, "_write", real_write)
+    pipeline.synth_em(out, shape=(16, 32, 32))  # the leftover partial container is replaced
+    assert open_volume(f"{out}/labels").complete
+    assert [p.name for p in tmp_path.iterdir()] == ["em.zarr"]
