@@ -79,37 +79,45 @@ def agglomerate(
     return results  # type: ignore[return-value]
 
 
-def _join_scores(pairs: np.ndarray, merges: list[tuple[int, int, float]]) -> np.ndarray:
+def _join_scores(pairs: np.ndarray, merges: list[tuple[int, int, float]], n_nodes: int) -> np.ndarray:
     """The score of the merge that first puts both ends of each pair in one region (inf if none).
 
-    ``merges`` are waterz's ``(a, b, score)`` in the order they happened (scores ascending).
-    Union by size, moving the pending pairs of the smaller region: O(E log E).
+    ``merges`` are waterz's ``(a, b, score)`` in the order they happened (scores ascending;
+    ``a`` and ``b`` are the ids of live regions, and the union keeps ``a``). The merges form a
+    tree (leaves: fragments ``0..n_nodes-1``; merge ``k`` is node ``n_nodes + k``); the join
+    score of a pair is the score of the lowest common ancestor of its ends, found for all
+    pairs at once by binary lifting.
     """
-    scores = np.full(len(pairs), np.inf)
-    root: dict[int, int] = {}
-    members: dict[int, list[int]] = {}
-    pending: dict[int, list[int]] = {}
-    for index, (u, v) in enumerate(pairs.tolist()):
-        for node in (u, v):
-            if node not in root:
-                root[node], members[node], pending[node] = node, [node], []
-        pending[u].append(index)
-        pending[v].append(index)
-    for a, b, score in merges:
-        ra, rb = root[a], root[b]
-        if ra == rb:
-            continue
-        if len(members[ra]) < len(members[rb]):
-            ra, rb = rb, ra
-        for index in pending[rb]:
-            u, v = pairs[index]
-            if np.isinf(scores[index]) and {root[int(u)], root[int(v)]} == {ra, rb}:
-                scores[index] = score
-        for node in members[rb]:
-            root[node] = ra
-        members[ra].extend(members.pop(rb))
-        pending[ra].extend(p for p in pending.pop(rb) if np.isinf(scores[p]))
-    return scores
+    n_merges = len(merges)
+    parent = np.arange(n_nodes + n_merges, dtype=np.int64)
+    node_of = list(range(n_nodes))  # tree node standing for each live region id
+    for k, (a, b, _) in enumerate(merges):
+        parent[node_of[a]] = parent[node_of[b]] = n_nodes + k
+        node_of[a] = n_nodes + k
+    score_of = np.concatenate([np.full(n_nodes, np.inf), np.array([m[2] for m in merges], dtype=np.float64)])
+    # children have smaller ids than their parents: one pass from the top sets every depth
+    depth = np.zeros(parent.size, dtype=np.int64)
+    parent_list, depth_list = parent.tolist(), depth.tolist()
+    for node in range(parent.size - 1, -1, -1):
+        if parent_list[node] != node:
+            depth_list[node] = depth_list[parent_list[node]] + 1
+    depth = np.array(depth_list, dtype=np.int64)
+    up = [parent]
+    while (1 << len(up)) <= int(depth.max(initial=0)):
+        up.append(up[-1][up[-1]])
+    u, v = pairs[:, 0].copy(), pairs[:, 1].copy()
+    swap = depth[u] < depth[v]
+    u[swap], v[swap] = v[swap], u[swap]
+    lift = depth[u] - depth[v]
+    for j, table in enumerate(up):
+        step = ((lift >> j) & 1).astype(bool)
+        u[step] = table[u[step]]
+    for table in reversed(up):
+        differ = table[u] != table[v]
+        u[differ], v[differ] = table[u[differ]], table[v[differ]]
+    common = np.where(u == v, u, parent[u])
+    joined = (u == v) | (parent[u] == parent[v])
+    return np.where(joined & (common >= n_nodes), score_of[common], np.inf)
 
 
 def scored_edges(
@@ -149,5 +157,5 @@ def scored_edges(
         _, _, initial = next(generator)
         _, history, _ = next(generator)
     pairs = np.array([(e["u"], e["v"]) for e in initial if e["u"] and e["v"]], dtype=np.int64).reshape(-1, 2)
-    scores = _join_scores(pairs, [(m["a"], m["b"], m["score"]) for m in history])
+    scores = _join_scores(pairs, [(m["a"], m["b"], m["score"]) for m in history], ids.size)
     return np.sort(ids[pairs], axis=1), scores

@@ -24,10 +24,16 @@ def voronoi_labels(shape, n_cells, *, seed=0, background=0.0):
     return labels
 
 
-def noisy(affs, *, sigma, seed=0):
-    """Affinities pulled towards 0.5 and blurred with Gaussian noise, clipped to [0, 1]."""
+def noisy(affs, *, sigma, seed=0, smooth=0.0):
+    """Affinities pulled towards 0.5 plus Gaussian noise of standard deviation ``sigma``,
+    clipped to [0, 1]. ``smooth`` > 0 blurs the noise spatially (voxels), as a network's
+    errors are: fewer, larger mistakes instead of independent ones per edge."""
     rng = np.random.default_rng(seed)
-    out = 0.15 + 0.7 * affs + rng.normal(0, sigma, affs.shape)
+    noise = rng.normal(0, 1, affs.shape).astype(np.float32)
+    if smooth:
+        noise = ndimage.gaussian_filter(noise, sigma=(0, smooth, smooth, smooth))
+        noise /= noise.std()
+    out = 0.15 + 0.7 * affs + sigma * noise
     return np.clip(out, 0, 1).astype(np.float32)
 
 

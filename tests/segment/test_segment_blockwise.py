@@ -36,15 +36,17 @@ def test_affinities_of_labels_segment_back_blockwise(tmp_path, small, decoder, f
     assert not list(tmp_path.glob(".*psc-seg-segment"))  # bookkeeping removed
 
 
-@pytest.mark.parametrize("decoder, fragments, scoring", [("waterz", "distance", "hist_quant_75"), ("cc", "waterz", "mean")])
+@pytest.mark.parametrize("decoder, fragments, scoring", [("waterz", "waterz", "hist_quant_50"), ("cc", "waterz", "mean")])
 def test_blockwise_matches_whole_volume_on_noisy_128(tmp_path, make_labels, make_noisy, decoder, fragments, scoring):
     labels = make_labels((128, 128, 128), 150, seed=4, background=0.1)
-    affs = make_noisy(seg_to_affinities(labels), sigma=0.1, seed=4)
+    affs = make_noisy(seg_to_affinities(labels), sigma=0.1, seed=4, smooth=1.0)
     np.save(tmp_path / "affs.npy", affs)
     (whole,) = segment_affinities(affs, thresholds=[0.5], decoder=decoder, fragments=fragments, scoring=scoring)
     (out,) = segment(str(tmp_path / "affs.npy"), str(tmp_path / "seg.zarr"), thresholds=[0.5], decoder=decoder,
                      fragments=fragments, scoring=scoring, block_shape=(48, 48, 48), progress=False)
     assert _voi(whole, open_volume(out).read(), ignore_labels=()) <= 0.1
+    if decoder == "waterz":  # the noise is mild enough for waterz to find the cells again
+        assert _voi(labels, whole) <= 0.05
 
 
 def test_several_thresholds_on_a_local_cluster_match_whole(tmp_path, make_labels, make_noisy):
