@@ -94,6 +94,8 @@ class _FragmentStep:
     def __call__(self, block) -> None:
         read = block.read_roi.intersect(self.total)
         affs = as_affinities(self.affs.read(read.to_slices()))
+        if np.isnan(affs).any():
+            raise UserError(f"affinities {self.affs.spec!r} contain NaNs near {read}; fix the prediction first")
         if self.decoder == "cc":
             # context only joins voxels that a path joins anyway, and labels the voxels of
             # the write ROI whose only link leaves it

@@ -126,3 +126,19 @@ def test_segment_cli(tmp_path, small):
     ]:
         result = runner.invoke(app, ["segment", *args, "--quiet"])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_hdf5_outputs_per_threshold_and_nan_affinities(tmp_path, small):
+    labels, affs = small
+    target = f"{tmp_path / 'seg.h5'}:/seg"
+    outs = segment(affs, target, thresholds=[0.4, 0.6], block_shape=(16, 24, 24), progress=False)
+    assert outs == [f"{tmp_path / 'seg.h5'}:/seg/threshold_0.40", f"{tmp_path / 'seg.h5'}:/seg/threshold_0.60"]
+    for out in outs:
+        assert _voi(labels, open_volume(out).read()) <= 0.05
+    bad = np.load(affs)
+    bad[0, 3, 3, 3] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    for block_shape in (None, (16, 24, 24)):
+        with pytest.raises(UserError, match="NaN"):
+            segment(str(tmp_path / "bad.npy"), str(tmp_path / f"nan{block_shape is None}.zarr"),
+                    block_shape=block_shape, progress=False)
