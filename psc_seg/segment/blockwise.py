@@ -78,8 +78,8 @@ def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, sta
         a, b = fragments[tuple(here)], fragments[tuple(there)]
         joined = (affs[axis][tuple(here)] > threshold) & (a != b) & (a != 0) & (b != 0)
         found.append(np.stack([a[joined], b[joined]], axis=1))
-    pairs = np.sort(np.concatenate(found), axis=1) if found else np.zeros((0, 2), np.uint64)
-    return np.unique(pairs, axis=0) if pairs.size else pairs.astype(np.uint64).reshape(0, 2)
+    pairs = np.sort(np.concatenate(found), axis=1).astype(np.uint64)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
 class _FragmentStep:
