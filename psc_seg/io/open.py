@@ -33,8 +33,12 @@ def open_volume(spec: str | Path | VolumeSpec, mode: str = "r") -> Volume:
     if mode not in ("r", "r+"):
         raise ValueError(f"open_volume: mode must be 'r' or 'r+', got {mode!r}")
     s = parse_spec(spec)
-    if mode == "r+" and s.format in ("nifti", "tiff", "npy"):
-        return BufferedVolume(s, mode="r+")
+    if s.format in ("nifti", "tiff", "npy"):
+        if mode == "r+":
+            return BufferedVolume(s, mode="r+")
+        if not s.path.exists() and partial_path(s.path).exists():
+            raise UserError(f"{str(s.path)!r} is unfinished (only {partial_path(s.path).name} exists); "
+                            "rerun the command that writes it with --resume")
     return _READERS[s.format](s, mode=mode)
 
 

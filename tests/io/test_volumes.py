@@ -115,6 +115,8 @@ def test_nifti_axes_are_zyx_and_affine_is_copied(tmp_path):
     out = create_volume(tmp_path / "labels.nii.gz", shape=vol.shape, dtype="uint8", reference=vol)
     out.write(None, (vol.read() % 3).astype(np.uint8))
     assert not (tmp_path / "labels.nii.gz").exists()  # nothing complete-looking before finalize
+    with pytest.raises(UserError, match="is unfinished"):
+        open_volume(tmp_path / "labels.nii.gz")
     out.finalize()
     written = nib.load(tmp_path / "labels.nii.gz")
     np.testing.assert_allclose(written.affine, affine)
