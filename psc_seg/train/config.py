@@ -134,8 +134,10 @@ class DataConfig(_Strict):
     validation: list[VolumeSet] = Field(default_factory=list)
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     zero_label: Literal["ignore", "boundary"] = "ignore"
-    """``ignore``: label 0 is unlabelled, no loss there. ``boundary``: label 0 marks cell
-    boundaries (gala, many EM ground truths): affinities to it are 0 and are learnt."""
+    """Affinities only. ``ignore``: label 0 is unlabelled, no loss on pairs touching it.
+    ``boundary``: label 0 marks cell boundaries (gala, many EM ground truths): affinities to it
+    are 0 and are learnt. (Semantic tasks learn every class, 0 = background included; use a
+    ``mask`` to leave voxels out.)"""
     preload: bool = True
     """Read the training volumes into memory once (shared by the loader workers)."""
 

@@ -178,3 +178,13 @@ def test_loss_goes_down_on_the_tiny_volume(tmp_path, em_volume):
     losses = np.array([float(r["loss"]) for r in _rows(tmp_path / "run")])
     assert losses[-10:].mean() < losses[:10].mean()
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()  # no validation: best = last
+
+
+def test_list_presets_and_missing_config_through_the_cli():
+    result = runner.invoke(app, ["train", "--list-presets"])
+    assert result.exit_code == 0
+    assert {"em/unet-p2sc2", "mri/densenet-p2sc2", "em/demo-small"} <= set(result.stdout.split())
+    missing = runner.invoke(app, ["train"])
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: give a CONFIG file or preset name")
+    typo = runner.invoke(app, ["train", "em/demo-smal"])
+    assert typo.exit_code == 2 and "did you mean 'em/demo-small'" in typo.stderr
