@@ -16,6 +16,11 @@ the test crop against a no-learning baseline.
 
 ``--checkpoint PATH`` skips training and scores an existing checkpoint.
 
+Measured (``--minutes 9``, 1 torch thread, on a 2-core CPU box shared with other jobs): 431
+iterations in 540 s, predict 6.7 s, 9 min 18 s wall in all; best VI total learned 0.939
+(t=0.4: split 0.654, merge 0.285) vs baseline 1.112 (sigma 0.5, t=0.6: split 0.699, merge
+0.413).
+
 Prints a table and one summary line; exits 1 if the learned VI is not below the baseline.
 """
 

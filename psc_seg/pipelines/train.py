@@ -159,6 +159,8 @@ def train(
         ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
         "elapsed_s", "validation"}``.
     """
+    if resume and overwrite:
+        raise UserError("give either --resume (continue the run) or --overwrite (start over), not both")
     overrides = list(overrides)
     if iterations is not None:
         overrides.append(f"train.iterations={int(iterations)}")

@@ -137,6 +137,8 @@ def test_existing_run_is_not_overwritten_and_resume_needs_the_same_config(tmp_pa
     assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
     with pytest.raises(UserError, match="differs from the run's config.yaml in train.lr"):
         train(config, out=tmp_path / "run", resume=True, overrides=["train.lr=0.1"], quiet=True)
+    with pytest.raises(UserError, match="not both"):
+        train(config, out=tmp_path / "run", resume=True, overwrite=True)
     with pytest.raises(UserError, match="nothing to resume"):
         train(config, out=tmp_path / "other", resume=True, quiet=True)
     summary = train(config, out=tmp_path / "run", overwrite=True, iterations=1, quiet=True)
