@@ -68,7 +68,8 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool) 
 
 
 def _check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
-    """The ``last.pt`` to resume from (or None); clears an old run under ``overwrite``."""
+    """The ``last.pt`` to resume from (or None); clears an old run under ``overwrite``, and the
+    leftovers of a run that failed before its first checkpoint."""
     last = run_dir / "checkpoints" / "last.pt"
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if resume:
@@ -85,7 +86,7 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrit
                 )
         return last
     if existing:
-        if not overwrite:
+        if not overwrite and (run_dir / "checkpoints").exists():
             raise UserError(
                 f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass --resume to continue "
                 "it, --overwrite to start over, or choose another --out"
@@ -167,6 +168,8 @@ def train(
     cfg = load_config(config, overrides)
     torch_device = resolve_device(device)
     run_dir = Path(out) if out is not None else default_run_dir(config if not isinstance(config, dict) else "config")
+    if not isinstance(config, dict) and Path(config).resolve() == (run_dir / "config.yaml").resolve():
+        raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another --out")
     model, input_shape, train_volumes, validation_volumes = prepare(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = _check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)

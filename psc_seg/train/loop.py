@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from psc_seg.errors import UserError
 from psc_seg.models import read_checkpoint, save_checkpoint
 from psc_seg.train.config import TrainConfig
 from psc_seg.train.data import PatchDataset, make_loader
@@ -257,7 +258,16 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-            prediction = self.model(batch["raw"])
+            try:
+                prediction = self.model(batch["raw"])
+            except ValueError as exc:
+                if "more than 1 value per channel" not in str(exc):
+                    raise
+                raise UserError(
+                    f"train.batch_size {self.config.train.batch_size} with train.patch_shape "
+                    f"{list(self.config.train.patch_shape)} leaves one voxel per channel at the model's coarsest "
+                    "batch norm; raise train.batch_size or train.patch_shape"
+                ) from None
         loss = compute_loss(self.config, prediction.float(), batch)  # losses in float32, outside autocast
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -190,3 +190,13 @@ def test_list_presets_and_missing_config_through_the_cli():
     assert missing.exit_code == 2 and missing.stderr.startswith("error: give a CONFIG file or preset name")
     typo = runner.invoke(app, ["train", "em/demo-smal"])
     assert typo.exit_code == 2 and "did you mean 'em/demo-small'" in typo.stderr
+
+
+def test_batch_norm_on_a_single_voxel_is_a_user_error(tmp_path, mri_volume):
+    config = mri_config(mri_volume, batch_size=1, iterations=1)
+    with pytest.raises(UserError, match="raise train.batch_size or train.patch_shape"):
+        train(config, out=tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # the failed run left no checkpoint: starting again needs no --overwrite
+    summary = train(mri_config(mri_volume, iterations=1), out=tmp_path / "run", quiet=True)
+    assert summary["iteration"] == 1
