@@ -33,25 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
+
+from psc_seg.segment.baseline import intensity_affinities
 
 GALA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gala"
 THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-
-
-def baseline_affinities(raw: np.ndarray, *, sigma: float) -> np.ndarray:
-    """``(3, Z, Y, X)`` affinities from intensity alone: smoothed, percentile-scaled raw, the
-    darker voxel of each pair (offsets -z, -y, -x; the first slice of each axis is 0)."""
-    from psc_seg.train.targets import DEFAULT_OFFSETS, pair_slices
-
-    smooth = ndimage.gaussian_filter(raw.astype(np.float32), sigma)
-    low, high = np.percentile(smooth, [1, 99])
-    s = np.clip((smooth - low) / (high - low), 0, 1)
-    affinities = np.zeros((3, *raw.shape), dtype=np.float32)
-    for channel, offset in enumerate(DEFAULT_OFFSETS):
-        here, there = pair_slices(offset, raw.shape)
-        affinities[channel][here] = np.minimum(s[here], s[there])
-    return affinities
 
 
 def score(affinities: np.ndarray, gt: np.ndarray, *, scoring: str) -> list[dict]:
@@ -122,7 +108,7 @@ def main() -> int:
         gt = f["stack"][:]
 
     learned_rows = score(learned, gt, scoring=args.scoring)
-    baselines = {sigma: score(baseline_affinities(raw, sigma=sigma), gt, scoring=args.scoring) for sigma in args.sigmas}
+    baselines = {sigma: score(intensity_affinities(raw, sigma=sigma), gt, scoring=args.scoring) for sigma in args.sigmas}
     best_sigma = min(baselines, key=lambda sigma: min(r["voi"] for r in baselines[sigma]))
     results = {"learned": learned_rows, f"base s={best_sigma:g}": baselines[best_sigma]}
     print(f"{'method':<12}{'threshold':>10}{'voi_split':>11}{'voi_merge':>11}{'voi':>8}{'arand':>8}{'segments':>10}")

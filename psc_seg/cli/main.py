@@ -59,8 +59,9 @@ def _root(
 
 def _register() -> None:
     # One module per command; each exposes `register(app)`.
-    from psc_seg.cli import info as info_cmd
+    from psc_seg.cli import demo as demo_cmd
     from psc_seg.cli import evaluate as evaluate_cmd
+    from psc_seg.cli import info as info_cmd
     from psc_seg.cli import models as models_cmd
     from psc_seg.cli import predict as predict_cmd
     from psc_seg.cli import preview as preview_cmd
@@ -68,7 +69,7 @@ def _register() -> None:
     from psc_seg.cli import synth as synth_cmd
     from psc_seg.cli import train as train_cmd
 
-    for module in (models_cmd, info_cmd, predict_cmd, segment_cmd, evaluate_cmd, train_cmd, synth_cmd, preview_cmd):
+    for module in (demo_cmd, models_cmd, info_cmd, predict_cmd, segment_cmd, evaluate_cmd, train_cmd, synth_cmd, preview_cmd):
         module.register(app)
 
 
