@@ -8,6 +8,7 @@ import numpy as np
 
 from psc_seg.segment.fragments import as_affinities
 from psc_seg.segment.quiet import quiet_stdout
+from psc_seg.segment.relabel import unique_inverse
 
 SCORING = {
     "hist_quant_50": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>",
@@ -34,11 +35,12 @@ def compact_ids(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``(compact, ids)``: ``compact`` uint64 of the shape of ``fragments``; ``ids[k]`` is
         the original id of compact id ``k`` (``ids[0] == 0``).
     """
-    ids, inverse = np.unique(fragments, return_inverse=True)
+    ids, inverse, _ = unique_inverse(np.asarray(fragments, dtype=np.uint64))
+    compact = inverse.astype(np.uint64)
     if ids.size == 0 or ids[0] != 0:
         ids = np.concatenate((np.zeros(1, dtype=ids.dtype), ids))
-        inverse = inverse + 1
-    return inverse.reshape(fragments.shape).astype(np.uint64), ids.astype(np.uint64)
+        compact += np.uint64(1)
+    return compact, ids
 
 
 def agglomerate(
@@ -79,32 +81,53 @@ def agglomerate(
     return results  # type: ignore[return-value]
 
 
-def _join_scores(pairs: np.ndarray, merges: list[tuple[int, int, float]], n_nodes: int) -> np.ndarray:
+def _merge_tree(merges: tuple[np.ndarray, np.ndarray], n_nodes: int) -> np.ndarray:
+    """Parent of each node of the merge tree (roots are their own parent).
+
+    Leaves are the fragments ``0..n_nodes-1``; merge ``k`` of live regions ``(a[k], b[k])``
+    (the union keeps the id ``a[k]``) is node ``n_nodes + k``. The tree node of region ``x``
+    just before merge ``k`` is the last earlier merge that kept ``x``, or the leaf ``x``:
+    found for all merges at once by searching the merges sorted by (kept id, time).
+    """
+    a, b = merges
+    n_merges = a.size
+    parent = np.arange(n_nodes + n_merges, dtype=np.int64)
+    if n_merges == 0:
+        return parent
+    time = np.arange(n_merges, dtype=np.int64)
+    kept = np.sort(a * n_merges + time)  # (id, time) packed: ids < n_nodes, times < n_merges
+
+    def node_before(region: np.ndarray) -> np.ndarray:
+        last = np.searchsorted(kept, region * n_merges + time) - 1
+        found = last >= 0
+        found[found] = kept[last[found]] // n_merges == region[found]
+        return np.where(found, n_nodes + kept[np.maximum(last, 0)] % n_merges, region)
+
+    parent[node_before(a)] = n_nodes + time
+    parent[node_before(b)] = n_nodes + time
+    return parent
+
+
+def _join_scores(pairs: np.ndarray, merges: tuple[np.ndarray, np.ndarray, np.ndarray], n_nodes: int) -> np.ndarray:
     """The score of the merge that first puts both ends of each pair in one region (inf if none).
 
-    ``merges`` are waterz's ``(a, b, score)`` in the order they happened (scores ascending;
-    ``a`` and ``b`` are the ids of live regions, and the union keeps ``a``). The merges form a
-    tree (leaves: fragments ``0..n_nodes-1``; merge ``k`` is node ``n_nodes + k``); the join
-    score of a pair is the score of the lowest common ancestor of its ends, found for all
-    pairs at once by binary lifting.
+    ``merges`` are waterz's merges as arrays ``(a, b, score)`` in the order they happened
+    (scores ascending; ``a`` and ``b`` are the ids of live regions, and the union keeps
+    ``a``). The merges form a tree (see :func:`_merge_tree`); the join score of a pair is the
+    score of the lowest common ancestor of its ends, found for all pairs at once by binary
+    lifting. The ancestor tables and the depths come from pointer jumping.
     """
-    n_merges = len(merges)
-    parent = np.arange(n_nodes + n_merges, dtype=np.int64)
-    node_of = list(range(n_nodes))  # tree node standing for each live region id
-    for k, (a, b, _) in enumerate(merges):
-        parent[node_of[a]] = parent[node_of[b]] = n_nodes + k
-        node_of[a] = n_nodes + k
-    score_of = np.concatenate([np.full(n_nodes, np.inf), np.array([m[2] for m in merges], dtype=np.float64)])
-    # children have smaller ids than their parents: one pass from the top sets every depth
-    depth = np.zeros(parent.size, dtype=np.int64)
-    parent_list, depth_list = parent.tolist(), depth.tolist()
-    for node in range(parent.size - 1, -1, -1):
-        if parent_list[node] != node:
-            depth_list[node] = depth_list[parent_list[node]] + 1
-    depth = np.array(depth_list, dtype=np.int64)
-    up = [parent]
-    while (1 << len(up)) <= int(depth.max(initial=0)):
-        up.append(up[-1][up[-1]])
+    parent = _merge_tree(merges[:2], n_nodes)
+    score_of = np.concatenate([np.full(n_nodes, np.inf), merges[2].astype(np.float64)])
+    # pointer jumping: up[j] is the 2**j-th ancestor (the root if that is above it) and
+    # depth the distance from each node to up[-1]; it stops once up[-1] is the root everywhere
+    up, depth = [parent], (parent != np.arange(parent.size)).astype(np.int64)
+    while True:
+        above = up[-1][up[-1]]
+        if np.array_equal(above, up[-1]):
+            break
+        depth += depth[up[-1]]
+        up.append(above)
     u, v = pairs[:, 0].copy(), pairs[:, 1].copy()
     swap = depth[u] < depth[v]
     u[swap], v[swap] = v[swap], u[swap]
@@ -118,6 +141,10 @@ def _join_scores(pairs: np.ndarray, merges: list[tuple[int, int, float]], n_node
     common = np.where(u == v, u, parent[u])
     joined = (u == v) | (parent[u] == parent[v])
     return np.where(joined & (common >= n_nodes), score_of[common], np.inf)
+
+
+def _column(records: list[dict], key: str, dtype) -> np.ndarray:
+    return np.fromiter((r[key] for r in records), dtype=dtype, count=len(records))
 
 
 def scored_edges(
@@ -156,6 +183,8 @@ def scored_edges(
         )
         _, _, initial = next(generator)
         _, history, _ = next(generator)
-    pairs = np.array([(e["u"], e["v"]) for e in initial if e["u"] and e["v"]], dtype=np.int64).reshape(-1, 2)
-    scores = _join_scores(pairs, [(m["a"], m["b"], m["score"]) for m in history], ids.size)
+    # waterz's region graph has no edges to 0 (ids from 1 up); lists of dicts -> columns
+    pairs = np.stack([_column(initial, "u", np.int64), _column(initial, "v", np.int64)], axis=1)
+    merges = (_column(history, "a", np.int64), _column(history, "b", np.int64), _column(history, "score", np.float64))
+    scores = _join_scores(pairs, merges, ids.size)
     return np.sort(ids[pairs], axis=1), scores

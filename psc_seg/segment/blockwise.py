@@ -22,10 +22,12 @@ first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import scored_edges
 from psc_seg.segment.components import affinity_components, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
+from psc_seg.segment.relabel import unique_inverse, unique_pairs
 
 DEFAULT_CONTEXT = 8
 
@@ -49,16 +52,13 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def _global_ids(fragments: np.ndarray, block_id: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fragments renumbered ``block_id * stride + 1..n`` (0 stays 0), their ids and sizes."""
-    ids, inverse, sizes = np.unique(fragments, return_inverse=True, return_counts=True)
-    local = inverse.reshape(fragments.shape).astype(np.uint64)
-    if ids.size and ids[0] == 0:
-        ids, sizes = ids[1:], sizes[1:]
-    else:
-        local += np.uint64(1)
+    ids, inverse, sizes = unique_inverse(fragments)
+    has_zero = bool(ids.size) and ids[0] == 0
+    n = ids.size - has_zero
     base = np.uint64(block_id) * np.uint64(stride)
-    out = np.where(local > 0, local + base, np.uint64(0)).astype(np.uint64)
-    new_ids = base + np.arange(1, ids.size + 1, dtype=np.uint64)
-    return out, new_ids, sizes.astype(np.int64)
+    new_ids = base + np.arange(1, n + 1, dtype=np.uint64)
+    table = np.concatenate((np.zeros(1, np.uint64), new_ids)) if has_zero else new_ids
+    return table[inverse], new_ids, sizes[int(has_zero):]
 
 
 def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, starts: Sequence[int]) -> np.ndarray:
@@ -79,7 +79,7 @@ def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, sta
         joined = (affs[axis][tuple(here)] > threshold) & (a != b) & (a != 0) & (b != 0)
         found.append(np.stack([a[joined], b[joined]], axis=1))
     pairs = np.sort(np.concatenate(found), axis=1).astype(np.uint64)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs
+    return unique_pairs(pairs)
 
 
 class _FragmentStep:
@@ -219,7 +219,9 @@ def segment_blockwise(
     settings = {**config, "context": context, "affinities_shape": list(affs.shape)}
     existing = [spec for spec in outputs if volume_exists(spec)]
     if existing and not (overwrite or resume):
-        raise UserError(f"output {existing[0]!r} already exists; pass --resume to continue or --overwrite to replace it")
+        raise UserError(
+            f"output {existing[0]!r} already exists; pass --resume to continue or --overwrite to replace it"
+        )
     volumes = []
     for spec in outputs:
         if resume and volume_exists(spec):
@@ -247,43 +249,62 @@ def segment_blockwise(
 
     blocks = block_grid(total, write_shape=block_shape, context=context)
     stride = int(np.prod(block_shape)) + 1
-    run = {"workers": workers or 0, "scheduler": scheduler, "progress": progress}
-    # cc: fragments and edges depend on the threshold, so each threshold is one pass
-    passes = [[t] for t in thresholds] if config["decoder"] == "cc" else [thresholds]
-    for index, group in enumerate(passes):
-        prefix = f"pass{index}_"
-        step_work = work / prefix.rstrip("_")
-        step_work.mkdir(exist_ok=True)
-        fragments = _fragments_volume(step_work, total, block_shape)
-        step_settings = {**settings, "pass": group}
-        run_blockwise(
-            blocks,
-            _FragmentStep(affs, fragments, step_work, method=config["fragments"], decoder=config["decoder"],
-                          threshold=group[0], context=context, stride=stride, total=total),
-            record=_record(step_work / "fragments.record", {**step_settings, "step": "fragments"}),
-            desc=f"1/4 fragments{_label(group, passes)}", **run,
-        )
-        run_blockwise(
-            blocks,
-            _EdgeStep(affs, fragments, step_work, decoder=config["decoder"], scoring=config["scoring"],
-                      max_threshold=max(group), stride=stride, total=total),
-            record=_record(step_work / "edges.record", {**step_settings, "step": "edges"}),
-            desc=f"2/4 edges{_label(group, passes)}", **run,
-        )
-        tables = _segment_tables(step_work, len(blocks), group, config["min_size"], prefix)
-        targets = [volumes[thresholds.index(t)] for t in group]
-        run_blockwise(
-            blocks,
-            _RelabelStep(fragments, targets, tables),
-            record=_record(step_work / "relabel.record", {**step_settings, "step": "relabel"}),
-            desc=f"4/4 relabel{_label(group, passes)}", **run,
-        )
+    with _executor(workers, scheduler) as where:
+        run = {**where, "progress": progress}
+        # cc: fragments and edges depend on the threshold, so each threshold is one pass
+        passes = [[t] for t in thresholds] if config["decoder"] == "cc" else [thresholds]
+        for index, group in enumerate(passes):
+            prefix = f"pass{index}_"
+            step_work = work / prefix.rstrip("_")
+            step_work.mkdir(exist_ok=True)
+            fragments = _fragments_volume(step_work, total, block_shape)
+            step_settings = {**settings, "pass": group}
+            run_blockwise(
+                blocks,
+                _FragmentStep(affs, fragments, step_work, method=config["fragments"], decoder=config["decoder"],
+                              threshold=group[0], context=context, stride=stride, total=total),
+                record=_record(step_work / "fragments.record", {**step_settings, "step": "fragments"}),
+                desc=f"1/4 fragments{_label(group, passes)}", **run,
+            )
+            run_blockwise(
+                blocks,
+                _EdgeStep(affs, fragments, step_work, decoder=config["decoder"], scoring=config["scoring"],
+                          max_threshold=max(group), stride=stride, total=total),
+                record=_record(step_work / "edges.record", {**step_settings, "step": "edges"}),
+                desc=f"2/4 edges{_label(group, passes)}", **run,
+            )
+            tables = _segment_tables(step_work, len(blocks), group, config["min_size"], prefix)
+            targets = [volumes[thresholds.index(t)] for t in group]
+            run_blockwise(
+                blocks,
+                _RelabelStep(fragments, targets, tables),
+                record=_record(step_work / "relabel.record", {**step_settings, "step": "relabel"}),
+                desc=f"4/4 relabel{_label(group, passes)}", **run,
+            )
     for volume in volumes:
         meta = volume.attrs.get("psc_seg", {})
         volume.update_attrs({"psc_seg": {**meta, "segment_settings": settings_hash(settings)}})
         volume.finalize()
     shutil.rmtree(work, ignore_errors=True)
     return list(outputs)
+
+
+@contextlib.contextmanager
+def _executor(workers: int | None, scheduler: str | None) -> Iterator[dict[str, Any]]:
+    """``run_blockwise``'s ``workers`` / ``scheduler`` for every step of a run.
+
+    ``--workers N`` starts one local cluster for all steps (as the engine's, 127.0.0.1,
+    single-threaded worker processes), not one per step: each start costs seconds of
+    process spawning and imports.
+    """
+    if not workers or workers < 0 or scheduler:  # the engine handles (and refuses) these
+        yield {"workers": workers or 0, "scheduler": scheduler}
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        yield {"workers": 0, "scheduler": cluster.scheduler_address}
 
 
 def _work_dir(output: str) -> Path:

@@ -9,6 +9,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from psc_seg.segment.relabel import unique_inverse
 from psc_seg.train.targets import DEFAULT_OFFSETS, check_offsets, pair_slices
 
 
@@ -55,7 +56,7 @@ def affinity_components(
     joined_any[src] = True
     joined_any[dst] = True
     labels = np.zeros(index.size, dtype=np.uint64)
-    _, labels[joined_any] = np.unique(component[joined_any], return_inverse=True)
+    _, labels[joined_any], _ = unique_inverse(component[joined_any])
     labels[joined_any] += np.uint64(1)
     return labels.reshape(shape)
 
@@ -86,6 +87,6 @@ def remove_small_segments(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Labels with every segment of fewer than ``min_size`` voxels set to 0 (a new array)."""
     if min_size <= 1:
         return labels.copy()
-    ids, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    ids, inverse, counts = unique_inverse(labels)
     keep = np.where(counts >= min_size, ids, 0).astype(labels.dtype)
-    return keep[inverse].reshape(labels.shape)
+    return keep[inverse]

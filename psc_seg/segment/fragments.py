@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from psc_seg.segment.relabel import unique_inverse
+
 FRAGMENT_METHODS = ("waterz", "distance")
 
 
@@ -118,8 +120,8 @@ def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if keep.any():
         b_kept = b[keep].astype(np.uint64)
         key = a[keep].astype(np.uint64) * (b_kept.max() + np.uint64(1)) + b_kept
-        _, inverse = np.unique(key, return_inverse=True)
-        out[keep] = inverse.reshape(-1).astype(np.uint64) + np.uint64(1)
+        _, inverse, _ = unique_inverse(key)
+        out[keep] = inverse.astype(np.uint64) + np.uint64(1)
     return out
 
 

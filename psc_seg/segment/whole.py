@@ -40,7 +40,9 @@ def segment_affinities(
     if decoder == "cc":
         segmentations = [affinity_components(as_affinities(affs), t) for t in thresholds]
     elif decoder == "waterz":
-        initial = make_fragments(affs, method=fragments)
+        # waterz's own watershed inside the agglomeration call is the "waterz" fragments
+        # (same thresholds), without building the region graph twice
+        initial = None if fragments == "waterz" else make_fragments(affs, method=fragments)
         segmentations = agglomerate(affs, thresholds, fragments=initial, scoring=scoring)
     else:
         raise ValueError(f"unknown decoder {decoder!r}; use one of {', '.join(DECODERS)}")

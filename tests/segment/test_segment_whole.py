@@ -108,3 +108,13 @@ def test_scored_edges_reproduce_waterz_at_every_threshold(make_labels, make_nois
         rebuilt = np.zeros_like(fragments)
         rebuilt[fragments > 0] = segments[np.searchsorted(ids, fragments[fragments > 0])]
         assert _voi(expected, rebuilt) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_join_scores_of_a_hand_made_merge_history():
+    from psc_seg.segment.agglomerate import _join_scores
+
+    # fragments 0..5; merges (a, b, score), a keeps its id: {1,2} 0.1, {3,4} 0.2, {1,2,3,4} 0.3, {5,1..4} 0.4
+    merges = (np.array([1, 3, 1, 5]), np.array([2, 4, 3, 1]), np.array([0.1, 0.2, 0.3, 0.4]))
+    pairs = np.array([[1, 2], [2, 4], [4, 3], [0, 1], [5, 2], [3, 1]])
+    scores = _join_scores(pairs, merges, 6)
+    np.testing.assert_array_equal(scores, [0.1, 0.3, 0.2, np.inf, 0.4, 0.3])
