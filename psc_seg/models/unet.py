@@ -36,6 +36,7 @@ from torch import nn
 
 from psc_seg.models.shapes import check_divisible, round_up
 from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
+from psc_seg.nn.fast import cat_channels, run_sequential
 
 
 class ConvBlock(nn.Sequential):
@@ -51,6 +52,9 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
         self.shrink = sum(valid_shrink(c) for c in convs)  # as padded
         self.span = sum(receptive_span(c) for c in convs)  # as if unpadded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_sequential(self, x)  # Conv3d members through psc_seg.nn.fast
 
 
 def _center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -267,7 +271,7 @@ class UNet(nn.Module):
             skip = skips[level]
             if skip.shape[2:] != x.shape[2:]:
                 skip = _center_crop(skip, x.shape[2:])
-            x = self.up[level](torch.cat([skip, x], dim=1))
+            x = self.up[level](cat_channels([skip, x]))
         return self.final(self.head(x))
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from psc_seg.nn.fast import cat_channels, conv3d, fast_enabled, run_sequential, widen_single_channel
 from psc_seg.nn.layers import make_activation, make_norm
 
 # For each stream: the axis (0=z, 1=y, 2=x) of its 1D convolution; the 2D plane is the other two.
@@ -172,9 +173,21 @@ class PSC(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if len(self.streams) == 1:
-            return self.streams[0](x)
-        return torch.cat([stream(x) for stream in self.streams], dim=1)
+        return self.forward_fused(x)
+
+    def forward_fused(self, x: torch.Tensor, *, activation: nn.Module | None = None) -> torch.Tensor:
+        """``activation(self(x))``: the host's activation (an elementwise module or None) is
+        applied to each stream's output before the concatenation, fused into the stream's
+        last convolution where :mod:`psc_seg.nn.fast` can."""
+        # a one-channel input is widened once for all streams (see psc_seg.nn.fast)
+        widened = None
+        if self.in_channels == 1 and fast_enabled() and x.device.type == "cpu" and x.dtype == torch.float32:
+            widened = widen_single_channel(x)
+        outs = []
+        for stream in self.streams:
+            y = run_sequential(stream[:-1], x, widened=widened)
+            outs.append(conv3d(stream[-1], y, activation=activation))
+        return outs[0] if len(outs) == 1 else cat_channels(outs)
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,91 @@
+"""psc_seg.nn.fast: the fast CPU paths give the numbers of the plain PyTorch modules."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from psc_seg.models import build_model
+from psc_seg.nn import PSC
+from psc_seg.nn.fast import cat_channels, conv3d, fast_paths, is_channels_last, to_channels_last
+
+
+def _plain(module, x):
+    with fast_paths(False):
+        return module(x.contiguous())
+
+
+@pytest.mark.parametrize("c_in,kernel,padding,stride", [
+    (1, (3, 3, 3), 0, 1), (1, (1, 3, 3), 1, 1), (2, (3, 1, 3), 0, 2), (5, (5, 1, 1), (2, 0, 0), 1),
+    (4, (1, 1, 1), 0, 1),
+])
+@pytest.mark.parametrize("activation", [None, nn.ReLU(), nn.LeakyReLU(0.005), nn.ELU()])
+def test_conv3d_equals_the_module_and_stays_channels_last(c_in, kernel, padding, stride, activation):
+    torch.manual_seed(0)
+    conv = nn.Conv3d(c_in, 6, kernel, padding=padding, stride=stride)
+    x = torch.randn(2, c_in, 9, 10, 11)
+    with torch.no_grad():
+        want = conv(x) if activation is None else activation(conv(x))
+        got = conv3d(conv, to_channels_last(x), activation=activation)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if kernel != (1, 1, 1):  # the one-channel input is widened: NDHWC out, not NCDHW
+        assert is_channels_last(got)
+
+
+def test_conv3d_keeps_gradients_with_a_widened_single_channel_input():
+    torch.manual_seed(0)
+    conv = nn.Conv3d(1, 4, 3, padding=1)
+    x = torch.randn(1, 1, 8, 8, 8, requires_grad=True)
+    conv3d(conv, x).square().sum().backward()
+    grad_w, grad_x = conv.weight.grad.clone(), x.grad.clone()
+    conv.zero_grad()
+    x.grad = None
+    conv(x).square().sum().backward()
+    torch.testing.assert_close(grad_w, conv.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(grad_x, x.grad, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("m,n", list(itertools.product((1, 2, 3), (1, 2))))
+@pytest.mark.parametrize("c_in,padding,stride", [(1, "valid", 1), (5, "same", 1), (3, "same", 2)])
+def test_psc_fast_equals_plain_in_inference_and_training(m, n, c_in, padding, stride):
+    torch.manual_seed(0)
+    block = PSC(c_in, 7, m=m, n=n, padding=padding, stride=stride, activation="leaky_relu")
+    x = torch.randn(2, c_in, 12, 11, 10)
+    with torch.no_grad():
+        want = _plain(block, x)
+        got = to_channels_last(block)(to_channels_last(x))
+        fused = block.forward_fused(to_channels_last(x), activation=nn.ReLU())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, torch.relu(want), atol=1e-5, rtol=1e-5)
+    # training: same loss and parameter gradients on both paths
+    block(to_channels_last(x)).square().mean().backward()
+    fast_grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    _plain(block, x).square().mean().backward()
+    for fast, plain in zip(fast_grads, (p.grad for p in block.parameters())):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_cat_channels_equals_torch_cat_for_crops_and_mixed_layouts():
+    a = to_channels_last(torch.randn(2, 3, 8, 9, 10))[:, :, 1:7, 2:8, 0:9]  # a strided crop
+    b = to_channels_last(torch.randn(2, 4, 6, 6, 9))
+    got = cat_channels([a, b])
+    torch.testing.assert_close(got, torch.cat([a, b], dim=1), rtol=0, atol=0)
+    assert is_channels_last(got)
+    c = torch.randn(2, 2, 6, 6, 9)  # NCDHW: falls back to torch.cat
+    torch.testing.assert_close(cat_channels([b, c]), torch.cat([b, c], dim=1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("conv", ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"])
+def test_unet_channels_last_fast_equals_the_plain_network(conv):
+    torch.manual_seed(0)
+    model = build_model("unet", conv=conv, num_fmaps=4, fmap_inc_factor=3,
+                        downsample_factors=[[2, 2, 2], [1, 2, 2]], activation="leaky_relu").eval()
+    shape = model.valid_input_shape(model.valid_output_shape((6, 8, 8)))
+    x = torch.randn(1, 1, *shape)
+    with torch.inference_mode():
+        want = _plain(model, x)
+        got = to_channels_last(model)(to_channels_last(x))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
