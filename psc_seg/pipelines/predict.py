@@ -32,6 +32,7 @@ normalisation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -49,6 +50,7 @@ from psc_seg.io import (
 )
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
+from psc_seg.nn.fast import to_channels_last
 
 DEFAULT_BLOCK = 64
 DEFAULT_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
@@ -149,6 +151,27 @@ def output_specs(output: str, task: dict[str, Any]) -> dict[str, str]:
 
 
 _MODELS: dict[tuple, torch.nn.Module] = {}
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The compute precision: ``"float32"`` on CPU; on CUDA ``"auto"`` is bfloat16 autocast
+    where the GPU supports it, else float16 autocast."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not device.startswith("cuda"):
+        if precision in ("bfloat16", "float16"):
+            raise UserError(f"--precision {precision} is for --device cuda; on CPU predict runs in float32")
+        return "float32"
+    if precision == "auto":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return precision
+
+
+def prepare_model(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``model`` in eval mode with channels_last_3d weights (faster convolutions on oneDNN
+    CPUs and on cuDNN tensor cores; see :mod:`psc_seg.nn.fast`)."""
+    return to_channels_last(model.eval())
 
 
 class BlockPredictor:
@@ -156,19 +179,27 @@ class BlockPredictor:
 
     Picklable for dask workers: the model is not pickled but loaded from the checkpoint once
     per process (and ``torch.set_num_threads(threads)`` applied there).
+
+    CPU: the blocks of a task go through the network as one batch, channels_last_3d. CUDA:
+    the blocks of a task flow one by one through a pipeline (pinned host buffers; the upload
+    of block i+1 on a side stream overlaps the forward of block i; results come back with
+    non-blocking copies while the next block computes and are written meanwhile), under
+    autocast in ``precision`` (bfloat16 / float16) unless it is float32.
     """
 
     def __init__(self, *, checkpoint: str, model: torch.nn.Module | None, device: str, geometry: BlockGeometry,
                  source: Volume, outputs: dict[str, Volume], norm: dict[str, Any], task: dict[str, Any],
-                 activation: str | None, dtype: str, threads: int | None) -> None:
+                 activation: str | None, dtype: str, threads: int | None, precision: str = "float32") -> None:
         self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
         self.source, self.outputs, self.norm, self.task = source, outputs, norm, task
         self.activation, self.dtype, self.threads = activation, dtype, threads
+        self.precision = precision
         self.check_finite = np.issubdtype(source.dtype, np.floating)
-        self._model = model
+        self._model = prepare_model(model, device) if model is not None else None
+        self._copy_stream = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_model": None}
+        return {**self.__dict__, "_model": None, "_copy_stream": None}
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
@@ -176,36 +207,96 @@ class BlockPredictor:
             if key not in _MODELS:
                 if self.threads:
                     torch.set_num_threads(self.threads)
-                _MODELS[key] = load_checkpoint(self.checkpoint, map_location=self.device).model
+                _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model,
+                                             self.device)
             self._model = _MODELS[key]
         return self._model
+
+    def read(self, block) -> np.ndarray:
+        """The normalised network input of ``block``: ``(C, Z, Y, X)`` float32."""
+        x = normalize(read_mirrored(self.source, block.read_roi), self.norm)
+        if self.check_finite and not np.isfinite(x).all():
+            raise UserError(f"input {self.source.spec!r} has NaN or infinite values in {block.read_roi}; "
+                            "clean it before predicting")
+        return x[None] if x.ndim == 3 else x
 
     def __call__(self, blocks) -> int:
         blocks = blocks if isinstance(blocks, list) else [blocks]
         model = self.model()
-        batch = np.stack([normalize(read_mirrored(self.source, b.read_roi), self.norm) for b in blocks])
-        if self.check_finite and not np.isfinite(batch).all():
-            roi = next(b.read_roi for b, x in zip(blocks, batch) if not np.isfinite(x).all())
-            raise UserError(f"input {self.source.spec!r} has NaN or infinite values in {roi}; clean it before predicting")
-        if batch.ndim == 4:  # (B, Z, Y, X) -> (B, 1, Z, Y, X)
-            batch = batch[:, None]
-        with torch.inference_mode():
-            y = model(torch.from_numpy(batch).to(self.device))
-            if self.activation == "sigmoid":
-                y = torch.sigmoid(y)
-            elif self.activation == "softmax":
-                y = torch.softmax(y, dim=1)
-            y = y.float().cpu().numpy()
-        cz, cy, cx = self.geometry.crop
-        for i, block in enumerate(blocks):
-            wz, wy, wx = block.write_roi.shape
-            values = y[i, :, cz:cz + wz, cy:cy + wy, cx:cx + wx]
-            if self.task["kind"] == "semantic":
-                self.outputs["labels"].write(block.write_roi, values.argmax(axis=0))
-                self.outputs["probabilities"].write(block.write_roi, self._cast(values))
-            else:
-                self.outputs["affinities"].write(block.write_roi, self._cast(values))
+        inputs = [self.read(b) for b in blocks]
+        if self.device.startswith("cuda"):
+            for block, y in zip(blocks, self._forward_cuda(model, inputs)):
+                self.write(block, y)
+        else:
+            y = self.forward_cpu(model, np.stack(inputs))
+            for i, block in enumerate(blocks):
+                self.write(block, y[i])
         return len(blocks)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        if self.activation == "sigmoid":
+            return torch.sigmoid(y)
+        if self.activation == "softmax":
+            return torch.softmax(y, dim=1)
+        return y
+
+    def forward_cpu(self, model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+        """``(B, C, Z, Y, X)`` float32 -> the activated network output ``(B, C', Z', Y', X')``
+        (a channels-last strided array: no copy back to NCDHW)."""
+        with torch.inference_mode():
+            y = self._activate(model(to_channels_last(torch.from_numpy(batch))))
+            return y.float().numpy()
+
+    def _forward_cuda(self, model: torch.nn.Module, inputs: list[np.ndarray]):
+        """Yield the activated output ``(C', Z', Y', X')`` of each input (see the class
+        docstring for the overlap of copies, compute and writes)."""
+        device = torch.device(self.device)
+        compute = torch.cuda.current_stream(device)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        copy = self._copy_stream
+        amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.precision)
+
+        def upload(array: np.ndarray):
+            host = torch.from_numpy(array[None]).pin_memory()
+            with torch.cuda.stream(copy):
+                x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+                ready = torch.cuda.Event()
+                ready.record(copy)
+            return x, ready
+
+        following = upload(inputs[0])
+        pending = None
+        for i in range(len(inputs)):
+            x, ready = following
+            compute.wait_event(ready)
+            x.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+            if i + 1 < len(inputs):
+                following = upload(inputs[i + 1])  # overlaps the forward below
+            autocast = torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                y = self._activate(model(x)).float()
+            host_y = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            host_y.copy_(y, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(compute)
+            if pending is not None:  # the previous block is written while this one computes
+                pending[1].synchronize()
+                yield pending[0].numpy()[0]
+            pending = (host_y, done)
+        pending[1].synchronize()
+        yield pending[0].numpy()[0]
+
+    def write(self, block, y: np.ndarray) -> None:
+        """Crop the network output ``y`` ``(C', Z', Y', X')`` to ``block``'s write ROI and write it."""
+        cz, cy, cx = self.geometry.crop
+        wz, wy, wx = block.write_roi.shape
+        values = np.ascontiguousarray(y[:, cz:cz + wz, cy:cy + wy, cx:cx + wx])
+        if self.task["kind"] == "semantic":
+            self.outputs["labels"].write(block.write_roi, values.argmax(axis=0))
+            self.outputs["probabilities"].write(block.write_roi, self._cast(values))
+        else:
+            self.outputs["affinities"].write(block.write_roi, self._cast(values))
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         if self.dtype == "uint8":
@@ -243,6 +334,7 @@ def predict(
     device: str = "cpu",
     batch_size: int = 1,
     dtype: str = "float32",
+    precision: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -260,6 +352,8 @@ def predict(
         device: "cpu" or "cuda".
         batch_size: blocks per forward pass.
         dtype: "float32" or "uint8" (quantised ``round(255 p)``).
+        precision: compute precision (:func:`resolve_precision`): "auto" (float32 on CPU,
+            bfloat16 or float16 autocast on CUDA), "float32", "bfloat16", "float16".
         resume: continue an unfinished output made with the same settings.
         overwrite: replace an existing output.
         progress: tqdm bar over blocks.
@@ -278,6 +372,7 @@ def predict(
         raise UserError("--device cuda: no CUDA device is available to torch here; use --device cpu")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    precision = resolve_precision(precision, device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     model = ckpt.model
     task = resolve_task(ckpt)
@@ -302,6 +397,8 @@ def predict(
         "normalize": norm,
         "outputs": specs,
     }
+    if precision != "float32":  # float32 runs keep the settings (and resume records) they had
+        settings["precision"] = precision
 
     exists = any(volume_exists(s) for s in specs.values())
     if exists and not (resume or overwrite):
@@ -327,7 +424,7 @@ def predict(
     predictor = BlockPredictor(
         checkpoint=str(Path(checkpoint).resolve()), model=None if parallel else model, device=device,
         geometry=geometry, source=source, outputs=outputs, norm=norm, task=task, activation=_activation(ckpt, task),
-        dtype=dtype, threads=threads,
+        dtype=dtype, threads=threads, precision=precision,
     )
     blocks = block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape, context=geometry.context,
                         read_shape=geometry.read_shape)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+
+import cloudpickle
 import numpy as np
 import pytest
 
@@ -66,6 +69,10 @@ class PlusOne:
             inner = block.write_roi.relative_to(block.read_roi)
             self.target.write(block.write_roi, data[(Ellipsis, *inner.to_slices())] + 1)
         return sum(b.write_roi.size for b in (blocks if isinstance(blocks, list) else [blocks]))
+
+
+# dask workers cannot import this module under pytest's importlib mode: send PlusOne by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.mark.parametrize("write_shape", [(4, 4, 4), (5, 3, 7), (16, 16, 16)])
