@@ -36,6 +36,7 @@ import numpy as np
 from psc_seg.engine import BlockRecord, Roi, block_grid, run_blockwise, settings_hash
 from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import scored_edges
+from psc_seg.segment.chunk_cache import ChunkCache
 from psc_seg.segment.components import affinity_components, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
 from psc_seg.segment.relabel import unique_inverse, unique_pairs
@@ -87,13 +88,13 @@ class _FragmentStep:
 
     def __init__(self, affs, fragments_volume, work: Path, *, method: str, decoder: str, threshold: float,
                  context: int, stride: int, total: Roi) -> None:
-        self.affs, self.fragments = affs, fragments_volume
+        self.affs, self.fragments = ChunkCache(affs), fragments_volume
         self.work, self.method, self.decoder, self.threshold = work, method, decoder, threshold
         self.context, self.stride, self.total = context, stride, total
 
     def __call__(self, block) -> None:
         read = block.read_roi.intersect(self.total)
-        affs = as_affinities(self.affs.read(read.to_slices()))
+        affs = as_affinities(self.affs.read(read))
         if np.isnan(affs).any():
             raise UserError(f"affinities {self.affs.spec!r} contain NaNs near {read}; fix the prediction first")
         if self.decoder == "cc":
@@ -113,7 +114,7 @@ class _EdgeStep:
 
     def __init__(self, affs, fragments_volume, work: Path, *, decoder: str, scoring: str, max_threshold: float,
                  stride: int, total: Roi) -> None:
-        self.affs, self.fragments, self.work = affs, fragments_volume, work
+        self.affs, self.fragments, self.work = ChunkCache(affs), ChunkCache(fragments_volume), work
         self.decoder, self.scoring, self.max_threshold = decoder, scoring, max_threshold
         self.stride, self.total = stride, total
 
@@ -121,13 +122,13 @@ class _EdgeStep:
         if self.decoder == "cc":
             starts = tuple(1 if b > t else 0 for b, t in zip(block.write_roi.begin, self.total.begin))
             region = block.write_roi.grow(starts, 0).intersect(self.total)
-            affs = as_affinities(self.affs.read(region.to_slices()))
-            uv = _linked_pairs(affs, self.fragments.read(region.to_slices()), self.max_threshold, starts)
+            affs = as_affinities(self.affs.read(region))
+            uv = _linked_pairs(affs, self.fragments.read(region), self.max_threshold, starts)
             scores = np.zeros(len(uv))
         else:
             read = block.read_roi.intersect(self.total)
-            fragments = self.fragments.read(read.to_slices())
-            uv, scores = scored_edges(self.affs.read(read.to_slices()), fragments,
+            fragments = self.fragments.read(read)
+            uv, scores = scored_edges(self.affs.read(read), fragments,
                                       max_threshold=self.max_threshold, scoring=self.scoring)
             owned = uv[:, 0] // np.uint64(self.stride) == np.uint64(block.block_id)
             uv, scores = uv[owned], scores[owned]
@@ -145,11 +146,13 @@ class _RelabelStep:
         if self._loaded is None:  # once per worker
             self._loaded = [(t["ids"], t["segments"]) for t in map(np.load, self.tables)]
         fragments = self.fragments.read(block.write_roi.to_slices())
-        nonzero = fragments != 0
+        # look up each fragment of the block once, not each voxel
+        present, inverse, _ = unique_inverse(fragments)
         for out, (ids, segments) in zip(self.outputs, self._loaded):
-            labels = np.zeros(fragments.shape, dtype=np.uint64)
-            labels[nonzero] = segments[np.searchsorted(ids, fragments[nonzero])]
-            out.write(block.write_roi.to_slices(), labels)
+            segment_of = np.zeros(present.size, dtype=np.uint64)
+            found = present != 0
+            segment_of[found] = segments[np.searchsorted(ids, present[found])]
+            out.write(block.write_roi.to_slices(), segment_of[inverse])
 
 
 def _record(directory: Path, settings: dict[str, Any]) -> BlockRecord:

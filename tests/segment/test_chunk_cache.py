@@ -1,0 +1,42 @@
+"""Reads through the chunk cache equal direct reads, stay within the byte budget, pickle empty."""
+
+import pickle
+
+import numpy as np
+
+from psc_seg.engine import Roi
+from psc_seg.io import create_volume, open_volume
+from psc_seg.segment.chunk_cache import ChunkCache
+
+
+def test_cached_reads_equal_direct_reads(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.random((3, 21, 30, 26)).astype(np.float32)  # edges cut chunks short
+    vol = create_volume(tmp_path / "affs.zarr", shape=data.shape, dtype="float32", chunks=(8, 8, 8))
+    vol.write((slice(None),) * 4, data)
+    vol.finalize()
+    vol = open_volume(str(tmp_path / "affs.zarr"))
+    chunk_bytes = 3 * 8**3 * 4
+    cache = ChunkCache(vol, max_bytes=10 * chunk_bytes)
+    for _ in range(30):
+        begin = [int(rng.integers(0, s)) for s in data.shape[1:]]
+        shape = [int(rng.integers(1, s - b + 1)) for b, s in zip(begin, data.shape[1:])]
+        roi = Roi(begin, shape)
+        np.testing.assert_array_equal(cache.read(roi), data[(slice(None), *roi.to_slices())])
+        assert cache._bytes <= 10 * chunk_bytes or len(cache._chunks) == 1
+    assert cache._chunks  # it did cache
+    again = pickle.loads(pickle.dumps(cache))
+    assert not again._chunks and again._bytes == 0
+    np.testing.assert_array_equal(again.read(Roi((0, 0, 0), (21, 30, 26))), data)
+
+
+def test_unchunked_or_too_large_chunks_read_directly(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.uint64).reshape(4, 5, 6)
+    np.save(tmp_path / "labels.npy", data)
+    cache = ChunkCache(open_volume(str(tmp_path / "labels.npy")))
+    np.testing.assert_array_equal(cache.read(Roi((1, 1, 1), (2, 3, 4))), data[1:3, 1:4, 1:5])
+    vol = create_volume(tmp_path / "l.zarr", shape=data.shape, dtype="uint64", chunks=(4, 4, 4))
+    vol.write((slice(None),) * 3, data)
+    tiny = ChunkCache(vol, max_bytes=100)
+    np.testing.assert_array_equal(tiny.read(Roi((1, 1, 1), (2, 3, 4))), data[1:3, 1:4, 1:5])
+    assert not tiny._chunks
