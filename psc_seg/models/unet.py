@@ -36,7 +36,7 @@ from torch import nn
 
 from psc_seg.models.shapes import check_divisible, round_up
 from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
-from psc_seg.nn.fast import cat_channels, run_sequential
+from psc_seg.nn.fast import cat_channels, conv3d, run_sequential
 
 
 class ConvBlock(nn.Sequential):
@@ -267,12 +267,21 @@ class UNet(nn.Module):
             x = pool(x)
         x = self.bottom(x)
         for level in reversed(range(len(self.up))):
-            x = self.upsample_layers[level](x)
+            x = self._upsample(level, x)
             skip = skips[level]
             if skip.shape[2:] != x.shape[2:]:
                 skip = _center_crop(skip, x.shape[2:])
             x = self.up[level](cat_channels([skip, x]))
-        return self.final(self.head(x))
+        return self.final(conv3d(self.head, x))
+
+    def _upsample(self, level: int, x: torch.Tensor) -> torch.Tensor:
+        layer = self.upsample_layers[level]
+        if isinstance(layer, nn.Sequential):
+            # nearest upsampling then a 1x1x1 conv: the conv commutes with nearest upsampling,
+            # so it runs on the coarse grid (prod(factor) times fewer voxels), same numbers
+            upsample, conv = layer
+            return upsample(conv3d(conv, x))
+        return layer(x)
 
 
 def unet(in_channels: int = 1, out_channels: int = 3, **kwargs) -> UNet:

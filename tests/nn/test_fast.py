@@ -30,8 +30,7 @@ def test_conv3d_equals_the_module_and_stays_channels_last(c_in, kernel, padding,
         got = conv3d(conv, to_channels_last(x), activation=activation)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    if kernel != (1, 1, 1):  # the one-channel input is widened: NDHWC out, not NCDHW
-        assert is_channels_last(got)
+    assert is_channels_last(got)  # also for one input channel (widened): NDHWC out, not NCDHW
 
 
 def test_conv3d_keeps_gradients_with_a_widened_single_channel_input():
@@ -78,10 +77,12 @@ def test_cat_channels_equals_torch_cat_for_crops_and_mixed_layouts():
     torch.testing.assert_close(cat_channels([b, c]), torch.cat([b, c], dim=1), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("conv", ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"])
-def test_unet_channels_last_fast_equals_the_plain_network(conv):
+@pytest.mark.parametrize("conv,upsample", [("conv3d", "nearest"), ("psc(1,1)", "transposed"), ("psc(2,2)", "nearest"),
+                                           ("psc(3,2)", "nearest")])
+def test_unet_channels_last_fast_equals_the_plain_network(conv, upsample):
+    """Also checks the 1x1x1 conv moved before the nearest upsampling (same numbers)."""
     torch.manual_seed(0)
-    model = build_model("unet", conv=conv, num_fmaps=4, fmap_inc_factor=3,
+    model = build_model("unet", conv=conv, num_fmaps=4, fmap_inc_factor=3, upsample=upsample,
                         downsample_factors=[[2, 2, 2], [1, 2, 2]], activation="leaky_relu").eval()
     shape = model.valid_input_shape(model.valid_output_shape((6, 8, 8)))
     x = torch.randn(1, 1, *shape)
