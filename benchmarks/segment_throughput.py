@@ -18,16 +18,20 @@ kept. The VI (bits, split + merge, no label ignored) between each blockwise resu
 whole-volume one checks that both agree.
 
     python benchmarks/segment_throughput.py [--size 256] [--blocks 64 128] [--workers 0 1 2]
-                                            [--repeats 1] [--data DIR]
+                                            [--repeats 1] [--data DIR] [--baseline DIR]
 
 ``--data DIR`` keeps the affinities (``DIR/affs_<size>_<seed>.zarr``) and reuses them in
-later runs (generating 256^3 takes minutes), e.g. to compare two versions of psc-seg.
+later runs (generating 256^3 takes minutes). ``--baseline DIR`` runs every configuration
+with another psc-seg too (``DIR/psc_seg``, e.g. ``git archive <commit> psc_seg | tar -x -C
+DIR``), alternating with this one so that both see the same machine load, and adds its
+time, its peak RSS, the speed-up and the VI between the two results (0.0: identical).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -99,7 +103,7 @@ def _own_peak_mib() -> float:
     return float("nan")
 
 
-def run_child(affs: str, out: str, *, block: int, workers: int) -> tuple[float, float]:
+def run_child(affs: str, out: str, *, block: int, workers: int, env: dict | None = None) -> tuple[float, float]:
     """(seconds of the segment call, peak RSS in MiB) of one configuration in a fresh subprocess.
 
     In-process runs report their own peak RSS; with workers the RSS of the whole process
@@ -110,7 +114,7 @@ def run_child(affs: str, out: str, *, block: int, workers: int) -> tuple[float, 
     cmd = [sys.executable, __file__, "--child", "--affs", affs, "--out", out, "--block", str(block),
            "--child-workers", str(workers)]
     with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file)
+        proc = subprocess.Popen(cmd, stdout=out_file, stderr=err_file, env=env)
         tree_peak = 0
         while proc.poll() is None:
             if workers:
@@ -148,6 +152,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs per configuration (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="folder in which to keep and reuse the affinities")
+    parser.add_argument("--baseline", type=Path,
+                        help="folder holding another psc_seg package (e.g. `git archive` of an older commit): "
+                             "each configuration also runs with it, alternately, for side-by-side figures")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--affs", help=argparse.SUPPRESS)
@@ -162,7 +169,15 @@ def main() -> int:
     from psc_seg.evaluate import variation_of_information
     from psc_seg.io import open_volume
 
+    def vi(a: np.ndarray, b: np.ndarray) -> float:
+        return sum(variation_of_information(a, b, ignore_labels=()))
+
     tmp = Path(tempfile.mkdtemp(prefix="psc-seg-segment-bench-"))
+    baseline_env = None
+    if args.baseline:
+        if not (args.baseline / "psc_seg" / "__init__.py").exists():
+            raise SystemExit(f"--baseline {args.baseline} holds no psc_seg package")
+        baseline_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
     try:
         affs = _affinities(args.data or tmp, args.size, seed=args.seed)
         voxels = args.size**3
@@ -171,32 +186,53 @@ def main() -> int:
         print(f"# segment_throughput: {args.size}^3 float32 affinities, waterz / hist_quant_50 / threshold 0.5, "
               f"median of {args.repeats}; {machine()}")
         for name, block, workers in configs:
-            out = str(tmp / f"seg_{block}_{workers}.zarr")
-            runs = []
-            for _ in range(args.repeats):
+            out, old = str(tmp / f"seg_{block}_{workers}.zarr"), str(tmp / f"baseline_{block}_{workers}.zarr")
+            runs, baseline_runs = [], []
+            for _ in range(args.repeats):  # alternate, so that both see the same load
                 shutil.rmtree(out, ignore_errors=True)
                 runs.append(run_child(affs, out, block=block, workers=workers))
-            seconds = statistics.median(r[0] for r in runs)
-            rss = max(r[1] for r in runs)
+                if baseline_env:
+                    shutil.rmtree(old, ignore_errors=True)
+                    baseline_runs.append(run_child(affs, old, block=block, workers=workers, env=baseline_env))
             seg = open_volume(out).read()
-            if whole is None:
-                whole, vi = seg, 0.0
-            else:
-                vi = sum(variation_of_information(whole, seg, ignore_labels=()))
-            n_segments = len(np.unique(seg))
-            rows.append((name, "-" if not block else str(workers), seconds, voxels / seconds, rss, vi, n_segments))
-            print(f"  {name:<12} workers {rows[-1][1]:>2}: {seconds:7.2f} s", file=sys.stderr, flush=True)
-        print(f"| {'run':<12} | workers | seconds | Mvoxels/s | peak RSS MiB | VI vs whole | segments |")
-        print(f"|{'-' * 14}|---------|---------|-----------|--------------|-------------|----------|")
-        for name, workers, seconds, rate, rss, vi, n_segments in rows:
-            print(f"| {name:<12} | {workers:>7} | {seconds:7.2f} | {rate / 1e6:9.3f} | {rss:12.0f} | {vi:11.4f} "
-                  f"| {n_segments:8d} |")
+            whole = seg if whole is None else whole
+            row = {"run": name, "workers": "-" if not block else str(workers),
+                   "seconds": statistics.median(r[0] for r in runs), "rss": max(r[1] for r in runs),
+                   "vi": vi(whole, seg), "segments": len(np.unique(seg))}
+            if baseline_runs:
+                row["baseline"] = statistics.median(r[0] for r in baseline_runs)
+                row["baseline_rss"] = max(r[1] for r in baseline_runs)
+                row["vi_baseline"] = vi(open_volume(old).read(), seg)
+            rows.append(row)
+            print(f"  {name:<12} workers {row['workers']:>2}: {row['seconds']:7.2f} s"
+                  + (f" (baseline {row['baseline']:.2f} s)" if baseline_runs else ""), file=sys.stderr, flush=True)
+        print_table(rows, voxels)
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"kept {tmp}", file=sys.stderr)
     return 0
+
+
+def print_table(rows: list[dict], voxels: int) -> None:
+    """A markdown table; with a baseline, its seconds, peak RSS, the speed-up and the VI
+    between its result and this one's (0: the same segmentation)."""
+    with_baseline = "baseline" in rows[0]
+    head = "| run          | workers | seconds | Mvoxels/s | peak RSS MiB | VI vs whole | segments |"
+    rule = "|--------------|---------|---------|-----------|--------------|-------------|----------|"
+    if with_baseline:
+        head += " baseline s | baseline RSS MiB | speed-up | VI vs baseline |"
+        rule += "------------|------------------|----------|----------------|"
+    print(head)
+    print(rule)
+    for r in rows:
+        line = (f"| {r['run']:<12} | {r['workers']:>7} | {r['seconds']:7.2f} | {voxels / r['seconds'] / 1e6:9.3f} "
+                f"| {r['rss']:12.0f} | {r['vi']:11.4f} | {r['segments']:8d} |")
+        if with_baseline:
+            line += (f" {r['baseline']:10.2f} | {r['baseline_rss']:16.0f} | {r['baseline'] / r['seconds']:7.2f}x "
+                     f"| {r['vi_baseline']:14.4f} |")
+        print(line)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ resumable through its :class:`psc_seg.engine.BlockRecord`:
    (scipy.sparse.csgraph) give a fragment -> segment table; ``min_size`` drops small segments;
 4. **relabel**: per block, fragments -> segments into each output.
 
+Reads with context go through a :class:`~psc_seg.segment.chunk_cache.ChunkCache` (a block
+grown by its context touches up to 27 storage chunks; neighbouring blocks share them), and
+``--workers N`` starts one local cluster for all steps.
+
 Bookkeeping (fragments, edges, tables, block records) lives in a hidden folder beside the
 first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is finalized.
 """
