@@ -23,7 +23,7 @@ from typing import Any
 
 from psc_seg.errors import UserError
 
-THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,18 @@ class DemoSize:
     """Further ``--set`` overrides of the training preset."""
 
 
+# Budgets for a 2-core CPU; the learning rate is higher than the presets' so that a few
+# hundred iterations learn (measured: EM VI 0.77 vs baseline 1.96 after 300 iterations; MRI
+# mean Dice 0.87 after 300, 0.65 with the preset's 1e-3).
 SIZES = {
-    ("em", True): DemoSize((48, 96, 96), (32, 96, 96), iterations=5000, max_seconds=150),
-    ("em", False): DemoSize((64, 128, 128), (64, 128, 128), iterations=20000, max_seconds=600),
-    ("mri", True): DemoSize((64, 64, 64), (64, 64, 64), iterations=5000, max_seconds=120),
-    ("mri", False): DemoSize((96, 96, 96), (96, 96, 96), iterations=20000, max_seconds=480),
+    ("em", True): DemoSize((48, 96, 96), (32, 96, 96), iterations=300, max_seconds=170,
+                           overrides=("train.lr=3e-3",)),
+    ("em", False): DemoSize((64, 128, 128), (64, 128, 128), iterations=3000, max_seconds=900,
+                            overrides=("train.lr=3e-3",)),
+    ("mri", True): DemoSize((64, 64, 64), (64, 64, 64), iterations=400, max_seconds=100,
+                            overrides=("train.lr=3e-3",)),
+    ("mri", False): DemoSize((96, 96, 96), (96, 96, 96), iterations=2000, max_seconds=600,
+                             overrides=("train.lr=3e-3",)),
 }
 
 
