@@ -36,7 +36,7 @@ from torch import nn
 
 from psc_seg.models.shapes import check_divisible, round_up
 from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
-from psc_seg.nn.fast import cat_channels, conv3d, run_sequential
+from psc_seg.nn.fast import cat_channels, conv3d, fast_enabled, run_sequential
 
 
 class ConvBlock(nn.Sequential):
@@ -276,7 +276,7 @@ class UNet(nn.Module):
 
     def _upsample(self, level: int, x: torch.Tensor) -> torch.Tensor:
         layer = self.upsample_layers[level]
-        if isinstance(layer, nn.Sequential):
+        if isinstance(layer, nn.Sequential) and fast_enabled():
             # nearest upsampling then a 1x1x1 conv: the conv commutes with nearest upsampling,
             # so it runs on the coarse grid (prod(factor) times fewer voxels), same numbers
             upsample, conv = layer

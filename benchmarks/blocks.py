@@ -1,0 +1,271 @@
+"""Speed of conv3d vs PmSCn blocks and whole UNets: inference and training step, GFLOP/s.
+
+Each conv spec is timed as the replacement of a group of two 3x3x3 convs ``C -> C -> C``
+(conv3d: two Conv3d; psc(m,1): two PSC(m,1); psc(m,n>=2): one PSC(m,n)), on a 64^3 input
+(same padding), for C in (24, 48, 96); then whole UNets (num_fmaps 12, x3 per level, two
+2x2x2 levels, valid convs, the registry's defaults otherwise) on the input that gives a 64^3
+output, with their throughput in output voxels/s. Beside each time: the achieved GFLOP/s
+(2 x MACs of the convolutions / time; a training step counts 3x the forward) and its
+percentage of the machine's fp32 matmul GFLOP/s, measured in the same run.
+
+Three execution modes per row (``--modes``):
+
+* ``ncdhw``: contiguous tensors and the plain PyTorch paths (psc-seg before the speed work);
+* ``ndhwc``: channels_last_3d model and input, plain PyTorch paths;
+* ``fast``: channels_last_3d plus :mod:`psc_seg.nn.fast` (oneDNN called directly at
+  inference, one-channel inputs widened to two, channels-last concatenation): what psc-seg
+  runs now. Its output is checked allclose against ``ncdhw``.
+
+    python benchmarks/blocks.py [--device cpu|cuda] [--size 64] [--repeats 3]
+        [--channels 24 48 96] [--specs conv3d "psc(2,2)"] [--modes ncdhw fast] [--no-train]
+        [--no-blocks] [--no-unets] [--threads N]
+
+Rows are printed as they finish; times are medians of ``--repeats`` runs after a warm-up (whole
+UNets: every spec and mode interleaved within each repeat, fairer on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from psc_seg.models import build_model
+from psc_seg.nn import make_convs
+from psc_seg.nn.fast import fast_paths, to_channels_last
+
+SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
+MODES = ["ncdhw", "ndhwc", "fast"]
+UNET = dict(num_fmaps=12, fmap_inc_factor=3, downsample_factors=[[2, 2, 2], [2, 2, 2]])
+
+
+def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """2 x multiply-adds of every Conv3d / ConvTranspose3d in one forward pass of ``x``
+    (counted on the plain path, where every conv goes through its module's hooks)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        kernel = 1
+        for k in module.kernel_size:
+            kernel *= k
+        if isinstance(module, nn.ConvTranspose3d):
+            voxels = inputs[0].shape[0] * inputs[0][0, 0].numel()
+        else:
+            voxels = output.shape[0] * output[0, 0].numel()
+        total += 2 * voxels * module.in_channels * module.out_channels * kernel // module.groups
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    with torch.no_grad(), fast_paths(False):
+        model(x)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, *, repeats: int, device: str) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(device: str, *, n: int = 2048, repeats: int = 5) -> float:
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    seconds = median_time(lambda: a @ b, repeats=repeats, device=device)
+    return 2 * n**3 / seconds / 1e9
+
+
+def time_model(model: nn.Module, x: torch.Tensor, *, mode: str, repeats: int, device: str, train: bool,
+               reference: torch.Tensor | None = None) -> dict:
+    """Median inference (and training step) seconds of ``model`` on ``x`` in ``mode``."""
+    model = model.to(device)
+    x = x.to(device)
+    if mode != "ncdhw":
+        model = to_channels_last(model)
+        x = to_channels_last(x)
+    else:
+        model = model.to(memory_format=torch.contiguous_format)
+        x = x.contiguous()
+    result: dict = {}
+    with fast_paths(mode == "fast"):
+        model.eval()
+
+        def infer():
+            with torch.inference_mode():
+                return model(x)
+
+        t_infer = median_time(infer, repeats=repeats, device=device)
+        result["infer"] = t_infer
+        if reference is not None:
+            out = infer().float()
+            result["max_abs_diff"] = float((out - reference).abs().max())
+        if train:
+            model.train()
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+            def train_step():
+                optimizer.zero_grad(set_to_none=True)
+                model(x).float().square().mean().backward()
+                optimizer.step()
+
+            result["train"] = median_time(train_step, repeats=repeats, device=device)
+    return result
+
+
+def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode(), fast_paths(False):
+        return model.eval()(x.contiguous()).float()
+
+
+def print_row(name: str, mode: str, flops: int, r: dict, peak: float, *, before: dict | None) -> None:
+    line = f"{name:<22}{mode:<7}{flops / 1e9:>7.2f}{r['infer'] * 1e3:>10.1f}"
+    g = flops / r["infer"] / 1e9
+    line += f"{g:>8.1f}{100 * g / peak:>5.0f}%"
+    if "train" in r:
+        gt = 3 * flops / r["train"] / 1e9
+        line += f"{r['train'] * 1e3:>10.1f}{gt:>8.1f}{100 * gt / peak:>5.0f}%"
+    else:
+        line += f"{'-':>10}{'-':>8}{'-':>6}"
+    if before is not None and before is not r:
+        line += f"  x{before['infer'] / r['infer']:.2f} inf"
+        if "train" in r and "train" in before:
+            line += f" x{before['train'] / r['train']:.2f} train"
+    if "max_abs_diff" in r:
+        line += f"  maxdiff {r['max_abs_diff']:.1e}"
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels", type=int, nargs="+", default=[24, 48, 96])
+    parser.add_argument("--specs", nargs="+", default=SPECS)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument("--no-blocks", action="store_true", help="skip the per-block rows")
+    parser.add_argument("--no-unets", action="store_true", help="skip the whole-UNet rows")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = args.device
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    peak = matmul_gflops(device)
+    print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s\n", flush=True)
+    print(f"{'what':<22}{'mode':<7}{'GFLOP':>7}{'infer ms':>10}{'GFLOP/s':>8}{'%mm':>6}"
+          f"{'train ms':>10}{'GFLOP/s':>8}{'%mm':>6}  (speed-up vs {args.modes[0]}; max |diff| vs ncdhw plain)",
+          flush=True)
+    train = not args.no_train
+    if not args.no_blocks:
+        for channels in args.channels:
+            x = torch.randn(1, channels, args.size, args.size, args.size)
+            for spec in args.specs:
+                block = nn.Sequential(*make_convs(spec, channels, channels, num_convs=2, padding="same"))
+                flops = conv_flops(block, x)
+                ref = reference_output(block, x) if device == "cpu" else None
+                first = None
+                for mode in args.modes:
+                    r = time_model(block, x, mode=mode, repeats=args.repeats, device=device, train=train,
+                                   reference=ref if mode != "ncdhw" else None)
+                    first = first or r
+                    print_row(f"C={channels} {spec}", mode, flops, r, peak, before=first)
+    if not args.no_unets:
+        unet_rows(args, peak, train=train)
+
+
+def prepare(model: nn.Module, x: torch.Tensor, mode: str, device: str) -> tuple[nn.Module, torch.Tensor]:
+    model, x = model.to(device), x.to(device)
+    if mode == "ncdhw":
+        return model.to(memory_format=torch.contiguous_format), x.contiguous()
+    return to_channels_last(model), to_channels_last(x)
+
+
+def unet_rows(args, peak: float, *, train: bool) -> None:
+    """Whole UNets, every (spec, mode) timed interleaved (one after the other within each
+    repeat) so that load changes on a shared machine hit all of them alike."""
+    device = args.device
+    models, inputs, flops, refs, out_voxels = {}, {}, {}, {}, {}
+    for spec in args.specs:
+        torch.manual_seed(0)
+        model = build_model("unet", conv=spec, **UNET)
+        shape = model.valid_input_shape(model.valid_output_shape((args.size,) * 3))
+        out_voxels[spec] = int(torch.tensor(model.output_shape(shape)).prod())
+        models[spec], inputs[spec] = model, torch.randn(1, 1, *shape)
+        flops[spec] = conv_flops(model, inputs[spec])
+        refs[spec] = reference_output(model, inputs[spec]) if device == "cpu" else None
+    results: dict = {}
+    keys = [(spec, mode) for spec in args.specs for mode in args.modes]
+    prepared = {(spec, mode): prepare(copy.deepcopy(models[spec]), inputs[spec], mode, device) for spec, mode in keys}
+
+    def infer(key):
+        model, x = prepared[key]
+        with torch.inference_mode(), fast_paths(key[1] == "fast"):
+            return model.eval()(x)
+
+    times = interleaved(infer, keys, repeats=args.repeats, device=device)
+    for key in keys:
+        results[key] = {"infer": times[key]}
+        if refs[key[0]] is not None and key[1] != "ncdhw":
+            results[key]["max_abs_diff"] = float((infer(key).float() - refs[key[0]]).abs().max())
+    if train:
+        optimizers = {key: torch.optim.SGD(prepared[key][0].parameters(), lr=0.0) for key in keys}
+
+        def train_step(key):
+            model, x = prepared[key]
+            model.train()
+            with fast_paths(key[1] == "fast"):
+                optimizers[key].zero_grad(set_to_none=True)
+                model(x).float().square().mean().backward()
+                optimizers[key].step()
+
+        times = interleaved(train_step, keys, repeats=args.repeats, device=device)
+        for key in keys:
+            results[key]["train"] = times[key]
+    for spec in args.specs:
+        for mode in args.modes:
+            print_row(f"UNet12x3 {spec}", mode, flops[spec], results[(spec, mode)], peak,
+                      before=results[(spec, args.modes[0])])
+    print("\nUNet predict throughput (output voxels/s of the forward pass) relative to conv3d, same mode:")
+    for mode in args.modes:
+        base = results.get(("conv3d", mode))
+        for spec in args.specs:
+            v = out_voxels[spec] / results[(spec, mode)]["infer"]
+            ratio = f"  x{base['infer'] / results[(spec, mode)]['infer']:.2f} of conv3d" if base else ""
+            print(f"  {spec:<10}{mode:<7}{v / 1e6:8.3f} Mvox/s{ratio}", flush=True)
+
+
+def interleaved(fn, names: list, *, repeats: int, device: str) -> dict:
+    """Median seconds of ``fn(name)`` per name, timed name after name within each repeat."""
+    for name in names:
+        fn(name)
+    times: dict = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            sync(device)
+            start = time.perf_counter()
+            fn(name)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Throughput of ``psc-seg predict`` against the bare network and MONAI's sliding window.
+
+On a ``--size``^3 uint8 volume (default 256^3) and the psc(2,2) UNet of ``blocks.py``
+(num_fmaps 12, x3 per level, two 2x2x2 levels), each row runs in a fresh subprocess and
+reports voxels/s (output voxels / wall seconds of the work, model loading and imports
+excluded) and the peak resident memory (max RSS; for ``--workers N``, the RSS of the whole
+process tree summed every 50 ms, as ``predict_memory.py`` does):
+
+* ``bare forward``: the network alone on every block's input, already normalised in memory
+  (same block shape and read shape as predict): the ceiling for predict.
+* ``predict w0`` / ``predict wN``: :func:`psc_seg.pipelines.predict.predict` in process and
+  with N dask workers (zarr in, zarr out, mirrored edges, resume record). Engine overhead =
+  1 - predict / bare.
+* ``monai``: ``monai.inferers.sliding_window_inference`` with the same model: read the whole
+  volume into memory, normalise, slide, write the result to zarr.
+
+Why a same-padding model for MONAI: MONAI's sliding window needs a network whose output has
+its input's size (it pads the volume and blends overlapping windows). A valid-padding UNet
+shrinks, so the MONAI rows use the same-padding UNet of the same widths, and so does a second
+set of psc-seg rows. psc-seg runs that model on blocks of ``B`` voxels read with a halo ``h``
+(its context, rounded up to the shape step) that is cropped away. MONAI gets the same window
+(``roi_size = B + 2h``) and the overlap that gives the same stride ``B``
+(``overlap = 2h / (B + 2h)``) on the volume mirrored by ``h`` on each side (psc-seg mirrors
+edge blocks the same way; cropped afterwards): the same windows, the same network
+evaluations, and every output voxel sees at least the same context. Its output differs only
+where MONAI averages window borders (constant blend) instead of cropping them.
+
+    python benchmarks/predict_throughput.py [--size 256] [--block 64] [--workers 2]
+        [--spec "psc(2,2)"] [--threads N]
+
+Without monai installed the MONAI row is skipped with a message (monai is not a dependency of
+psc-seg: ``pip install --no-deps monai`` into the environment to run it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_memory import run_predict, write_input  # noqa: E402  (same directory)
+
+UNET = dict(num_fmaps=12, fmap_inc_factor=3, downsample_factors=[[2, 2, 2], [2, 2, 2]])
+
+
+def make_checkpoint(path: Path, *, spec: str, padding: str) -> str:
+    from psc_seg.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("unet", conv=spec, padding=padding, **UNET)
+    save_checkpoint(path, model, metadata={"task": {"kind": "affinities",
+                                                     "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]},
+                                            "normalize": {"kind": "uint8"}})
+    return str(path)
+
+
+# ------------------------------------------------------------------ children (one row each)
+def child_bare(checkpoint: str, raw: str, block: int) -> dict:
+    from psc_seg.engine import Roi, block_grid, read_mirrored
+    from psc_seg.io import normalize, open_volume
+    from psc_seg.models import load_checkpoint
+    from psc_seg.pipelines.predict import plan_geometry, prepare_model
+
+    model = prepare_model(load_checkpoint(checkpoint).model, "cpu")
+    source = open_volume(raw)
+    geometry = plan_geometry(model, (block,) * 3)
+    blocks = block_grid(Roi((0, 0, 0), source.spatial_shape), write_shape=geometry.write_shape,
+                        context=geometry.context, read_shape=geometry.read_shape)
+    inputs = [normalize(read_mirrored(source, b.read_roi), {"kind": "uint8"}) for b in blocks]
+    with torch.inference_mode():
+        model(torch.from_numpy(inputs[0])[None, None])  # warm-up (oneDNN primitive creation)
+        start = time.perf_counter()
+        for x in inputs:
+            model(torch.from_numpy(x)[None, None])  # ends in the UNet's sigmoid
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "voxels": int(np.prod(source.spatial_shape))}
+
+
+def child_predict(checkpoint: str, raw: str, block: int, workers: int, out: str) -> dict:
+    from psc_seg.io import open_volume
+    from psc_seg.pipelines.predict import predict
+
+    start = time.perf_counter()
+    predict(checkpoint, raw, out, block_shape=(block,) * 3, workers=workers, progress=False)
+    return {"seconds": time.perf_counter() - start, "voxels": int(np.prod(open_volume(raw).spatial_shape))}
+
+
+def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
+    from monai.inferers import sliding_window_inference
+
+    from psc_seg.io import create_volume, normalize, open_volume
+    from psc_seg.models import load_checkpoint
+    from psc_seg.pipelines.predict import plan_geometry, prepare_model
+
+    model = prepare_model(load_checkpoint(checkpoint).model, "cpu")
+    geometry = plan_geometry(model, (block,) * 3)
+    roi = geometry.read_shape
+    overlap = [2 * h / r for h, r in zip(geometry.context, roi)]
+    with torch.inference_mode():
+        model(torch.zeros(1, 1, *roi))  # warm-up, as for the other rows
+    start = time.perf_counter()
+    source = open_volume(raw)
+    x = torch.from_numpy(normalize(source.read(), {"kind": "uint8"}))[None, None]
+    h = geometry.context
+    with torch.inference_mode():
+        # mirrored by the halo, as psc-seg reads edge blocks, so both run the same windows
+        x = torch.nn.functional.pad(x, (h[2], h[2], h[1], h[1], h[0], h[0]), mode="reflect")
+        y = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, predictor=model, overlap=overlap,
+                                     mode="constant")
+        y = y[0, :, h[0]:y.shape[2] - h[0], h[1]:y.shape[3] - h[1], h[2]:y.shape[4] - h[2]].numpy()
+    target = create_volume(out, shape=y.shape, dtype="float32", chunks=(y.shape[0], block, block, block))
+    target.write(None, y)
+    target.finalize()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "voxels": int(np.prod(source.spatial_shape)), "roi": list(roi),
+            "overlap": [round(o, 4) for o in overlap]}
+
+
+def run_child(args: list[str], *, tree: bool) -> dict:
+    """Run this script with ``args`` (``--child ...``) in a subprocess; its JSON result plus peak RSS (MiB)."""
+    result_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    cmd = [sys.executable, __file__, *args, "--result", str(result_file)]
+    peak_mib, _ = run_predict(cmd, tree=tree)
+    result = json.loads(result_file.read_text())
+    result_file.unlink()
+    result["peak_mib"] = peak_mib
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--spec", default="psc(2,2)")
+    parser.add_argument("--threads", type=int, default=None, help="OMP threads of in-process rows")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, checkpoint, raw, *rest = args.child
+        if kind == "bare":
+            result = child_bare(checkpoint, raw, args.block)
+        elif kind == "predict":
+            result = child_predict(checkpoint, raw, args.block, int(rest[0]), rest[1])
+        else:
+            result = child_monai(checkpoint, raw, args.block, rest[0])
+        Path(args.result).write_text(json.dumps(result))
+        return
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    try:
+        import monai  # noqa: F401
+
+        have_monai = True
+    except ImportError:
+        have_monai = False
+    print(f"torch {torch.__version__}, nproc {os.cpu_count()}, volume {args.size}^3 uint8, block {args.block}^3, "
+          f"UNet {args.spec} {UNET}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw = write_input(tmp / "raw.zarr", args.size)
+        rows = []
+        for padding in ("valid", "same"):
+            ckpt = make_checkpoint(tmp / f"{padding}.pt", spec=args.spec, padding=padding)
+            runs = [("bare forward", ["--child", "bare", ckpt, raw], False),
+                    ("predict w0", ["--child", "predict", ckpt, raw, "0", str(tmp / f"{padding}_w0.zarr")], False),
+                    (f"predict w{args.workers}",
+                     ["--child", "predict", ckpt, raw, str(args.workers), str(tmp / f"{padding}_w{args.workers}.zarr")], True)]
+            if padding == "same":
+                if have_monai:
+                    runs.append(("monai sliding window", ["--child", "monai", ckpt, raw, str(tmp / "monai.zarr")], False))
+                else:
+                    print("monai is not importable: MONAI row skipped (pip install --no-deps monai)", flush=True)
+            for name, child, tree in runs:
+                r = run_child(child + ["--block", str(args.block)], tree=tree)
+                r["name"], r["padding"] = name, padding
+                r["vps"] = r["voxels"] / r["seconds"]
+                rows.append(r)
+                extra = f"  roi {r['roi']} overlap {r['overlap']}" if "roi" in r else ""
+                print(f"{padding:<6}{name:<22}{r['seconds']:8.1f} s{r['vps'] / 1e6:8.3f} Mvox/s"
+                      f"{r['peak_mib']:9.0f} MiB peak{extra}", flush=True)
+            if padding == "same" and have_monai:
+                monai_vps = rows[-1]["vps"]
+                same_w0 = next(r for r in rows if r["padding"] == "same" and r["name"] == "predict w0")
+                print(f"        psc-seg predict w0 / MONAI: x{same_w0['vps'] / monai_vps:.2f} voxels/s, "
+                      f"peak memory {same_w0['peak_mib']:.0f} vs {rows[-1]['peak_mib']:.0f} MiB", flush=True)
+        for padding in ("valid", "same"):
+            bare = next(r for r in rows if r["padding"] == padding and r["name"] == "bare forward")
+            for r in rows:
+                if r["padding"] == padding and r["name"].startswith("predict"):
+                    print(f"{padding:<6}{r['name']:<22} engine overhead vs bare forward: "
+                          f"{100 * (1 - r['vps'] / bare['vps']):5.1f} %", flush=True)
+
+
+if __name__ == "__main__":
+    main()
