@@ -1,7 +1,7 @@
 """Faster CPU execution of the convolutions psc-seg models are made of (same numbers, allclose).
 
 Measured on a 2-core AVX-512 oneDNN CPU (``benchmarks/blocks.py``, ``benchmarks/RESULTS.md``),
-three things decide how fast a PmSCn or conv3d network runs, more than its FLOPs:
+these decide how fast a PmSCn or conv3d network runs, more than its FLOPs:
 
 * **Memory format.** oneDNN convolutions run several times faster on ``channels_last_3d``
   (N, Z, Y, X, C in memory) than on NCDHW tensors. :func:`to_channels_last` converts a model
@@ -13,6 +13,9 @@ three things decide how fast a PmSCn or conv3d network runs, more than its FLOPs
   run 3-7x slower there. :func:`conv3d` calls oneDNN directly at inference.
 * **One input channel.** oneDNN has no fast kernel for C_in = 1 (about 1 GFLOP/s); the same
   conv on two channels (the input twice, the second weight zero) runs about 6x faster.
+* **Extra passes.** A ReLU / LeakyReLU after a conv is fused into it (a oneDNN post-op,
+  :func:`run_sequential`), and :func:`cat_channels` replaces ``torch.cat``'s slow
+  channels-last kernel (PSC streams, UNet skips).
 
 :func:`conv3d` applies these to one ``nn.Conv3d``; it falls back to the module itself for
 anything else (CUDA, other dtypes, dilated or grouped convs, string padding). With one
