@@ -46,9 +46,9 @@ SIZES = {
                            overrides=("train.lr=3e-3",)),
     ("em", False): DemoSize((64, 128, 128), (64, 128, 128), iterations=3000, max_seconds=900,
                             overrides=("train.lr=3e-3",)),
-    ("mri", True): DemoSize((64, 64, 64), (64, 64, 64), iterations=400, max_seconds=100,
+    ("mri", True): DemoSize((64, 64, 64), (64, 64, 64), iterations=1500, max_seconds=120,
                             overrides=("train.lr=3e-3",)),
-    ("mri", False): DemoSize((96, 96, 96), (96, 96, 96), iterations=2000, max_seconds=600,
+    ("mri", False): DemoSize((96, 96, 96), (96, 96, 96), iterations=4000, max_seconds=600,
                              overrides=("train.lr=3e-3",)),
 }
 

@@ -50,10 +50,11 @@ from psc_seg.io import (
 )
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
+from psc_seg.models.shapes import round_up
 from psc_seg.nn.fast import to_channels_last
+from psc_seg.train.targets import DEFAULT_OFFSETS
 
 DEFAULT_BLOCK = 64
-DEFAULT_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 DTYPES = ("float32", "uint8")
 
 
@@ -72,13 +73,9 @@ class BlockGeometry:
     crop: tuple[int, int, int]
 
 
-def _round_up(values: Sequence[int], step: Sequence[int]) -> tuple[int, int, int]:
-    return tuple(-(-int(v) // s) * s for v, s in zip(values, step))  # type: ignore[return-value]
-
-
 def default_block_shape(model, volume_shape: Sequence[int]) -> tuple[int, int, int]:
     """64 voxels per axis (fewer for a smaller volume), rounded up to the model's ``shape_step``."""
-    return _round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], model.shape_step)
+    return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], model.shape_step)
 
 
 def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
@@ -91,7 +88,7 @@ def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
         raise UserError(
             f"--block-shape {' '.join(map(str, block_shape))} must be a multiple of the model's shape step "
             f"{step} (along {'zyx'[axis]}) so that blocks stitch exactly; e.g. --block-shape "
-            f"{' '.join(map(str, _round_up([max(1, b) for b in block_shape], step)))}"
+            f"{' '.join(map(str, round_up([max(1, b) for b in block_shape], step)))}"
         )
     if model.padding == "valid":
         output = model.valid_output_shape(block_shape)
@@ -101,7 +98,7 @@ def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
             raise ValueError(f"model context {context} does not match input {read_shape} -> output {output}")
         crop = (0, 0, 0)
     else:
-        halo = _round_up(model.context, step)
+        halo = round_up(model.context, step)
         read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
         if tuple(model.output_shape(read_shape)) != read_shape:
             raise ValueError(f"same-padding model changes shape {read_shape}")

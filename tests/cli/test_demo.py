@@ -1,6 +1,5 @@
 """`psc-seg demo` end to end on tiny volumes (the real stages, a few training iterations)."""
 
-import json
 
 import pytest
 from typer.testing import CliRunner
