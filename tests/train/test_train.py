@@ -82,15 +82,18 @@ def test_resume_continues_the_same_curve(tmp_path, em_volume):
     assert second.exit_code == 0, second.output
     split_rows, straight_rows = _rows(tmp_path / "split"), _rows(tmp_path / "straight")
     assert [r["iteration"] for r in split_rows] == ["1", "2", "3", "4"]
-    # same samples, same optimizer state: the resumed curve is the uninterrupted one
-    assert [r["loss"] for r in split_rows] == [r["loss"] for r in straight_rows]
-    assert [r["val_voi"] for r in split_rows] == [r["val_voi"] for r in straight_rows]
+    # same samples, same optimizer state: the resumed curve is the uninterrupted one (up to
+    # float rounding: multi-threaded oneDNN reductions may sum in another order under load)
+    assert [float(r["loss"]) for r in split_rows] == pytest.approx([float(r["loss"]) for r in straight_rows], rel=1e-5)
+    assert [r["val_voi"] != "" for r in split_rows] == [r["val_voi"] != "" for r in straight_rows]
+    assert [float(r["val_voi"]) for r in split_rows if r["val_voi"]] == pytest.approx(
+        [float(r["val_voi"]) for r in straight_rows if r["val_voi"]], abs=1e-4)
     assert float(split_rows[-1]["elapsed_s"]) >= float(split_rows[1]["elapsed_s"])
     a = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
     b = load_checkpoint(straight["last"])
     assert a.metadata["iteration"] == b.metadata["iteration"] == 4
     for key, value in a.model.state_dict().items():
-        assert torch.equal(value, b.model.state_dict()[key]), key
+        assert torch.allclose(value.float(), b.model.state_dict()[key].float(), rtol=1e-4, atol=1e-6), key
 
 
 def test_ctrl_c_saves_last_and_resume_picks_up(tmp_path, em_volume, monkeypatch):
