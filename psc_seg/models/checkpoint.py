@@ -85,9 +85,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        # torch's own message talks about weights_only defaults, which misleads here
         raise UserError(
-            f"checkpoint {str(path)!r} cannot be read ({reason}); it is corrupt or not a psc-seg checkpoint"
+            f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}): it is corrupt, truncated or not a "
+            "psc-seg checkpoint; write one with `psc-seg train` or `psc-seg models init`"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(
