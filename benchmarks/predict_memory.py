@@ -30,6 +30,8 @@ import torch
 from psc_seg.io import create_volume
 from psc_seg.models import build_model, save_checkpoint
 
+from _memory import tree_rss  # benchmarks/ is a folder of scripts
+
 LIMIT = 1.25
 
 
@@ -44,23 +46,6 @@ def write_input(path: Path, size: int, *, seed: int = 0) -> str:
     return str(path)
 
 
-def _tree_rss(pid: int) -> int:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def run_predict(cmd: list[str], *, tree: bool) -> tuple[float, float]:
     """Run ``cmd``; return (peak RSS in MiB, seconds)."""
     start = time.perf_counter()
@@ -70,7 +55,7 @@ def run_predict(cmd: list[str], *, tree: bool) -> tuple[float, float]:
 
     def poll() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            peak[0] = max(peak[0], tree_rss(proc.pid))
             time.sleep(0.05)
 
     poller = threading.Thread(target=poll, daemon=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_memory import _tree_rss  # noqa: E402  (benchmarks/ is a folder of scripts)
+from _memory import tree_rss  # noqa: E402  (benchmarks/ is a folder of scripts)
 
 
 def write_affinities(path: Path, size: int, *, seed: int = 0, sigma: float = 0.15, smooth: float = 1.5) -> str:
@@ -118,7 +118,7 @@ def run_child(affs: str, out: str, *, block: int, workers: int, env: dict | None
         tree_peak = 0
         while proc.poll() is None:
             if workers:
-                tree_peak = max(tree_peak, _tree_rss(proc.pid))
+                tree_peak = max(tree_peak, tree_rss(proc.pid))
             time.sleep(0.05)
         out_file.seek(0)
         err_file.seek(0)

@@ -19,20 +19,14 @@ import time
 from pathlib import Path
 
 import psutil
+from _memory import children_rss  # benchmarks/ is a folder of scripts
 
 GALA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gala"
 
 
 def rss_mib(process: psutil.Process) -> tuple[float, float]:
     """(main, workers) resident memory in MiB."""
-    children = process.children(recursive=True)
-    workers = 0.0
-    for child in children:
-        try:
-            workers += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return process.memory_info().rss / 2**20, workers / 2**20
+    return process.memory_info().rss / 2**20, children_rss(process) / 2**20
 
 
 def main() -> None:
