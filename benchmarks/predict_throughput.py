@@ -69,7 +69,7 @@ def child_bare(checkpoint: str, raw: str, block: int) -> dict:
     from psc_seg.models import load_checkpoint
     from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
-    model = prepare_model(load_checkpoint(checkpoint).model, "cpu")
+    model = prepare_model(load_checkpoint(checkpoint).model)
     source = open_volume(raw)
     geometry = plan_geometry(model, (block,) * 3)
     blocks = block_grid(Roi((0, 0, 0), source.spatial_shape), write_shape=geometry.write_shape,
@@ -100,7 +100,7 @@ def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
     from psc_seg.models import load_checkpoint
     from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
-    model = prepare_model(load_checkpoint(checkpoint).model, "cpu")
+    model = prepare_model(load_checkpoint(checkpoint).model)
     geometry = plan_geometry(model, (block,) * 3)
     roi = geometry.read_shape
     overlap = [2 * h / r for h, r in zip(geometry.context, roi)]

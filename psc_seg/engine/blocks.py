@@ -37,7 +37,6 @@ class Block:
     block_id: int
     read_roi: Roi
     write_roi: Roi
-    grid_index: tuple[int, ...] = (0, 0, 0)
 
 
 def grid_shape(total_roi: Roi, write_shape: Sequence[int]) -> tuple[int, ...]:
@@ -74,7 +73,7 @@ def block_grid(
         begin = tuple(t + i * w for t, i, w in zip(total_roi.begin, index, write_shape))
         write = Roi(begin, write_shape).intersect(total_roi)
         read = Roi(tuple(b - c for b, c in zip(begin, context)), read_shape)
-        blocks.append(Block(block_id, read, write, index))
+        blocks.append(Block(block_id, read, write))
     return blocks
 
 

@@ -332,7 +332,6 @@ class ZarrVolume(Volume):
         check_dims(shape, f"zarr array {spec.text or str(node_path)!r}")
         super().__init__(spec, mode=mode, shape=shape, dtype=array.dtype, voxel_size=voxel_size,
                          offset=offset, chunks=chunks, unit=unit, attrs=attrs)
-        self.is_group = isinstance(node, zarr.Group)
         self._squeeze = squeeze  # leading singleton axes (OME time / channel) hidden from the view
         self._h_array = None
 

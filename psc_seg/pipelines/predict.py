@@ -51,6 +51,7 @@ from psc_seg.io import (
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
 from psc_seg.models.shapes import round_up
+from psc_seg.nn import make_activation
 from psc_seg.nn.fast import to_channels_last
 from psc_seg.train.targets import DEFAULT_OFFSETS
 
@@ -165,7 +166,7 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def prepare_model(model: torch.nn.Module, device: str) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` in eval mode with channels_last_3d weights (faster convolutions on oneDNN
     CPUs and on cuDNN tensor cores; see :mod:`psc_seg.nn.fast`)."""
     return to_channels_last(model.eval())
@@ -191,8 +192,9 @@ class BlockPredictor:
         self.source, self.outputs, self.norm, self.task = source, outputs, norm, task
         self.activation, self.dtype, self.threads = activation, dtype, threads
         self.precision = precision
+        self._final = make_activation(activation)
         self.check_finite = np.issubdtype(source.dtype, np.floating)
-        self._model = prepare_model(model, device) if model is not None else None
+        self._model = prepare_model(model) if model is not None else None
         self._copy_stream = None
 
     def __getstate__(self) -> dict:
@@ -204,8 +206,7 @@ class BlockPredictor:
             if key not in _MODELS:
                 if self.threads:
                     torch.set_num_threads(self.threads)
-                _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model,
-                                             self.device)
+                _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model)
             self._model = _MODELS[key]
         return self._model
 
@@ -231,11 +232,7 @@ class BlockPredictor:
         return len(blocks)
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        if self.activation == "sigmoid":
-            return torch.sigmoid(y)
-        if self.activation == "softmax":
-            return torch.softmax(y, dim=1)
-        return y
+        return y if self._final is None else self._final(y)
 
     def forward_cpu(self, model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
         """``(B, C, Z, Y, X)`` float32 -> the activated network output ``(B, C', Z', Y', X')``
