@@ -35,9 +35,10 @@ the client after a task has returned, so a killed run never lists unwritten bloc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -138,21 +139,19 @@ def run_blockwise(
 
 def _run_dask(tasks: list, process: Callable, batched: bool, finish: Callable, *, workers: int,
               scheduler: str | None) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise UserError(f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address") from None
-        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
-        client = Client(cluster)
-        n_workers = workers
-    try:
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            try:
+                client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                raise UserError(f"cannot reach the dask scheduler at {scheduler!r} ({exc}); check the address") from None
+            n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        else:
+            client = Client(stack.enter_context(local_cluster(workers)))
+            n_workers = workers
+        stack.callback(client.close)  # before the cluster closes
         [shared] = client.scatter([process], broadcast=True, hash=False)
         queue = iter(tasks)
         window = 2 * n_workers  # tasks in flight: bounds client memory for any number of blocks
@@ -162,7 +161,14 @@ def _run_dask(tasks: list, process: Callable, batched: bool, finish: Callable, *
             finish(ids, result)
             for task in islice(queue, 1):
                 running.add(client.submit(_call, shared, task, batched, pure=False))
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[Any]:
+    """A dask.distributed ``LocalCluster`` of ``workers`` single-threaded worker processes on
+    127.0.0.1, without a dashboard; closed on exit."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        yield cluster

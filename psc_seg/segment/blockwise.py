@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from psc_seg.engine import BlockRecord, Roi, block_grid, run_blockwise, settings_hash
+from psc_seg.engine.executor import local_cluster
 from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import scored_edges
 from psc_seg.segment.chunk_cache import ChunkCache
@@ -91,10 +91,10 @@ class _FragmentStep:
     """Step 1, picklable for dask workers."""
 
     def __init__(self, affs, fragments_volume, work: Path, *, method: str, decoder: str, threshold: float,
-                 context: int, stride: int, total: Roi) -> None:
+                 stride: int, total: Roi) -> None:
         self.affs, self.fragments = ChunkCache(affs), fragments_volume
         self.work, self.method, self.decoder, self.threshold = work, method, decoder, threshold
-        self.context, self.stride, self.total = context, stride, total
+        self.stride, self.total = stride, total
 
     def __call__(self, block) -> None:
         read = block.read_roi.intersect(self.total)
@@ -269,7 +269,7 @@ def segment_blockwise(
             run_blockwise(
                 blocks,
                 _FragmentStep(affs, fragments, step_work, method=config["fragments"], decoder=config["decoder"],
-                              threshold=group[0], context=context, stride=stride, total=total),
+                              threshold=group[0], stride=stride, total=total),
                 record=_record(step_work / "fragments.record", {**step_settings, "step": "fragments"}),
                 desc=f"1/4 fragments{_label(group, passes)}", **run,
             )
@@ -300,17 +300,13 @@ def segment_blockwise(
 def _executor(workers: int | None, scheduler: str | None) -> Iterator[dict[str, Any]]:
     """``run_blockwise``'s ``workers`` / ``scheduler`` for every step of a run.
 
-    ``--workers N`` starts one local cluster for all steps (as the engine's, 127.0.0.1,
-    single-threaded worker processes), not one per step: each start costs seconds of
+    ``--workers N`` starts one local cluster (the engine's) for all steps, not one per step: each start costs seconds of
     process spawning and imports.
     """
     if not workers or workers < 0 or scheduler:  # the engine handles (and refuses) these
         yield {"workers": workers or 0, "scheduler": scheduler}
         return
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+    with local_cluster(workers) as cluster:
         yield {"workers": 0, "scheduler": cluster.scheduler_address}
 
 
