@@ -158,7 +158,7 @@ def _run_em(out: Path, *, size: DemoSize, device: str, progress: bool, log) -> d
                          provenance={"command": "psc-seg demo", "config": {"baseline": "intensity", "sigma": 1.0}})
     base.write(None, intensity_affinities(raw_array, sigma=1.0))
     base.finalize()
-    rows = []
+    rows, best = [], {}
     for method, affs in (("learned", affinities), ("baseline", baseline)):
         with _stage(log, f"segment {method}"):
             seg_out = str(out / f"segmentation-{method}.zarr")
@@ -167,11 +167,11 @@ def _run_em(out: Path, *, size: DemoSize, device: str, progress: bool, log) -> d
             scored = evaluate(specs, test["specs"]["labels"])
         for threshold, row in zip(THRESHOLDS, scored):
             rows.append({"method": method, "threshold": threshold, **row})
-        best = min((r for r in rows if r["method"] == method), key=lambda r: r["voi"])
-        previews.append(write_preview(raw, labels=open_volume(best["prediction"]),
+        best[method] = min((r for r in rows if r["method"] == method), key=lambda r: r["voi"])
+        previews.append(write_preview(raw, labels=open_volume(best[method]["prediction"]),
                                       out=out / "previews" / f"3-segmentation-{method}.png",
-                                      title=f"{method}: threshold {best['threshold']}, VI {best['voi']:.3f}"))
-    best = {m: min((r for r in rows if r["method"] == m), key=lambda r: r["voi"]) for m in ("learned", "baseline")}
+                                      title=f"{method}: threshold {best[method]['threshold']}, "
+                                            f"VI {best[method]['voi']:.3f}"))
     return {"rows": rows, "previews": [str(p) for p in previews],
             "summary": {"iterations": summary["iteration"], "train_seconds": summary["elapsed_s"],
                         "learned_voi": best["learned"]["voi"], "learned_threshold": best["learned"]["threshold"],

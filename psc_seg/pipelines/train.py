@@ -200,12 +200,4 @@ def train(
             "best": str(run_dir / "checkpoints" / "best.pt"), **summary}
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:
-    """The rows of ``RUN_DIR/metrics.csv``."""
-    import csv
-
-    with open(Path(run_dir) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-__all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "read_metrics", "resolve_device", "train")
+__all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "resolve_device", "train")
