@@ -57,6 +57,15 @@ def volume_exists(spec: str | Path | VolumeSpec) -> bool:
     return s.path.exists() or partial_path(s.path).exists()
 
 
+def volume_complete(spec: str | Path | VolumeSpec) -> bool:
+    """Whether the volume at ``spec`` exists and was finished (an output marked complete, or a
+    NIfTI / TIFF / npy file that is no longer being assembled)."""
+    s = parse_spec(spec)
+    if s.format in ("nifti", "tiff", "npy"):
+        return s.path.exists() and not partial_path(s.path).exists()
+    return open_volume(spec).complete
+
+
 def default_provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{"psc_seg_version", "command"}`` plus ``extra`` (e.g. the resolved config)."""
     return {"psc_seg_version": __version__, "command": shlex.join(["psc-seg", *sys.argv[1:]]), **(extra or {})}

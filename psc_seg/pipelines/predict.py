@@ -45,7 +45,7 @@ import torch
 from psc_seg.engine import BlockRecord, Roi, block_grid, file_hash, read_mirrored, run_blockwise
 from psc_seg.errors import UserError
 from psc_seg.io import (
-    create_volume, default_provenance, normalize, open_volume, parse_spec, partial_path, resolve_normalization,
+    create_volume, default_provenance, normalize, open_volume, parse_spec, resolve_normalization, volume_complete,
     volume_exists,
 )
 from psc_seg.io.volume import Volume
@@ -310,13 +310,6 @@ def _same_volume(a: str, b: str) -> bool:
     return sa.path.resolve() == sb.path.resolve() and sa.inner.strip("/") == sb.inner.strip("/")
 
 
-def _is_complete(spec: str) -> bool:
-    s = parse_spec(spec)
-    if s.format in ("nifti", "tiff", "npy"):
-        return s.path.exists() and not partial_path(s.path).exists()
-    return open_volume(spec).complete
-
-
 def predict(
     checkpoint: str | os.PathLike,
     input: str,
@@ -399,7 +392,7 @@ def predict(
         raise UserError(f"output {output!r} already exists; pass --resume to continue an unfinished run "
                         "or --overwrite to replace it")
     if exists and resume:
-        if _is_complete(specs[main]):
+        if volume_complete(specs[main]):
             record = BlockRecord(open_volume(specs[main]).sidecar_dir("blocks"))
             if not record.matches(settings):
                 raise UserError(f"output {output!r} is complete but was written with other settings; "

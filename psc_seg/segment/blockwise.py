@@ -247,7 +247,7 @@ def segment_blockwise(
         return list(outputs)
     work = _work_dir(outputs[0])
     config_file = work / "settings.json"
-    if resume and config_file.exists() and json.loads(config_file.read_text()).get("hash") != settings_hash(settings):
+    if resume and config_file.exists() and not BlockRecord(work).matches(settings):
         raise UserError(f"output {outputs[0]!r} was started with other settings; pass --overwrite to start again")
     if not resume and work.exists():
         shutil.rmtree(work)
