@@ -15,7 +15,7 @@ from psc_seg.errors import UserError
 from psc_seg.io.spec import VolumeSpec, parse_spec
 from psc_seg.io.volume import (
     META_KEY, SPATIAL_AXES, BufferedVolume, Hdf5Volume, NiftiVolume, NpyVolume, TiffVolume, Volume, ZarrVolume,
-    _file_lock, _plain, check_dims, new_buffered, partial_path, remove_output,
+    _file_lock, check_dims, h5_attr, new_buffered, partial_path, remove_output,
 )
 
 DEFAULT_CHUNK = 64
@@ -205,7 +205,6 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
 
 
 def _create_hdf5(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
-    import json
 
     import h5py
 
@@ -221,4 +220,4 @@ def _create_hdf5(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
         if unit:
             ds.attrs["unit"] = unit
         for k, v in attrs.items():
-            ds.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else _plain(v)
+            ds.attrs[k] = h5_attr(v)

@@ -457,7 +457,7 @@ class Hdf5Volume(Volume):
         with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r+") as f:
             ds = f[self.inner]
             for k, v in self._attrs.items():
-                ds.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
+                ds.attrs[k] = h5_attr(v)
 
     def close(self) -> None:
         if self._h_file is not None:
@@ -473,6 +473,12 @@ def _from_json(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def h5_attr(value: Any) -> Any:
+    """``value`` as an HDF5 attribute: dicts as JSON text (read back as dicts), the rest as
+    native HDF5 values (lists such as ``resolution`` stay arrays other tools read)."""
+    return json.dumps(value) if isinstance(value, dict) else _plain(value)
 
 
 def _plain(value: Any) -> Any:
