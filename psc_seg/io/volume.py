@@ -369,12 +369,16 @@ class ZarrVolume(Volume):
 
 
 # ====================================================================== HDF5
+def lock_path(path: Path) -> Path:
+    """``.<name>.lock`` beside ``path``: the file :func:`_file_lock` locks."""
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
-    """An exclusive advisory lock on ``.<name>.lock`` beside ``path`` (serialises HDF5 access
-    across processes; HDF5's own lock on the file itself would make them fail instead)."""
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as f:
+    """An exclusive advisory lock on :func:`lock_path` (serialises HDF5 access across
+    processes; HDF5's own lock on the file itself would make them fail instead)."""
+    with open(lock_path(path), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

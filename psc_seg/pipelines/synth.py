@@ -19,6 +19,7 @@ import numpy as np
 
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume
+from psc_seg.io.volume import lock_path
 from psc_seg.synth import em_volume, mri_volume
 
 ZARR_SUFFIXES = (".zarr",)
@@ -142,7 +143,7 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
-    path.with_name(f".{path.name}.lock").unlink(missing_ok=True)
+    lock_path(path).unlink(missing_ok=True)
 
 
 def _write(spec: str, data: np.ndarray, *, voxel_size, unit: str, params: dict, overwrite: bool = False) -> None:
