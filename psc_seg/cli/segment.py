@@ -29,13 +29,10 @@ def segment_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background)."""
-    from psc_seg.errors import UserError
     from psc_seg.pipelines.segment import segment
 
-    if workers is not None and scheduler is not None:
-        raise UserError("--workers and --scheduler exclude each other; pick one")
     outputs = segment(
-        affinities, output, thresholds=threshold or [0.5], scoring=scoring, fragments=fragments, decoder=decoder,
+        affinities, output, thresholds=threshold, scoring=scoring, fragments=fragments, decoder=decoder,
         min_size=min_size, block_shape=block_shape, workers=workers, scheduler=scheduler, resume=resume,
         overwrite=overwrite, progress=not quiet,
     )

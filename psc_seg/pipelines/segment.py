@@ -100,6 +100,8 @@ def segment(
     )
     if resume and overwrite:
         raise UserError("--resume and --overwrite exclude each other; pick one")
+    if workers is not None and scheduler is not None:
+        raise UserError("--workers and --scheduler exclude each other; pick one")
     affs = open_affinities(affinities)
     outputs = output_specs(output, thresholds)
     config = {
