@@ -6,29 +6,34 @@ reports voxels/s (output voxels / wall seconds of the work, model loading and im
 excluded) and the peak resident memory (max RSS; for ``--workers N``, the RSS of the whole
 process tree summed every 50 ms, as ``predict_memory.py`` does):
 
-* ``bare forward``: the network alone on every block's input, already normalised in memory
-  (same block shape and read shape as predict): the ceiling for predict.
+* ``bare forward``: the network predict runs, alone on every block's input, already
+  normalised in memory (same block shape and read shape as predict): the ceiling for predict.
+  For the same-padding UNet that network is its valid twin (same weights, only the kept centre
+  computed, :meth:`psc_seg.models.UNet.valid_twin`); ``bare forward, no twin`` runs the
+  same-padding network itself on block + 2 halo windows (what psc-seg did before the twin).
 * ``predict w0`` / ``predict wN``: :func:`psc_seg.pipelines.predict.predict` in process and
   with N dask workers (zarr in, zarr out, mirrored edges, resume record). Engine overhead =
   1 - predict / bare.
-* ``monai``: ``monai.inferers.sliding_window_inference`` with the same model: read the whole
-  volume into memory, normalise, slide, write the result to zarr.
+* ``monai``: ``monai.inferers.sliding_window_inference`` with the same checkpoint's network:
+  read the whole volume into memory, normalise, slide, write the result to zarr. The volume
+  is mirrored by the halo ``h`` on each side as psc-seg mirrors edge blocks (cropped after),
+  and the windows are psc-seg's: stride ``B`` (the block), ``overlap = 2h / window``.
 
-Why a same-padding model for MONAI: MONAI's sliding window needs a network whose output has
-its input's size (it pads the volume and blends overlapping windows). A valid-padding UNet
-shrinks, so the MONAI rows use the same-padding UNet of the same widths, and so does a second
-set of psc-seg rows. psc-seg runs that model on blocks of ``B`` voxels read with a halo ``h``
-(its context, rounded up to the shape step) that is cropped away. MONAI gets the same window
-(``roi_size = B + 2h``) and the overlap that gives the same stride ``B``
-(``overlap = 2h / (B + 2h)``) on the volume mirrored by ``h`` on each side (psc-seg mirrors
-edge blocks the same way; cropped afterwards): the same windows, the same network
-evaluations, and every output voxel sees at least the same context. Its output differs only
-where MONAI averages window borders (constant blend) instead of cropping them.
+  - same padding (MONAI's usual network): window ``B + 2h`` with ``h`` the context rounded up
+    to the shape step, constant blending. MONAI computes the whole window and averages the
+    overlaps; psc-seg computes only the centre it keeps.
+  - valid padding (MONAI cannot crop by itself): the window is the network's input for a
+    ``B`` output, the output is zero-padded back to the window and given weight 1 in the
+    centre and 0 on the border (``roi_weight_map``): MONAI then blends exactly the outputs
+    psc-seg writes, from the same network evaluations.
+
+  The last line of each group gives the speed ratio, the peak memory and the largest
+  difference between the two outputs.
 
     python benchmarks/predict_throughput.py [--size 256] [--block 64] [--workers 2]
         [--spec "psc(2,2)"] [--threads N]
 
-Without monai installed the MONAI row is skipped with a message (monai is not a dependency of
+Without monai installed the MONAI rows are skipped with a message (monai is not a dependency of
 psc-seg: ``pip install --no-deps monai`` into the environment to run it).
 """
 
@@ -63,25 +68,42 @@ def make_checkpoint(path: Path, *, spec: str, padding: str) -> str:
 
 
 # ------------------------------------------------------------------ children (one row each)
-def child_bare(checkpoint: str, raw: str, block: int) -> dict:
+def _halo_windows(model, block: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(window, halo) of a same-padding network: the block plus its context rounded up to the
+    shape step on each side (what psc-seg reads for a same-padding network without a twin)."""
+    from psc_seg.models.shapes import round_up
+
+    halo = tuple(round_up(model.context, model.shape_step))
+    return tuple(block + 2 * h for h in halo), halo
+
+
+def child_bare(checkpoint: str, raw: str, block: int, network: str) -> dict:
+    """``network="predict"``: the network predict runs (a same-padding UNet's valid twin), on
+    predict's read ROIs; ``"full"``: the checkpoint's network itself on block + halo windows."""
     from psc_seg.engine import Roi, block_grid, read_mirrored
     from psc_seg.io import normalize, open_volume
     from psc_seg.models import load_checkpoint
+    from psc_seg.nn.fast import to_channels_last
     from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
-    model = prepare_model(load_checkpoint(checkpoint).model)
+    model = load_checkpoint(checkpoint).model
     source = open_volume(raw)
-    geometry = plan_geometry(model, (block,) * 3)
-    blocks = block_grid(Roi((0, 0, 0), source.spatial_shape), write_shape=geometry.write_shape,
-                        context=geometry.context, read_shape=geometry.read_shape)
+    if network == "full":
+        window, halo = _halo_windows(model, block)
+        runner, context = to_channels_last(model.eval()), halo
+    else:
+        geometry = plan_geometry(model, (block,) * 3)
+        runner, window, context = prepare_model(model), geometry.read_shape, geometry.context
+    blocks = block_grid(Roi((0, 0, 0), source.spatial_shape), write_shape=(block,) * 3, context=context,
+                        read_shape=window)
     inputs = [normalize(read_mirrored(source, b.read_roi), {"kind": "uint8"}) for b in blocks]
     with torch.inference_mode():
-        model(torch.from_numpy(inputs[0])[None, None])  # warm-up (oneDNN primitive creation)
+        runner(torch.from_numpy(inputs[0])[None, None])  # warm-up (oneDNN primitive creation)
         start = time.perf_counter()
         for x in inputs:
-            model(torch.from_numpy(x)[None, None])  # ends in the UNet's sigmoid
+            runner(torch.from_numpy(x)[None, None])  # ends in the UNet's sigmoid
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "voxels": int(np.prod(source.spatial_shape))}
+    return {"seconds": seconds, "voxels": int(np.prod(source.spatial_shape)), "roi": list(window)}
 
 
 def child_predict(checkpoint: str, raw: str, block: int, workers: int, out: str) -> dict:
@@ -94,27 +116,43 @@ def child_predict(checkpoint: str, raw: str, block: int, workers: int, out: str)
 
 
 def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
+    """MONAI's sliding window with the checkpoint's network. Same padding: windows of block +
+    2 halo, stride block, constant blending. Valid padding: windows of the network's input for
+    a block, its output zero-padded back to the window and weighted 1 there and 0 on the
+    border (``roi_weight_map``), so MONAI blends exactly the valid outputs psc-seg writes."""
     from monai.inferers import sliding_window_inference
 
     from psc_seg.io import create_volume, normalize, open_volume
     from psc_seg.models import load_checkpoint
-    from psc_seg.pipelines.predict import plan_geometry, prepare_model
+    from psc_seg.nn.fast import to_channels_last
 
-    model = prepare_model(load_checkpoint(checkpoint).model)
-    geometry = plan_geometry(model, (block,) * 3)
-    roi = geometry.read_shape
-    overlap = [2 * h / r for h, r in zip(geometry.context, roi)]
+    model = to_channels_last(load_checkpoint(checkpoint).model.eval())
+    weight_map = None
+    if model.padding == "same":
+        roi, halo = _halo_windows(model, block)
+        predictor = model
+    else:
+        halo = tuple(model.context)
+        roi = tuple(model.valid_input_shape((block,) * 3))
+        weight_map = torch.zeros(1, 1, *roi)
+        weight_map[(..., *(slice(h, r - h) for h, r in zip(halo, roi)))] = 1.0
+        pad = [p for h in reversed(halo) for p in (h, h)]
+
+        def predictor(x):
+            return torch.nn.functional.pad(model(x), pad)
+
+    overlap = [2 * h / r for h, r in zip(halo, roi)]
     with torch.inference_mode():
         model(torch.zeros(1, 1, *roi))  # warm-up, as for the other rows
     start = time.perf_counter()
     source = open_volume(raw)
     x = torch.from_numpy(normalize(source.read(), {"kind": "uint8"}))[None, None]
-    h = geometry.context
+    h = halo
     with torch.inference_mode():
         # mirrored by the halo, as psc-seg reads edge blocks, so both run the same windows
         x = torch.nn.functional.pad(x, (h[2], h[2], h[1], h[1], h[0], h[0]), mode="reflect")
-        y = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, predictor=model, overlap=overlap,
-                                     mode="constant")
+        y = sliding_window_inference(x, roi_size=roi, sw_batch_size=1, predictor=predictor, overlap=overlap,
+                                     mode="constant", roi_weight_map=weight_map)
         y = y[0, :, h[0]:y.shape[2] - h[0], h[1]:y.shape[3] - h[1], h[2]:y.shape[4] - h[2]].numpy()
     target = create_volume(out, shape=y.shape, dtype="float32", chunks=(y.shape[0], block, block, block))
     target.write(None, y)
@@ -122,6 +160,12 @@ def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "voxels": int(np.prod(source.spatial_shape)), "roi": list(roi),
             "overlap": [round(o, 4) for o in overlap]}
+
+
+def max_difference(a: str, b: str) -> float:
+    from psc_seg.io import open_volume
+
+    return float(np.abs(open_volume(a).read() - open_volume(b).read()).max())
 
 
 def run_child(args: list[str], *, tree: bool) -> dict:
@@ -148,7 +192,7 @@ def main() -> None:
     if args.child:
         kind, checkpoint, raw, *rest = args.child
         if kind == "bare":
-            result = child_bare(checkpoint, raw, args.block)
+            result = child_bare(checkpoint, raw, args.block, rest[0])
         elif kind == "predict":
             result = child_predict(checkpoint, raw, args.block, int(rest[0]), rest[1])
         else:
@@ -163,6 +207,7 @@ def main() -> None:
         have_monai = True
     except ImportError:
         have_monai = False
+        print("monai is not importable: MONAI rows skipped (pip install --no-deps monai)", flush=True)
     print(f"torch {torch.__version__}, nproc {os.cpu_count()}, volume {args.size}^3 uint8, block {args.block}^3, "
           f"UNet {args.spec} {UNET}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,33 +216,36 @@ def main() -> None:
         rows = []
         for padding in ("valid", "same"):
             ckpt = make_checkpoint(tmp / f"{padding}.pt", spec=args.spec, padding=padding)
-            runs = [("bare forward", ["--child", "bare", ckpt, raw], False),
-                    ("predict w0", ["--child", "predict", ckpt, raw, "0", str(tmp / f"{padding}_w0.zarr")], False),
-                    (f"predict w{args.workers}",
-                     ["--child", "predict", ckpt, raw, str(args.workers), str(tmp / f"{padding}_w{args.workers}.zarr")], True)]
+            runs = [("bare forward", ["--child", "bare", ckpt, raw, "predict"], False)]
             if padding == "same":
-                if have_monai:
-                    runs.append(("monai sliding window", ["--child", "monai", ckpt, raw, str(tmp / "monai.zarr")], False))
-                else:
-                    print("monai is not importable: MONAI row skipped (pip install --no-deps monai)", flush=True)
+                runs.append(("bare forward, no twin", ["--child", "bare", ckpt, raw, "full"], False))
+            runs += [("predict w0", ["--child", "predict", ckpt, raw, "0", str(tmp / f"{padding}_w0.zarr")], False),
+                     (f"predict w{args.workers}", ["--child", "predict", ckpt, raw, str(args.workers),
+                                                   str(tmp / f"{padding}_w{args.workers}.zarr")], True)]
+            if have_monai:
+                runs.append(("monai sliding window", ["--child", "monai", ckpt, raw, str(tmp / f"{padding}_monai.zarr")],
+                             False))
             for name, child, tree in runs:
                 r = run_child(child + ["--block", str(args.block)], tree=tree)
                 r["name"], r["padding"] = name, padding
                 r["vps"] = r["voxels"] / r["seconds"]
                 rows.append(r)
-                extra = f"  roi {r['roi']} overlap {r['overlap']}" if "roi" in r else ""
-                print(f"{padding:<6}{name:<22}{r['seconds']:8.1f} s{r['vps'] / 1e6:8.3f} Mvox/s"
+                extra = f"  window {r['roi']}" if "roi" in r else ""
+                extra += f" overlap {r['overlap']}" if "overlap" in r else ""
+                print(f"{padding:<6}{name:<23}{r['seconds']:8.1f} s{r['vps'] / 1e6:8.3f} Mvox/s"
                       f"{r['peak_mib']:9.0f} MiB peak{extra}", flush=True)
-            if padding == "same" and have_monai:
-                monai_vps = rows[-1]["vps"]
-                same_w0 = next(r for r in rows if r["padding"] == "same" and r["name"] == "predict w0")
-                print(f"        psc-seg predict w0 / MONAI: x{same_w0['vps'] / monai_vps:.2f} voxels/s, "
-                      f"peak memory {same_w0['peak_mib']:.0f} vs {rows[-1]['peak_mib']:.0f} MiB", flush=True)
+            if have_monai:
+                monai_row = rows[-1]
+                w0 = next(r for r in rows if r["padding"] == padding and r["name"] == "predict w0")
+                diff = max_difference(str(tmp / f"{padding}_w0.zarr"), str(tmp / f"{padding}_monai.zarr"))
+                print(f"        psc-seg predict w0 / MONAI: x{w0['vps'] / monai_row['vps']:.2f} voxels/s, "
+                      f"peak memory {w0['peak_mib']:.0f} vs {monai_row['peak_mib']:.0f} MiB, "
+                      f"max |psc-seg - MONAI| {diff:.2g}", flush=True)
         for padding in ("valid", "same"):
             bare = next(r for r in rows if r["padding"] == padding and r["name"] == "bare forward")
             for r in rows:
                 if r["padding"] == padding and r["name"].startswith("predict"):
-                    print(f"{padding:<6}{r['name']:<22} engine overhead vs bare forward: "
+                    print(f"{padding:<6}{r['name']:<23} engine overhead vs bare forward: "
                           f"{100 * (1 - r['vps'] / bare['vps']):5.1f} %", flush=True)
 
 

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from psc_seg.models.registry import build_model
 from psc_seg.models.shapes import check_divisible, round_up
 from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
 from psc_seg.nn.fast import cat_channels, conv3d, fast_enabled, run_sequential
@@ -256,6 +257,53 @@ class UNet(nn.Module):
                 bottom += 1
             out.append((sizes[0] - sizes[1]) // 2)
         return tuple(out)  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- inference
+    @property
+    def has_valid_twin(self) -> bool:
+        """Whether :meth:`valid_twin` exists: a same-padding UNet built by ``build_model`` with
+        no norm that depends on the whole tile (instance / group norm)."""
+        return (
+            self.padding == "same"
+            and getattr(self, "build_config", None) is not None
+            and not any(isinstance(m, (nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)) for m in self.modules())
+        )
+
+    @property
+    def pooling_offset(self) -> tuple[int, int, int]:
+        """Per axis, where the valid network's coarsest max-pooling windows start, in input
+        voxels from its first input voxel: ``sum_l prod(f_0..f_{l-1}) * span_l / 2`` over the
+        down levels. A same-padding network pools windows that start at multiples of
+        ``shape_step`` from its tile's first voxel."""
+        down_spans = self._spans[0]
+        out = []
+        for axis in range(3):
+            offset, scale = 0, 1
+            for level, factor in enumerate(self.downsample_factors):
+                offset += scale * (down_spans[level] // 2)
+                scale *= factor[axis]
+            out.append(offset)
+        return tuple(out)  # type: ignore[return-value]
+
+    def valid_twin(self) -> UNet | None:
+        """The valid-padding UNet with this same-padding UNet's weights, or None (see
+        :attr:`has_valid_twin`).
+
+        A same-padding UNet pools windows that start at multiples of ``shape_step`` from its
+        tile's first voxel. Where the twin's input starts ``p`` voxels after such a multiple,
+        with ``(p + pooling_offset) % shape_step == 0`` per axis, every max-pooling window of
+        the twin is one of this network's, so the twin's output equals this network's output
+        wherever zero padding does not reach (``context`` voxels or more from the tile's
+        border), and the twin computes only those voxels (about 3x fewer FLOPs than this
+        network for a 104^3 tile with a 64^3 centre). ``psc-seg predict`` runs it instead of
+        this network (:func:`psc_seg.pipelines.predict.plan_geometry` places its inputs)."""
+        if not self.has_valid_twin:
+            return None
+        config = self.build_config
+        twin = build_model(config["name"], **{**config["kwargs"], "padding": "valid"})
+        twin.load_state_dict(self.state_dict())
+        weight = self.head.weight
+        return twin.to(device=weight.device, dtype=weight.dtype).train(self.training)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:

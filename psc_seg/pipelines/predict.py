@@ -14,7 +14,9 @@ model's ``shape_step``):
   are cropped. Every input starts on the same ``shape_step`` lattice as the whole padded
   volume's would, so the result equals the network applied to the whole mirrored volume.
 * same-padding networks (DenseNet, UNet ``padding="same"``): a halo of ``context`` voxels
-  rounded up to ``shape_step`` is read on each side and cropped away.
+  rounded up to ``shape_step`` is read on each side and cropped away. A same-padding UNet
+  runs as its valid-padding twin (same weights, :meth:`~psc_seg.models.UNet.valid_twin`),
+  which returns exactly the centre predict keeps without computing the halo's outputs.
 
 Outputs (``OUTPUT`` names the main one):
 
@@ -92,18 +94,27 @@ def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
             f"{' '.join(map(str, round_up([max(1, b) for b in block_shape], step)))}"
         )
     if model.padding == "valid":
-        output = model.valid_output_shape(block_shape)
-        read_shape = tuple(model.valid_input_shape(output))
-        context = tuple(model.context)
-        if any(r - o != 2 * c for r, o, c in zip(read_shape, output, context)):
-            raise ValueError(f"model context {context} does not match input {read_shape} -> output {output}")
-        crop = (0, 0, 0)
-    else:
-        halo = round_up(model.context, step)
-        read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
-        if tuple(model.output_shape(read_shape)) != read_shape:
-            raise ValueError(f"same-padding model changes shape {read_shape}")
-        context = crop = halo
+        return _valid_geometry(model, block_shape, crop=(0, 0, 0))
+    if getattr(model, "has_valid_twin", False):
+        # prepare_model runs the valid twin: its input starts `crop` voxels earlier than a valid
+        # model's would, so that its pooling windows are those of the same-padding network
+        # on tiles that start on multiples of shape_step
+        crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
+        return _valid_geometry(model.valid_twin(), block_shape, crop=crop)
+    halo = round_up(model.context, step)
+    read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
+    if tuple(model.output_shape(read_shape)) != read_shape:
+        raise ValueError(f"same-padding model changes shape {read_shape}")
+    return BlockGeometry(block_shape, read_shape, halo, halo)  # type: ignore[arg-type]
+
+
+def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...]) -> BlockGeometry:
+    """A valid-padding ``model`` computing ``block_shape`` voxels after ``crop`` ones."""
+    output = model.valid_output_shape([b + c for b, c in zip(block_shape, crop)])
+    read_shape = tuple(model.valid_input_shape(output))
+    context = tuple(c + k for c, k in zip(model.context, crop))
+    if any(r - o != 2 * c for r, o, c in zip(read_shape, output, model.context)):
+        raise ValueError(f"model context {model.context} does not match input {read_shape} -> output {output}")
     return BlockGeometry(block_shape, read_shape, context, crop)  # type: ignore[arg-type]
 
 
@@ -167,8 +178,13 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` in eval mode with channels_last_3d weights (faster convolutions on oneDNN
-    CPUs and on cuDNN tensor cores; see :mod:`psc_seg.nn.fast`)."""
+    """The network predict runs for ``model``: in eval mode with channels_last_3d weights
+    (faster convolutions on oneDNN CPUs and on cuDNN tensor cores; see
+    :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
+    weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
+    centre of each tile that predict keeps, not the halo it crops away."""
+    if getattr(model, "has_valid_twin", False):
+        model = model.valid_twin()
     return to_channels_last(model.eval())
 
 

@@ -101,3 +101,47 @@ def test_unknown_model_argument_is_named():
         build_model("unet", num_fmap=3)
     with pytest.raises(ValueError, match="registered models"):
         build_model("vnet")
+
+
+def _same_vs_twin(same, start):
+    """Max |twin - same| / max |same| over the twin's output when its input starts at
+    ``start`` (per axis) in a same-padding tile."""
+    twin = same.valid_twin()
+    out = twin.valid_output_shape((8, 8, 8))
+    n = twin.valid_input_shape(out)
+    size = [((p + k + s - 1) // s) * s + s for p, k, s in zip(start, n, same.shape_step)]
+    x = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = same(x)
+        centre = twin(x[(..., *(slice(p, p + k) for p, k in zip(start, n)))])
+    expected = full[(..., *(slice(p + c, p + c + o) for p, c, o in zip(start, same.context, out)))]
+    assert centre.shape == expected.shape
+    return ((centre - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)"])
+@pytest.mark.parametrize("upsample", ["nearest", "transposed"])
+def test_valid_twin_reproduces_the_same_padding_centre(conv, upsample):
+    # the same weights without padding give the same-padding network's output wherever its
+    # zero padding does not reach, if the twin's pooling windows are the same-padding net's
+    torch.manual_seed(0)
+    same = build_model("unet", num_fmaps=3, fmap_inc_factor=2, downsample_factors=[[1, 2, 2], [2, 2, 2]],
+                       conv=conv, upsample=upsample, padding="same", norm="batch", final_activation=None).eval()
+    with torch.no_grad():
+        for p in same.parameters():  # larger weights: the coarse levels visibly change the output
+            p.mul_(2.0)
+        for p in [*same.bottom.parameters(), *same.upsample_layers.parameters()]:
+            p.mul_(3.0)
+        for m in same.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):  # non-trivial running statistics
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    twin = same.valid_twin()
+    assert twin.padding == "valid" and not twin.training and twin.context == same.context
+    assert same.pooling_offset == (2 + 1 * 2, 2 + 2 * 2, 2 + 2 * 2)  # span 4 per level, factors (1,2,2), (2,2,2)
+    aligned = [(-p) % s for p, s in zip(same.pooling_offset, same.shape_step)]
+    assert _same_vs_twin(same, aligned) < 1e-6
+    # one voxel off along y: other pooling windows, another function (so the check above bites)
+    assert _same_vs_twin(same, [aligned[0], aligned[1] + 1, aligned[2]]) > 1e-3
+
+

@@ -21,7 +21,7 @@ from psc_seg.cli.main import app
 from psc_seg.engine import BlockRecord
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume, normalize, open_volume
-from psc_seg.models import build_model, save_checkpoint
+from psc_seg.models import build_model, load_checkpoint, save_checkpoint
 from psc_seg.pipelines.predict import plan_geometry, predict
 
 SHAPE = (50, 52, 70)  # not a multiple of any block shape: edge blocks are clipped
@@ -107,18 +107,33 @@ def test_uint8_output_and_hdf5(setup):
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # off by one only where 255 p is a hair from .5
 
 
-def test_same_padding_halo_is_cropped(tmp_path):
-    ckpt = _tiny_unet(tmp_path / "same.pt", padding="same", seed=1, scale=1.0)
+def test_same_padding_unet_runs_as_its_valid_twin(tmp_path):
+    # a same-padding UNet is computed by its valid twin (no outputs in the halo), placed so
+    # that its pooling windows are the same-padding network's: the result is the same-padding
+    # network itself on the volume mirrored by the halo
+    ckpt = _tiny_unet(tmp_path / "same.pt", padding="same", seed=1, scale=1.5)
     spec, data = _raw(tmp_path / "raw.zarr", shape=(32, 36, 40), seed=1)
+    model = load_checkpoint(ckpt).model.eval()
+    assert model.context == (20, 20, 20) and model.pooling_offset == (6, 6, 6)
+    geometry = plan_geometry(model, (32, 20, 20))
+    # the twin's input starts 22 = context + 2 voxels before the block, 22 + 6 = 28 = 0 mod 4
+    assert geometry.crop == (2, 2, 2) and geometry.context == (22, 22, 22)
+    assert geometry.read_shape == (76, 64, 64)  # valid outputs (36, 24, 24) >= block + crop
+    halo = 20
+    x = np.pad(normalize(data, {"kind": "uint8"}), halo, mode="reflect")
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(x)[None, None]).numpy()[0][:, halo:-halo, halo:-halo, halo:-halo]
+    for name, block in (("a", (32, 20, 20)), ("b", (16, 36, 40))):
+        predict(ckpt, spec, str(tmp_path / f"{name}.zarr"), block_shape=block, progress=False)
+        assert np.abs(open_volume(tmp_path / f"{name}.zarr").read() - reference).max() <= 1e-5
+
+
+def test_same_padding_halo_is_cropped():
+    # without a twin (instance norm: statistics of the whole tile) the halo is read and cropped
     model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]],
-                        padding="same")
+                        padding="same", norm="instance")
     geometry = plan_geometry(model, (32, 20, 20))
     assert geometry.context == geometry.crop == (20, 20, 20) and geometry.read_shape == (72, 60, 60)
-    a = tmp_path / "a.zarr"
-    b = tmp_path / "b.zarr"
-    predict(ckpt, spec, str(a), block_shape=(32, 20, 20), progress=False)
-    predict(ckpt, spec, str(b), block_shape=(16, 36, 40), progress=False)
-    assert np.abs(open_volume(a).read() - open_volume(b).read()).max() <= 1e-5
 
 
 def test_semantic_nifti_labels_keep_the_affine(tmp_path):
