@@ -18,7 +18,11 @@ Three execution modes per row (``--modes``):
 
     python benchmarks/blocks.py [--device cpu|cuda] [--size 64] [--repeats 3]
         [--channels 24 48 96] [--specs conv3d "psc(2,2)"] [--modes ncdhw fast] [--no-train]
-        [--no-blocks] [--no-unets] [--threads N]
+        [--no-blocks] [--no-unets] [--threads N] [--malloc psc-seg|system]
+
+``--malloc psc-seg`` (default) first calls :func:`psc_seg.nn.fast.keep_freed_memory`, as
+predict and train do; ``--malloc system`` keeps glibc's defaults (one ``mmap`` per tensor
+above 32 MiB): run both to see what that costs, it applies to every mode of the run.
 
 Rows are printed as they finish; times are medians of ``--repeats`` runs after a warm-up (whole
 UNets: every spec and mode interleaved within each repeat, fairer on a shared machine).
@@ -36,7 +40,7 @@ from torch import nn
 
 from psc_seg.models import build_model
 from psc_seg.nn import make_convs
-from psc_seg.nn.fast import fast_paths, to_channels_last
+from psc_seg.nn.fast import fast_paths, keep_freed_memory, to_channels_last
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
 MODES = ["ncdhw", "ndhwc", "fast"]
@@ -161,14 +165,18 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument("--malloc", choices=["psc-seg", "system"], default="psc-seg",
+                        help="psc-seg: keep_freed_memory() as predict/train; system: glibc defaults")
     parser.add_argument("--no-blocks", action="store_true", help="skip the per-block rows")
     parser.add_argument("--no-unets", action="store_true", help="skip the whole-UNet rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.malloc == "psc-seg" else False
     torch.manual_seed(0)
     device = args.device
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"malloc {'keeps freed memory' if kept else 'system defaults'}", flush=True)
     peak = matmul_gflops(device)
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s\n", flush=True)
     print(f"{'what':<22}{'mode':<7}{'GFLOP':>7}{'infer ms':>10}{'GFLOP/s':>8}{'%mm':>6}"

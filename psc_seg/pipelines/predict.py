@@ -54,7 +54,7 @@ from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
 from psc_seg.models.shapes import round_up
 from psc_seg.nn import make_activation
-from psc_seg.nn.fast import to_channels_last
+from psc_seg.nn.fast import keep_freed_memory, to_channels_last
 from psc_seg.train.targets import DEFAULT_OFFSETS
 
 DEFAULT_BLOCK = 64
@@ -183,6 +183,7 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
     weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
     centre of each tile that predict keeps, not the halo it crops away."""
+    keep_freed_memory()  # no page faults for every block's large feature maps (psc_seg.nn.fast)
     if getattr(model, "has_valid_twin", False):
         model = model.valid_twin()
     return to_channels_last(model.eval())
