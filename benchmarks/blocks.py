@@ -20,6 +20,9 @@ Three execution modes per row (``--modes``):
         [--channels 24 48 96] [--specs conv3d "psc(2,2)"] [--modes ncdhw fast] [--no-train]
         [--no-blocks] [--no-unets] [--threads N] [--malloc psc-seg|system]
 
+``--modes ... compile`` adds, for whole UNets, ``torch.compile`` (inductor; inference with
+weight freezing) of the channels-last model on the plain paths, and prints its compile time.
+
 ``--malloc psc-seg`` (default) first calls :func:`psc_seg.nn.fast.keep_freed_memory`, as
 predict and train do; ``--malloc system`` keeps glibc's defaults (one ``mmap`` per tensor
 above 32 MiB): run both to see what that costs, it applies to every mode of the run.
@@ -44,6 +47,7 @@ from psc_seg.nn.fast import fast_paths, keep_freed_memory, to_channels_last
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
 MODES = ["ncdhw", "ndhwc", "fast"]
+COMPILE = "compile"  # whole UNets only, on request: --modes fast compile
 UNET = dict(num_fmaps=12, fmap_inc_factor=3, downsample_factors=[[2, 2, 2], [2, 2, 2]])
 
 
@@ -162,7 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels", type=int, nargs="+", default=[24, 48, 96])
     parser.add_argument("--specs", nargs="+", default=SPECS)
-    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=[*MODES, COMPILE])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--malloc", choices=["psc-seg", "system"], default="psc-seg",
@@ -191,7 +195,7 @@ def main() -> None:
                 flops = conv_flops(block, x)
                 ref = reference_output(block, x) if device == "cpu" else None
                 first = None
-                for mode in args.modes:
+                for mode in (m for m in args.modes if m != COMPILE):
                     r = time_model(block, x, mode=mode, repeats=args.repeats, device=device, train=train,
                                    reference=ref if mode != "ncdhw" else None)
                     first = first or r
@@ -205,6 +209,13 @@ def prepare(model: nn.Module, x: torch.Tensor, mode: str, device: str) -> tuple[
     if mode == "ncdhw":
         return model.to(memory_format=torch.contiguous_format), x.contiguous()
     return to_channels_last(model), to_channels_last(x)
+
+
+def compiled(model: nn.Module, *, train: bool) -> nn.Module:
+    """``torch.compile`` (inductor) of a channels-last copy of ``model``, on the plain paths
+    (:mod:`psc_seg.nn.fast` off: inductor makes its own oneDNN calls and fusions); inference
+    with ``freezing`` (weights folded and prepacked for oneDNN)."""
+    return torch.compile(copy.deepcopy(model), options={} if train else {"freezing": True})
 
 
 def unet_rows(args, peak: float, *, train: bool) -> None:
@@ -223,28 +234,32 @@ def unet_rows(args, peak: float, *, train: bool) -> None:
     results: dict = {}
     keys = [(spec, mode) for spec in args.specs for mode in args.modes]
     prepared = {(spec, mode): prepare(copy.deepcopy(models[spec]), inputs[spec], mode, device) for spec, mode in keys}
+    runners = {key: compiled(prepared[key][0].eval(), train=False) if key[1] == COMPILE else prepared[key][0]
+               for key in keys}
 
     def infer(key):
-        model, x = prepared[key]
         with torch.inference_mode(), fast_paths(key[1] == "fast"):
-            return model.eval()(x)
+            return runners[key].eval()(prepared[key][1])
 
+    report_compile_time(infer, keys, "inference")
     times = interleaved(infer, keys, repeats=args.repeats, device=device)
     for key in keys:
         results[key] = {"infer": times[key]}
         if refs[key[0]] is not None and key[1] != "ncdhw":
             results[key]["max_abs_diff"] = float((infer(key).float() - refs[key[0]]).abs().max())
     if train:
-        optimizers = {key: torch.optim.SGD(prepared[key][0].parameters(), lr=0.0) for key in keys}
+        runners = {key: compiled(prepared[key][0].train(), train=True) if key[1] == COMPILE else prepared[key][0]
+                   for key in keys}
+        optimizers = {key: torch.optim.SGD(runners[key].parameters(), lr=0.0) for key in keys}
 
         def train_step(key):
-            model, x = prepared[key]
-            model.train()
+            model = runners[key].train()
             with fast_paths(key[1] == "fast"):
                 optimizers[key].zero_grad(set_to_none=True)
-                model(x).float().square().mean().backward()
+                model(prepared[key][1]).float().square().mean().backward()
                 optimizers[key].step()
 
+        report_compile_time(train_step, keys, "training step")
         times = interleaved(train_step, keys, repeats=args.repeats, device=device)
         for key in keys:
             results[key]["train"] = times[key]
@@ -259,6 +274,15 @@ def unet_rows(args, peak: float, *, train: bool) -> None:
             v = out_voxels[spec] / results[(spec, mode)]["infer"]
             ratio = f"  x{base['infer'] / results[(spec, mode)]['infer']:.2f} of conv3d" if base else ""
             print(f"  {spec:<10}{mode:<7}{v / 1e6:8.3f} Mvox/s{ratio}", flush=True)
+
+
+def report_compile_time(fn, keys: list, what: str) -> None:
+    """Run (and so compile) the ``compile`` keys once, printing the seconds that took."""
+    for key in keys:
+        if key[1] == COMPILE:
+            start = time.perf_counter()
+            fn(key)
+            print(f"torch.compile {key[0]} {what}: first call {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def interleaved(fn, names: list, *, repeats: int, device: str) -> dict:
