@@ -77,6 +77,18 @@ def test_cat_channels_equals_torch_cat_for_crops_and_mixed_layouts():
     torch.testing.assert_close(cat_channels([b, c]), torch.cat([b, c], dim=1), rtol=0, atol=0)
 
 
+def test_cat_channels_gradient_is_the_slices_of_the_output_gradient():
+    base = to_channels_last(torch.randn(2, 3, 8, 9, 10)).requires_grad_()
+    b = to_channels_last(torch.randn(2, 4, 6, 6, 9)).requires_grad_()
+    weight = torch.randn(2, 7, 6, 6, 9)
+    (cat_channels([base[:, :, 1:7, 2:8, 0:9], b]) * weight).sum().backward()
+    got = base.grad.clone(), b.grad.clone()
+    base.grad, b.grad = None, None
+    (torch.cat([base[:, :, 1:7, 2:8, 0:9], b], dim=1) * weight).sum().backward()
+    torch.testing.assert_close(got[0], base.grad, rtol=0, atol=0)
+    torch.testing.assert_close(got[1], b.grad, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("conv,upsample", [("conv3d", "nearest"), ("psc(1,1)", "transposed"), ("psc(2,2)", "nearest"),
                                            ("psc(3,2)", "nearest")])
 def test_unet_channels_last_fast_equals_the_plain_network(conv, upsample):
