@@ -145,3 +145,10 @@ def test_valid_twin_reproduces_the_same_padding_centre(conv, upsample):
     assert _same_vs_twin(same, [aligned[0], aligned[1] + 1, aligned[2]]) > 1e-3
 
 
+
+
+def test_valid_twin_follows_dtype_and_mode():
+    same = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]], padding="same")
+    twin = same.double().train().valid_twin()
+    assert twin.head.weight.dtype == torch.float64 and twin.training
+    assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), same.state_dict().values()))
