@@ -28,7 +28,9 @@ process tree summed every 50 ms, as ``predict_memory.py`` does):
     psc-seg writes, from the same network evaluations.
 
   The last line of each group gives the speed ratio, the peak memory and the largest
-  difference between the two outputs.
+  difference between the two outputs. Every row runs with psc-seg's allocator setting
+  (:func:`psc_seg.nn.fast.keep_freed_memory`), MONAI's included, so that it is not what
+  differs.
 
     python benchmarks/predict_throughput.py [--size 256] [--block 64] [--workers 2]
         [--spec "psc(2,2)"] [--threads N]
@@ -83,9 +85,10 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str) -> dict:
     from psc_seg.engine import Roi, block_grid, read_mirrored
     from psc_seg.io import normalize, open_volume
     from psc_seg.models import load_checkpoint
-    from psc_seg.nn.fast import to_channels_last
+    from psc_seg.nn.fast import keep_freed_memory, to_channels_last
     from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
+    keep_freed_memory()  # as predict does (prepare_model), also for the no-twin row
     model = load_checkpoint(checkpoint).model
     source = open_volume(raw)
     if network == "full":
@@ -124,8 +127,9 @@ def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
 
     from psc_seg.io import create_volume, normalize, open_volume
     from psc_seg.models import load_checkpoint
-    from psc_seg.nn.fast import to_channels_last
+    from psc_seg.nn.fast import keep_freed_memory, to_channels_last
 
+    keep_freed_memory()  # the allocator setting psc-seg's rows run with, so that it is not what differs
     model = to_channels_last(load_checkpoint(checkpoint).model.eval())
     weight_map = None
     if model.padding == "same":
