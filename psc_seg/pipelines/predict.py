@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psc_seg.engine import BlockRecord, Roi, block_grid, file_hash, read_mirrored, run_blockwise
+from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, file_hash, read_mirrored, run_blockwise
 from psc_seg.errors import UserError
 from psc_seg.io import (
     create_volume, default_provenance, normalize, open_volume, parse_spec, resolve_normalization, volume_complete,
@@ -58,6 +58,7 @@ from psc_seg.nn.fast import keep_freed_memory, to_channels_last
 from psc_seg.train.targets import DEFAULT_OFFSETS
 
 DEFAULT_BLOCK = 64
+READ_CACHE_BYTES = 32 * 2**20  # decoded input chunks kept per process (a row of blocks' reads)
 DTYPES = ("float32", "uint8")
 
 
@@ -211,6 +212,8 @@ class BlockPredictor:
         self.precision = precision
         self._final = make_activation(activation)
         self.check_finite = np.issubdtype(source.dtype, np.floating)
+        # neighbouring blocks' reads (with context) share storage chunks: decode each about once
+        self._reader = ChunkCache(source, max_bytes=READ_CACHE_BYTES)
         self._model = prepare_model(model) if model is not None else None
         self._copy_stream = None
 
@@ -229,7 +232,7 @@ class BlockPredictor:
 
     def read(self, block) -> np.ndarray:
         """The normalised network input of ``block``: ``(C, Z, Y, X)`` float32."""
-        x = normalize(read_mirrored(self.source, block.read_roi), self.norm)
+        x = normalize(read_mirrored(self._reader, block.read_roi), self.norm)
         if self.check_finite and not np.isfinite(x).all():
             raise UserError(f"input {self.source.spec!r} has NaN or infinite values in {block.read_roi}; "
                             "clean it before predicting")

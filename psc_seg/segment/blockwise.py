@@ -16,7 +16,7 @@ resumable through its :class:`psc_seg.engine.BlockRecord`:
    (scipy.sparse.csgraph) give a fragment -> segment table; ``min_size`` drops small segments;
 4. **relabel**: per block, fragments -> segments into each output.
 
-Reads with context go through a :class:`~psc_seg.segment.chunk_cache.ChunkCache` (a block
+Reads with context go through a :class:`~psc_seg.engine.ChunkCache` (a block
 grown by its context touches up to 27 storage chunks; neighbouring blocks share them), and
 ``--workers N`` starts one local cluster for all steps.
 
@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from psc_seg.engine import BlockRecord, Roi, block_grid, run_blockwise, settings_hash
+from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise, settings_hash
 from psc_seg.engine.executor import local_cluster
 from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import scored_edges
-from psc_seg.segment.chunk_cache import ChunkCache
 from psc_seg.segment.components import affinity_components, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
 from psc_seg.segment.relabel import unique_inverse, unique_pairs

@@ -4,7 +4,9 @@ A block the size of the storage chunks, grown by a context of a few voxels, touc
 chunks (3 x 3 x 3), and a compressed chunk is decoded whole: a read with context decodes
 about 20 times the voxels it returns. Neighbouring blocks read the same chunks, so keeping
 the most recently decoded ones makes each chunk be decoded about once per row of blocks
-instead of up to 27 times.
+instead of up to 27 times. Blockwise segment reads affinities and fragments through it, and
+predict reads its input through it (:func:`psc_seg.engine.read_mirrored` accepts it in place
+of a volume).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from psc_seg.engine import Roi
+from psc_seg.engine.roi import Roi
 
 DEFAULT_CACHE_BYTES = 128 * 2**20
 
@@ -45,6 +47,10 @@ class ChunkCache:
     def spec(self) -> str:
         return self.volume.spec
 
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return self.volume.spatial_shape
+
     def _chunk_shape(self) -> tuple[int, ...] | None:
         chunks = self.volume.chunks
         if chunks is None:
@@ -55,8 +61,11 @@ class ChunkCache:
         fits = 8 * lead * int(np.prod(shape)) * self.volume.dtype.itemsize <= self.max_bytes
         return shape if fits else None
 
-    def read(self, roi: Roi) -> np.ndarray:
-        """The values in ``roi`` (inside the volume): ``(Z, Y, X)`` or ``(C, Z, Y, X)``."""
+    def read(self, roi: Roi | tuple[slice, ...]) -> np.ndarray:
+        """The values in ``roi`` (inside the volume; a Roi or ``(z, y, x)`` slices with
+        bounds, as :meth:`Roi.to_slices` gives): ``(Z, Y, X)`` or ``(C, Z, Y, X)``."""
+        if not isinstance(roi, Roi):
+            roi = Roi([s.start for s in roi], [s.stop - s.start for s in roi])
         chunk = self._chunk_shape()
         if chunk is None:
             return self.volume.read(roi.to_slices())

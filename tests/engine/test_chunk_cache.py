@@ -4,9 +4,8 @@ import pickle
 
 import numpy as np
 
-from psc_seg.engine import Roi
+from psc_seg.engine import ChunkCache, Roi, read_mirrored
 from psc_seg.io import create_volume, open_volume
-from psc_seg.segment.chunk_cache import ChunkCache
 
 
 def test_cached_reads_equal_direct_reads(tmp_path):
@@ -40,3 +39,17 @@ def test_unchunked_or_too_large_chunks_read_directly(tmp_path):
     tiny = ChunkCache(vol, max_bytes=100)
     np.testing.assert_array_equal(tiny.read(Roi((1, 1, 1), (2, 3, 4))), data[1:3, 1:4, 1:5])
     assert not tiny._chunks
+
+
+def test_mirrored_reads_through_the_cache_equal_direct_ones(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, size=(20, 24, 28), dtype=np.uint8)
+    vol = create_volume(tmp_path / "raw.zarr", shape=data.shape, dtype="uint8", chunks=(8, 8, 8))
+    vol.write((slice(None),) * 3, data)
+    vol.finalize()
+    vol = open_volume(str(tmp_path / "raw.zarr"))
+    cache = ChunkCache(vol, max_bytes=20 * 8**3)
+    for begin in [(-5, -3, 0), (4, 8, 20), (15, 20, 25), (-2, 10, -9)]:
+        roi = Roi(begin, (12, 10, 14))  # partly outside: mirrored
+        np.testing.assert_array_equal(read_mirrored(cache, roi), read_mirrored(vol, roi))
+    np.testing.assert_array_equal(cache.read((slice(2, 9), slice(0, 24), slice(5, 6))), data[2:9, :, 5:6])
