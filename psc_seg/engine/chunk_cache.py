@@ -12,6 +12,7 @@ of a volume).
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -25,7 +26,7 @@ class ChunkCache:
     """Reads of a volume's ROIs through an LRU cache of its whole decoded chunks.
 
     Picklable (for dask workers): the cache itself is not sent, each process fills its own.
-    Volumes without storage chunks, or with chunks too large for the budget, are read
+    Thread-safe (a worker of a user's cluster may run several tasks at once). Volumes without storage chunks, or with chunks too large for the budget, are read
     directly.
 
     Args:
@@ -39,9 +40,13 @@ class ChunkCache:
         self.max_bytes = max_bytes
         self._chunks: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_chunks": OrderedDict(), "_bytes": 0}
+        return {**self.__dict__, "_chunks": OrderedDict(), "_bytes": 0, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @property
     def spec(self) -> str:
@@ -83,15 +88,18 @@ class ChunkCache:
         return out
 
     def _get(self, index: tuple[int, ...], chunk: tuple[int, ...]) -> np.ndarray:
-        data = self._chunks.get(index)
-        if data is not None:
-            self._chunks.move_to_end(index)
-            return data
+        with self._lock:
+            data = self._chunks.get(index)
+            if data is not None:
+                self._chunks.move_to_end(index)
+                return data
         region = Roi([i * c for i, c in zip(index, chunk)], chunk).intersect(Roi((0, 0, 0), self.volume.spatial_shape))
-        data = self.volume.read(region.to_slices())
-        self._chunks[index] = data
-        self._bytes += data.nbytes
-        while self._bytes > self.max_bytes and len(self._chunks) > 1:
-            _, old = self._chunks.popitem(last=False)
-            self._bytes -= old.nbytes
+        data = self.volume.read(region.to_slices())  # decoded outside the lock
+        with self._lock:
+            if index not in self._chunks:
+                self._chunks[index] = data
+                self._bytes += data.nbytes
+            while self._bytes > self.max_bytes and len(self._chunks) > 1:
+                _, old = self._chunks.popitem(last=False)
+                self._bytes -= old.nbytes
         return data

@@ -53,3 +53,20 @@ def test_mirrored_reads_through_the_cache_equal_direct_ones(tmp_path):
         roi = Roi(begin, (12, 10, 14))  # partly outside: mirrored
         np.testing.assert_array_equal(read_mirrored(cache, roi), read_mirrored(vol, roi))
     np.testing.assert_array_equal(cache.read((slice(2, 9), slice(0, 24), slice(5, 6))), data[2:9, :, 5:6])
+
+
+def test_concurrent_reads_from_threads_stay_correct(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(2)
+    data = rng.random((24, 24, 24)).astype(np.float32)
+    vol = create_volume(tmp_path / "v.zarr", shape=data.shape, dtype="float32", chunks=(4, 4, 4))
+    vol.write((slice(None),) * 3, data)
+    vol.finalize()
+    cache = ChunkCache(open_volume(str(tmp_path / "v.zarr")), max_bytes=12 * 4**3 * 4)  # constant eviction
+    rois = [Roi([int(v) for v in rng.integers(0, 16, 3)], (8, 8, 8)) for _ in range(200)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(cache.read, rois))
+    for roi, got in zip(rois, results):
+        np.testing.assert_array_equal(got, data[roi.to_slices()])
+    assert cache._bytes == sum(c.nbytes for c in cache._chunks.values()) <= 12 * 4**3 * 4
