@@ -23,8 +23,8 @@ Three execution modes per row (``--modes``):
 ``--modes ... compile`` adds, for whole UNets, ``torch.compile`` (inductor; inference with
 weight freezing) of the channels-last model on the plain paths, and prints its compile time.
 
-``--malloc psc-seg`` (default) first calls :func:`psc_seg.nn.fast.keep_freed_memory`, as
-predict and train do; ``--malloc system`` keeps glibc's defaults (one ``mmap`` per tensor
+``--malloc psc-seg`` (default) first calls :func:`psc_seg.allocator.keep_freed_memory`, as
+the ``psc-seg`` command does; ``--malloc system`` keeps glibc's defaults (one ``mmap`` per tensor
 above 32 MiB): run both to see what that costs, it applies to every mode of the run.
 
 Rows are printed as they finish; times are medians of ``--repeats`` runs after a warm-up (whole
@@ -43,7 +43,8 @@ from torch import nn
 
 from psc_seg.models import build_model
 from psc_seg.nn import make_convs
-from psc_seg.nn.fast import fast_paths, keep_freed_memory, to_channels_last
+from psc_seg.allocator import keep_freed_memory
+from psc_seg.nn.fast import fast_paths, to_channels_last
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
 MODES = ["ncdhw", "ndhwc", "fast"]
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--malloc", choices=["psc-seg", "system"], default="psc-seg",
-                        help="psc-seg: keep_freed_memory() as predict/train; system: glibc defaults")
+                        help="psc-seg: keep_freed_memory() as the psc-seg command; system: glibc defaults")
     parser.add_argument("--no-blocks", action="store_true", help="skip the per-block rows")
     parser.add_argument("--no-unets", action="store_true", help="skip the whole-UNet rows")
     args = parser.parse_args()

@@ -31,7 +31,7 @@ process tree summed every 50 ms, as ``predict_memory.py`` does):
 
   The last line of each group gives the speed ratio, the peak memory and the largest
   difference between the two outputs. Every row runs with psc-seg's allocator setting
-  (:func:`psc_seg.nn.fast.keep_freed_memory`), MONAI's included, so that it is not what
+  (:func:`psc_seg.allocator.keep_freed_memory`), MONAI's included, so that it is not what
   differs.
 
     python benchmarks/predict_throughput.py [--size 256] [--block 64] [--workers 2]
@@ -87,10 +87,11 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str) -> dict:
     from psc_seg.engine import Roi, block_grid, read_mirrored
     from psc_seg.io import normalize, open_volume
     from psc_seg.models import load_checkpoint
-    from psc_seg.nn.fast import keep_freed_memory, to_channels_last
+    from psc_seg.allocator import keep_freed_memory
+    from psc_seg.nn.fast import to_channels_last
     from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
-    keep_freed_memory()  # as predict does (prepare_model), also for the no-twin row
+    keep_freed_memory()  # as the psc-seg command does, for every row
     model = load_checkpoint(checkpoint).model
     source = open_volume(raw)
     if network == "full":
@@ -115,9 +116,11 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str) -> dict:
 
 
 def child_predict(checkpoint: str, raw: str, block: int, workers: int, out: str) -> dict:
+    from psc_seg.allocator import keep_freed_memory
     from psc_seg.io import open_volume
     from psc_seg.pipelines.predict import predict
 
+    keep_freed_memory()  # as `psc-seg predict` does (the CLI applies it)
     start = time.perf_counter()
     predict(checkpoint, raw, out, block_shape=(block,) * 3, workers=workers, progress=False)
     return {"seconds": time.perf_counter() - start, "voxels": int(np.prod(open_volume(raw).spatial_shape))}
@@ -132,7 +135,8 @@ def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
 
     from psc_seg.io import create_volume, normalize, open_volume
     from psc_seg.models import load_checkpoint
-    from psc_seg.nn.fast import keep_freed_memory, to_channels_last
+    from psc_seg.allocator import keep_freed_memory
+    from psc_seg.nn.fast import to_channels_last
 
     keep_freed_memory()  # the allocator setting psc-seg's rows run with, so that it is not what differs
     model = to_channels_last(load_checkpoint(checkpoint).model.eval())
@@ -208,6 +212,9 @@ def main() -> None:
             result = child_monai(checkpoint, raw, args.block, rest[0])
         Path(args.result).write_text(json.dumps(result))
         return
+    if args.size % args.block:
+        parser.error("--size must be a multiple of --block: otherwise MONAI shifts its last window off the "
+                     "blocks' lattice and the two outputs are no longer comparable")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     try:

@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from psc_seg import __version__
+from psc_seg.allocator import keep_freed_memory
 from psc_seg.errors import UserError
 
 
@@ -55,6 +56,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
 ) -> None:
     """Segment 3D EM and MRI volumes with Parallel Separable 3D Convolution (PmSCn) networks."""
+    keep_freed_memory()  # a command's process ends with its work: reuse freed memory (psc_seg.allocator)
 
 
 def _register() -> None:

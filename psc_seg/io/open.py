@@ -117,9 +117,11 @@ def create_volume(
     Args:
         spec: where to write (see :mod:`psc_seg.io.spec`). ``out.zarr`` or
             ``out.zarr/name``: an OME-Zarr image group (array ``0``; zarr v3 and OME-Zarr 0.5,
-            or v2 / 0.4 inside an existing v2 container), compressed with Blosc (LZ4, byte
-            shuffle): for a block of float32 affinities 8x faster to write than zarr's
-            default zstd, and as small (``benchmarks/RESULTS.md``). ``out.h5:/name``:
+            or v2 / 0.4 inside an existing v2 container). Floating-point data is compressed
+            with Blosc (LZ4, byte shuffle): for a block of float32 affinities 8x faster to
+            write than zarr's default zstd, and as small (``benchmarks/RESULTS.md``);
+            integers (labels) with zstd, 3x smaller than LZ4 for uint64 labels.
+            ``out.h5:/name``:
             a gzip-compressed chunked HDF5 dataset. ``.nii[.gz]``, ``.tif``, ``.npy``:
             assembled in a partial file, written at :meth:`Volume.finalize`.
         shape: ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
@@ -182,7 +184,7 @@ def create_volume(
 def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
     import numcodecs
     import zarr
-    from zarr.codecs import BloscCodec
+    from zarr.codecs import BloscCodec, ZstdCodec
 
     zarr_format = 3
     if s.path.exists():
@@ -204,10 +206,12 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
                          version=version)
     ome = {"ome": {"version": "0.5", "multiscales": [ms]}} if zarr_format == 3 else {"multiscales": [ms]}
     group.attrs.update({**ome, **attrs})
-    if zarr_format == 3:
-        kwargs = {"dimension_names": list(axis_names), "compressors": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")}
-    else:
-        kwargs = {"compressors": numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)}
+    kwargs = {"dimension_names": list(axis_names)} if zarr_format == 3 else {}
+    if np.dtype(dtype).kind == "f":  # network outputs: Blosc LZ4 + byte shuffle
+        kwargs["compressors"] = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle") if zarr_format == 3
+                                 else numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE))
+    else:  # labels, raw: zstd
+        kwargs["compressors"] = ZstdCodec(level=3) if zarr_format == 3 else numcodecs.Zstd(level=3)
     group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs)
 
 

@@ -20,8 +20,9 @@ these decide how fast a PmSCn or conv3d network runs, more than its FLOPs:
 * **Page faults.** glibc serves every allocation above 32 MiB (a 12-channel float32 feature
   map of 100^3 voxels is 48 MiB) with a fresh ``mmap`` and returns it with ``munmap`` when the
   tensor dies, so each forward pass faults in and zeroes those pages again: a 7 -> 12 (3,1,1)
-  conv at 102^3 took 23 ms instead of 4.7 ms. :func:`keep_freed_memory` makes glibc keep
-  freed memory for reuse; predict and train call it (``PSC_SEG_MALLOC=system`` opts out).
+  conv at 102^3 took 23 ms instead of 4.7 ms. :func:`psc_seg.allocator.keep_freed_memory`
+  makes glibc keep freed memory for reuse; the ``psc-seg`` command and predict's worker
+  processes call it (``PSC_SEG_MALLOC=system`` opts out).
 
 :func:`conv3d` applies these to one ``nn.Conv3d``; it falls back to the module itself for
 anything else (CUDA, other dtypes, dilated or grouped convs, string padding). With one
@@ -31,9 +32,6 @@ thread PyTorch also sends every 1x1x1 conv to the slow kernel (13x slower than o
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,29 +53,6 @@ def fast_paths(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _ENABLED[0] = before
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (glibc malloc.h)
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory in the process for reuse: large blocks come from the heap
-    instead of one ``mmap`` each, and the heap is not trimmed (see the module docstring).
-
-    Whole-network passes on CPU get faster (``benchmarks/blocks.py --malloc``: UNet training
-    steps about 1.1x, inference 1.0-1.1x); the price is that the process keeps its peak
-    memory until it exits, which is what a predict or train process does anyway. Applies to
-    the calling process and processes forked from it. Returns whether it was applied: not
-    with another C library, nor when the environment variable ``PSC_SEG_MALLOC`` is
-    ``system``."""
-    if os.environ.get("PSC_SEG_MALLOC", "").lower() == "system" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only (musl has mallopt but other semantics)
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 def to_channels_last(obj):

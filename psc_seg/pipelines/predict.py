@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psc_seg.allocator import keep_freed_memory
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, file_hash, read_mirrored, run_blockwise
 from psc_seg.errors import UserError
 from psc_seg.io import (
@@ -54,7 +55,7 @@ from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
 from psc_seg.models.shapes import round_up
 from psc_seg.nn import make_activation
-from psc_seg.nn.fast import keep_freed_memory, to_channels_last
+from psc_seg.nn.fast import to_channels_last
 from psc_seg.train.targets import DEFAULT_OFFSETS
 
 DEFAULT_BLOCK = 64
@@ -184,7 +185,6 @@ def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
     :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
     weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
     centre of each tile that predict keeps, not the halo it crops away."""
-    keep_freed_memory()  # no page faults for every block's large feature maps (psc_seg.nn.fast)
     if getattr(model, "has_valid_twin", False):
         model = model.valid_twin()
     return to_channels_last(model.eval())
@@ -224,8 +224,9 @@ class BlockPredictor:
         if self._model is None:
             key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device)
             if key not in _MODELS:
-                if self.threads:
+                if self.threads:  # a dask worker process of ours (psc_seg.allocator)
                     torch.set_num_threads(self.threads)
+                    keep_freed_memory()
                 _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model)
             self._model = _MODELS[key]
         return self._model

@@ -37,7 +37,6 @@ from tqdm import tqdm
 
 from psc_seg.errors import UserError
 from psc_seg.models import read_checkpoint, save_checkpoint
-from psc_seg.nn.fast import keep_freed_memory
 from psc_seg.train.config import TrainConfig
 from psc_seg.train.data import PatchDataset, make_loader
 from psc_seg.train.losses import affinity_loss, semantic_loss
@@ -310,7 +309,6 @@ class Trainer:
             ``{"iteration", "loss", "best_value", "best_iteration", "elapsed_s", "validation"}``.
         """
         t = self.config.train
-        keep_freed_memory()  # no page faults for every step's large activations (psc_seg.nn.fast)
         if resume_from is not None:
             self.restore(resume_from)
         self.log.start(after_iteration=self.state.iteration)

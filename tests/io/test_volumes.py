@@ -236,3 +236,23 @@ def test_ome_zarr_tczyx_with_singleton_time_and_channel(tmp_path):
     assert vol.shape == (4, 5, 6) and vol.channels is None and vol.chunks == (2, 5, 6)
     assert vol.voxel_size == (0.5, 0.25, 0.25) and vol.unit == "micrometer"
     np.testing.assert_array_equal(vol[1:3, :, 2:], data[0, 0, 1:3, :, 2:])
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_zarr_codecs_blosc_for_floats_zstd_for_labels(tmp_path, zarr_format):
+    if zarr_format == 2:
+        zarr.open_group(str(tmp_path / "c.zarr"), mode="w", zarr_format=2)
+        affs_spec, labels_spec = tmp_path / "c.zarr" / "affs", tmp_path / "c.zarr" / "labels"
+    else:
+        affs_spec, labels_spec = tmp_path / "affs.zarr", tmp_path / "labels.zarr"
+    data = np.random.default_rng(0).random((3, 8, 8, 8)).astype(np.float32)
+    affs = create_volume(affs_spec, shape=data.shape, dtype="float32")
+    affs.write(None, data)
+    affs.finalize()
+    labels = create_volume(labels_spec, shape=(8, 8, 8), dtype="uint64")
+    labels.write(None, np.arange(512, dtype=np.uint64).reshape(8, 8, 8))
+    labels.finalize()
+    np.testing.assert_array_equal(open_volume(affs_spec).read(), data)
+    codecs = [str(zarr.open_array(str(affs_spec / "0")).compressors), str(zarr.open_array(str(labels_spec / "0")).compressors)]
+    assert "lz4" in codecs[0].lower() and "shuffle" in codecs[0].lower()
+    assert "zstd" in codecs[1].lower()

@@ -103,33 +103,3 @@ def test_unet_channels_last_fast_equals_the_plain_network(conv, upsample):
         got = to_channels_last(model)(to_channels_last(x))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
-
-def _mmapped_blocks() -> int:
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                     "keepcost")]
-
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = MallInfo2
-    return libc.mallinfo2().hblks
-
-
-def test_keep_freed_memory_serves_large_tensors_from_the_heap(monkeypatch):
-    import ctypes
-    import sys
-
-    from psc_seg.nn.fast import keep_freed_memory
-
-    monkeypatch.setenv("PSC_SEG_MALLOC", "system")
-    assert keep_freed_memory() is False
-    monkeypatch.delenv("PSC_SEG_MALLOC")
-    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"):
-        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
-    assert keep_freed_memory() is True
-    before = _mmapped_blocks()
-    big = torch.empty(64 * 2**20, dtype=torch.uint8)  # above glibc's 32 MiB mmap ceiling
-    assert _mmapped_blocks() == before  # from the heap, not a fresh mmap
-    del big
