@@ -103,14 +103,7 @@ def matmul_gflops(device: str, *, n: int = 2048, repeats: int = 5) -> float:
 def time_model(model: nn.Module, x: torch.Tensor, *, mode: str, repeats: int, device: str, train: bool,
                reference: torch.Tensor | None = None) -> dict:
     """Median inference (and training step) seconds of ``model`` on ``x`` in ``mode``."""
-    model = model.to(device)
-    x = x.to(device)
-    if mode != "ncdhw":
-        model = to_channels_last(model)
-        x = to_channels_last(x)
-    else:
-        model = model.to(memory_format=torch.contiguous_format)
-        x = x.contiguous()
+    model, x = prepare(model, x, mode, device)
     result: dict = {}
     with fast_paths(mode == "fast"):
         model.eval()

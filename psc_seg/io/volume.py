@@ -55,6 +55,13 @@ def check_dims(shape: Sequence[int], where: str) -> int | None:
     )
 
 
+
+def sidecar_beside(spec: VolumeSpec, name: str) -> Path:
+    """A hidden bookkeeping folder beside the file or container of ``spec``:
+    ``.<file>[.<inner path>].psc-seg-<name>``."""
+    inner = f".{spec.inner.replace('/', '_')}" if spec.inner else ""
+    return spec.path.with_name(f".{spec.path.name}{inner}.psc-seg-{name}")
+
 class Volume:
     """A 3D ``(z, y, x)`` or 4D ``(c, z, y, x)`` array on disk, read and written lazily.
 
@@ -191,11 +198,9 @@ class Volume:
     def sidecar_dir(self, name: str) -> Path:
         """A folder kept with this volume for bookkeeping (e.g. resume records): inside the
         array folder for zarr (zarr ignores it), else a hidden folder beside the file."""
-        path = self.spec_obj.path
         if self.format == "zarr":
             return self.array_path / f".psc-seg-{name}"
-        inner = f".{self.spec_obj.inner.replace('/', '_')}" if self.spec_obj.inner else ""
-        return path.with_name(f".{path.name}{inner}.psc-seg-{name}")
+        return sidecar_beside(self.spec_obj, name)
 
     def finalize(self) -> None:
         """Mark a written volume complete (and assemble buffered formats)."""

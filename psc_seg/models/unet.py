@@ -211,16 +211,17 @@ class UNet(nn.Module):
         """The smallest valid output shape that is >= ``min_output_shape`` on every axis."""
         if self.padding == "same":
             return round_up(min_output_shape, self.shape_step)
-        out = []
-        for axis, want in enumerate(min_output_shape):
-            bottom = 1
-            while True:
-                sizes = self._sizes_from_bottom(bottom, axis)
-                if sizes is not None and sizes[1] >= want:
-                    out.append(sizes[1])
-                    break
-                bottom += 1
+        out = [self._first_fit(axis, want)[1] for axis, want in enumerate(min_output_shape)]
         return tuple(out)  # type: ignore[return-value]
+
+    def _first_fit(self, axis: int, want: int) -> tuple[int, int]:
+        """(input, output) sizes along ``axis`` of the smallest valid output >= ``want`` (valid mode)."""
+        bottom = 1
+        while True:
+            sizes = self._sizes_from_bottom(bottom, axis)
+            if sizes is not None and sizes[1] >= want:
+                return sizes
+            bottom += 1
 
     def valid_input_shape(self, output_shape: Sequence[int]) -> tuple[int, int, int]:
         """The input shape that gives exactly ``output_shape``; ValueError proposing the nearest
@@ -231,12 +232,7 @@ class UNet(nn.Module):
             return output_shape  # type: ignore[return-value]
         result = []
         for axis, want in enumerate(output_shape):
-            bottom = 1
-            while True:
-                sizes = self._sizes_from_bottom(bottom, axis)
-                if sizes is not None and sizes[1] >= want:
-                    break
-                bottom += 1
+            sizes = self._first_fit(axis, want)
             if sizes[1] != want:
                 raise ValueError(
                     f"unet: output shape {output_shape} is not valid along axis {'zyx'[axis]}; "

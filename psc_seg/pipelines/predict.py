@@ -45,10 +45,11 @@ import numpy as np
 import torch
 
 from psc_seg.allocator import keep_freed_memory
+from psc_seg.device import resolve_device
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, file_hash, read_mirrored, run_blockwise
 from psc_seg.errors import UserError
 from psc_seg.io import (
-    create_volume, default_provenance, normalize, open_volume, parse_spec, resolve_normalization, volume_complete,
+    create_volume, normalize, open_volume, parse_spec, resolve_normalization, volume_complete,
     volume_exists,
 )
 from psc_seg.io.volume import Volume
@@ -83,9 +84,10 @@ def default_block_shape(model, volume_shape: Sequence[int]) -> tuple[int, int, i
     return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], model.shape_step)
 
 
-def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
+def plan_geometry(model, block_shape: Sequence[int], *, twin=None) -> BlockGeometry:
     """The :class:`BlockGeometry` of ``model`` for ``block_shape``; UserError naming the
-    model's ``shape_step`` if the block shape is not a positive multiple of it."""
+    model's ``shape_step`` if the block shape is not a positive multiple of it. ``twin``: the
+    valid twin of a same-padding UNet if the caller has built it (:func:`prepare_model`)."""
     block_shape = tuple(int(b) for b in block_shape)
     step = tuple(model.shape_step)
     if len(block_shape) != 3 or min(block_shape) < 1 or any(b % s for b, s in zip(block_shape, step)):
@@ -102,7 +104,7 @@ def plan_geometry(model, block_shape: Sequence[int]) -> BlockGeometry:
         # model's would, so that its pooling windows are those of the same-padding network
         # on tiles that start on multiples of shape_step
         crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
-        return _valid_geometry(model.valid_twin(), block_shape, crop=crop)
+        return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
     halo = round_up(model.context, step)
     read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
     if tuple(model.output_shape(read_shape)) != read_shape:
@@ -374,10 +376,7 @@ def predict(
         raise UserError("give either --workers or --scheduler, not both")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError(f"--device must be cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available to torch here; use --device cpu")
+    resolve_device(device)
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     precision = resolve_precision(precision, device)
@@ -390,7 +389,8 @@ def predict(
         raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
     shape = source.spatial_shape
     block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape)
-    geometry = plan_geometry(model, block_shape)
+    runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
+    geometry = plan_geometry(model, block_shape, twin=runner)
     norm = resolve_normalization(ckpt.metadata.get("normalize"), source)
     specs = output_specs(output, task)
     main = next(iter(specs))
@@ -430,7 +430,7 @@ def predict(
     parallel = bool(workers or scheduler)
     threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if parallel else None
     predictor = BlockPredictor(
-        checkpoint=str(Path(checkpoint).resolve()), model=None if parallel else model, device=device,
+        checkpoint=str(Path(checkpoint).resolve()), model=None if parallel else runner, device=device,
         geometry=geometry, source=source, outputs=outputs, norm=norm, task=task, activation=_activation(ckpt, task),
         dtype=dtype, threads=threads, precision=precision,
     )
@@ -451,8 +451,7 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
     attrs: dict[str, Any] = {"task": task}
     if dtype == "uint8":
         attrs["value_scale"] = 1.0 / 255.0
-    provenance = default_provenance({"config": {"checkpoint": checkpoint, **settings,
-                                                "block_geometry": asdict(geometry)}})
+    provenance = {"config": {"checkpoint": checkpoint, **settings, "block_geometry": asdict(geometry)}}
     common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance, overwrite=overwrite)
     outputs = {}
     if task["kind"] == "affinities":

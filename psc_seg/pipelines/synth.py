@@ -19,11 +19,10 @@ import numpy as np
 
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume
+from psc_seg.io.spec import HDF5_SUFFIXES, ZARR_SUFFIXES
 from psc_seg.io.volume import lock_path
 from psc_seg.synth import em_volume, mri_volume
 
-ZARR_SUFFIXES = (".zarr",)
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 EM_ARRAYS = ("raw", "labels", "mask")
 MRI_FILES = ("raw.nii.gz", "labels.nii.gz")
 

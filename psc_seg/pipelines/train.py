@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import yaml
 
+from psc_seg.device import resolve_device
 from psc_seg.errors import UserError
 from psc_seg.io import normalize, open_volume, resolve_normalization
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
@@ -109,15 +110,6 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
     os.replace(tmp, path)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu`` or ``cuda`` (``cuda:N``); UserError if CUDA is asked for and absent."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise UserError(f"--device {device!r}: use cpu or cuda")
-    return torch.device(device)
 
 
 def prepare(config: TrainConfig) -> tuple[torch.nn.Module, tuple[int, int, int], list[LabelledVolume], list[LabelledVolume]]:

@@ -27,7 +27,6 @@ first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -245,13 +244,12 @@ def segment_blockwise(
     if all(v.complete for v in volumes):
         return list(outputs)
     work = _work_dir(outputs[0])
-    config_file = work / "settings.json"
-    if resume and config_file.exists() and not BlockRecord(work).matches(settings):
-        raise UserError(f"output {outputs[0]!r} was started with other settings; pass --overwrite to start again")
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(json.dumps({"hash": settings_hash(settings), "settings": settings}, default=str))
+    run_record = BlockRecord(work)  # the run's settings; each step keeps its own record below
+    if resume and run_record.settings_file.exists():
+        if not run_record.matches(settings):
+            raise UserError(f"output {outputs[0]!r} was started with other settings; pass --overwrite to start again")
+    else:
+        BlockRecord.create(work, settings)  # a fresh work folder
 
     blocks = block_grid(total, write_shape=block_shape, context=context)
     stride = int(np.prod(block_shape)) + 1
@@ -311,11 +309,9 @@ def _executor(workers: int | None, scheduler: str | None) -> Iterator[dict[str, 
 
 def _work_dir(output: str) -> Path:
     """The bookkeeping folder of a run: hidden, beside the output's file or container."""
-    from psc_seg.io import parse_spec
+    from psc_seg.io import parse_spec, sidecar_beside
 
-    spec = parse_spec(output)
-    inner = f".{spec.inner.replace('/', '_')}" if spec.inner else ""
-    return spec.path.with_name(f".{spec.path.name}{inner}.psc-seg-segment")
+    return sidecar_beside(parse_spec(output), "segment")
 
 
 def _label(group: Sequence[float], passes: Sequence) -> str:
