@@ -226,7 +226,7 @@ class BlockPredictor:
         if self._model is None:
             key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device)
             if key not in _MODELS:
-                if self.threads:  # a dask worker process of ours (psc_seg.allocator)
+                if self.threads:  # a worker process of our LocalCluster (psc_seg.allocator)
                     torch.set_num_threads(self.threads)
                     keep_freed_memory()
                 _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model)
@@ -428,7 +428,8 @@ def predict(
         record = BlockRecord.create(outputs[main].sidecar_dir("blocks"), settings)
 
     parallel = bool(workers or scheduler)
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers)) if parallel else None
+    # our LocalCluster's workers share this machine's cores; a user's --scheduler workers are left as they are
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
     predictor = BlockPredictor(
         checkpoint=str(Path(checkpoint).resolve()), model=None if parallel else runner, device=device,
         geometry=geometry, source=source, outputs=outputs, norm=norm, task=task, activation=_activation(ckpt, task),
