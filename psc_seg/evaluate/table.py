@@ -21,6 +21,17 @@ def _as_label_array(name: str, labels: np.ndarray) -> np.ndarray:
     return labels
 
 
+def _run_starts(*arrays: np.ndarray) -> np.ndarray:
+    """Indices where a run of equal entries (equal in every one of the same-length ``arrays``,
+    at least one entry long) begins."""
+    new = np.empty(arrays[0].size, dtype=bool)
+    new[0] = True
+    np.not_equal(arrays[0][1:], arrays[0][:-1], out=new[1:])
+    for a in arrays[1:]:
+        new[1:] |= a[1:] != a[:-1]
+    return np.flatnonzero(new)
+
+
 def _sum_duplicate_pairs(
     gt_ids: np.ndarray, pred_ids: np.ndarray, counts: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -29,11 +40,7 @@ def _sum_duplicate_pairs(
         return gt_ids, pred_ids, counts
     order = np.lexsort((pred_ids, gt_ids))
     gt_ids, pred_ids, counts = gt_ids[order], pred_ids[order], counts[order]
-    new_pair = np.empty(gt_ids.size, dtype=bool)
-    new_pair[0] = True
-    np.not_equal(gt_ids[1:], gt_ids[:-1], out=new_pair[1:])
-    new_pair[1:] |= pred_ids[1:] != pred_ids[:-1]
-    starts = np.flatnonzero(new_pair)
+    starts = _run_starts(gt_ids, pred_ids)
     return gt_ids[starts], pred_ids[starts], np.add.reduceat(counts, starts)
 
 
@@ -88,7 +95,7 @@ def _marginal(ids: np.ndarray, counts: np.ndarray, *, is_sorted: bool) -> tuple[
     if not is_sorted:
         order = np.argsort(ids, kind="stable")
         ids, counts = ids[order], counts[order]
-    starts = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+    starts = _run_starts(ids)
     return ids[starts], np.add.reduceat(counts, starts)
 
 
@@ -139,11 +146,7 @@ def contingency_table(
     n = gt_flat.size
     if n == 0:
         return ContingencyTable.empty()
-    run_start = np.empty(n, dtype=bool)
-    run_start[0] = True
-    np.not_equal(gt_flat[1:], gt_flat[:-1], out=run_start[1:])
-    run_start[1:] |= pred_flat[1:] != pred_flat[:-1]
-    starts = np.flatnonzero(run_start)
+    starts = _run_starts(gt_flat, pred_flat)
     lengths = np.diff(starts, append=n).astype(np.int64)
     return ContingencyTable(
         *_sum_duplicate_pairs(

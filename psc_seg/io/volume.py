@@ -126,45 +126,43 @@ class Volume:
     def key(self, region: Any = None) -> tuple[slice, ...]:
         """Full-rank tuple of slices for ``region`` (see the module docstring); ValueError if it
         leaves the array."""
+        return self._parse(region)[0]
+
+    def _parse(self, region: Any) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+        """``(key(region), axes indexed by an integer)``: the latter are dropped by read."""
         if region is None:
-            slices: tuple = ()
+            items: tuple = ()
         elif hasattr(region, "to_slices"):
-            slices = tuple(region.to_slices())
-        elif isinstance(region, (slice, int)):
-            slices = (region,)
+            items = tuple(region.to_slices())
+        elif isinstance(region, (slice, int, np.integer)):
+            items = (region,)
         else:
-            slices = tuple(region)
-        if self.channels is not None and len(slices) == 3:
-            slices = (slice(None), *slices)
-        if len(slices) > self.ndim:
+            items = tuple(region)
+        if self.channels is not None and len(items) == 3:
+            items = (slice(None), *items)
+        if len(items) > self.ndim:
             raise ValueError(f"{self.spec}: region {region} has more axes than the volume {self.shape}")
-        slices = slices + (slice(None),) * (self.ndim - len(slices))
-        out = []
-        for s, size in zip(slices, self.shape):
+        items = items + (slice(None),) * (self.ndim - len(items))
+        out, dropped = [], []
+        for axis, (s, size) in enumerate(zip(items, self.shape)):
             if isinstance(s, (int, np.integer)):
                 if not 0 <= s < size:
                     raise ValueError(f"{self.spec}: index {s} outside [0, {size})")
                 out.append(slice(int(s), int(s) + 1))
+                dropped.append(axis)
                 continue
             start = 0 if s.start is None else int(s.start)
             stop = size if s.stop is None else int(s.stop)
             if s.step not in (None, 1) or not 0 <= start <= stop <= size:
                 raise ValueError(f"{self.spec}: region {region} leaves the array of shape {self.shape}")
             out.append(slice(start, stop))
-        return tuple(out)
-
-    def _int_axes(self, region: Any) -> tuple[int, ...]:
-        if region is None or hasattr(region, "to_slices"):
-            return ()
-        items = (region,) if isinstance(region, (slice, int, np.integer)) else tuple(region)
-        lead = 1 if self.channels is not None and len(items) == 3 else 0
-        return tuple(i + lead for i, s in enumerate(items) if isinstance(s, (int, np.integer)))
+        return tuple(out), tuple(dropped)
 
     def read(self, region: Any = None) -> np.ndarray:
         """The values in ``region`` (voxels) as a numpy array; integer indices drop their axis
         as in numpy; ``None`` reads everything (only for small volumes)."""
-        data = np.asarray(self._read(self.key(region)))
-        drop = self._int_axes(region)
+        key, drop = self._parse(region)
+        data = np.asarray(self._read(key))
         return data.squeeze(axis=drop) if drop else data
 
     def write(self, region: Any, data: np.ndarray | float) -> None:
@@ -172,10 +170,9 @@ class Volume:
         must be open for writing."""
         if self.mode == "r":
             raise ValueError(f"{self.spec}: opened read-only")
-        key = self.key(region)
+        key, drop = self._parse(region)
         want = tuple(s.stop - s.start for s in key)
         data = np.asarray(data)
-        drop = self._int_axes(region)
         if drop and data.ndim == len(want) - len(drop):
             data = np.expand_dims(data, drop)
         try:

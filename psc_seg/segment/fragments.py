@@ -94,6 +94,7 @@ def distance_fragments(
 
     from psc_seg.segment.components import affinity_components
 
+    affs = as_affinities(affs)  # once: incident_affinities and affinity_components take it as is
     lowest, highest = incident_affinities(affs)
     interior = lowest > boundary_threshold
     if not interior.any():
@@ -110,7 +111,7 @@ def distance_fragments(
     fragments = watershed(distance.max() - distance, seeds, mask=highest > boundary_threshold)
     # a voxel-wise watershed cannot see a boundary that is one edge thin (two touching
     # cells): split the basins along the cuts of the affinity graph as well
-    return _intersect(fragments, affinity_components(as_affinities(affs), boundary_threshold))
+    return _intersect(fragments, affinity_components(affs, boundary_threshold))
 
 
 def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:

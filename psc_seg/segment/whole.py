@@ -37,8 +37,9 @@ def segment_affinities(
     Returns:
         One ``(Z, Y, X)`` uint64 segmentation per threshold, in the order given.
     """
+    affs = as_affinities(affs)  # once, not per threshold or per step
     if decoder == "cc":
-        segmentations = [affinity_components(as_affinities(affs), t) for t in thresholds]
+        segmentations = [affinity_components(affs, t) for t in thresholds]
     elif decoder == "waterz":
         # waterz's own watershed inside the agglomeration call is the "waterz" fragments
         # (same thresholds), without building the region graph twice
