@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from psc_seg.errors import UserError
+from psc_seg.files import atomic_path
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -61,9 +62,8 @@ class BlockRecord:
         if record.directory.exists():
             shutil.rmtree(record.directory)
         record.directory.mkdir(parents=True)
-        tmp = record.directory / "settings.json.tmp"
-        tmp.write_text(json.dumps({"hash": settings_hash(settings), "settings": settings}, indent=1, default=str))
-        os.replace(tmp, record.settings_file)
+        with atomic_path(record.settings_file) as tmp:
+            tmp.write_text(json.dumps({"hash": settings_hash(settings), "settings": settings}, indent=1, default=str))
         record.log_file.touch()
         return record
 

@@ -13,7 +13,6 @@ a temporary file in the same folder, then a rename.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from psc_seg import __version__
 from psc_seg.errors import UserError
+from psc_seg.files import atomic_path
 from psc_seg.models.registry import build_model
 
 FORMAT = "psc-seg-checkpoint"
@@ -64,16 +64,10 @@ def save_checkpoint(
         "metadata": metadata or {},
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import yaml
 
 from psc_seg.device import resolve_device
 from psc_seg.errors import UserError
+from psc_seg.files import atomic_path
 from psc_seg.io import normalize, open_volume, resolve_normalization
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
@@ -106,10 +105,8 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def prepare(config: TrainConfig) -> tuple[torch.nn.Module, tuple[int, int, int], list[LabelledVolume], list[LabelledVolume]]:

@@ -27,7 +27,6 @@ first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise, settings_hash
 from psc_seg.engine.executor import local_cluster
 from psc_seg.errors import UserError
+from psc_seg.files import atomic_path
 from psc_seg.segment.agglomerate import scored_edges
 from psc_seg.segment.components import affinity_components, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
@@ -48,9 +48,8 @@ DEFAULT_CONTEXT = 8
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write atomically: a killed task never leaves a readable half file."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:  # np.savez appends .npz to other names
+        np.savez(tmp, **arrays)
 
 
 def _global_ids(fragments: np.ndarray, block_id: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

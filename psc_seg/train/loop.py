@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from psc_seg.errors import UserError
+from psc_seg.files import atomic_path
 from psc_seg.models import read_checkpoint, save_checkpoint
 from psc_seg.train.config import TrainConfig
 from psc_seg.train.data import PatchDataset, make_loader
@@ -125,13 +124,11 @@ class MetricsLog:
     def start(self, *, after_iteration: int) -> None:
         """Keep the rows up to ``after_iteration`` (resume) or start a new file."""
         rows = [r for r in self.read() if int(r["iteration"]) <= after_iteration] if after_iteration else []
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".csv", dir=self.path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
+        with atomic_path(self.path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: row.get(k, "") for k in self.columns})
-        os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.path, "a", newline="") as f:
@@ -180,11 +177,9 @@ def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None
         axes[0][1].plot(*zip(*points), marker="o")
         axes[0][1].set(xlabel="iteration", ylabel=f"validation {metric}")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
