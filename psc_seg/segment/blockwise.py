@@ -125,7 +125,7 @@ class _EdgeStep:
             region = block.write_roi.grow(starts, 0).intersect(self.total)
             affs = as_affinities(self.affs.read(region))
             uv = _linked_pairs(affs, self.fragments.read(region), self.max_threshold, starts)
-            scores = np.zeros(len(uv))
+            scores = np.full(len(uv), -np.inf)  # linked at this threshold: below any threshold, 0 included
         else:
             read = block.read_roi.intersect(self.total)
             fragments = self.fragments.read(read)

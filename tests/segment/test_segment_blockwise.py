@@ -49,6 +49,17 @@ def test_blockwise_matches_whole_volume_on_noisy_128(tmp_path, make_labels, make
         assert _voi(labels, whole) <= 0.05
 
 
+
+def test_cc_blockwise_joins_across_blocks_at_threshold_zero(tmp_path, make_labels, make_noisy):
+    # at threshold 0 every positive affinity links; blocks must join like the whole volume
+    labels = make_labels((24, 40, 40), 15, seed=3)
+    affs = make_noisy(seg_to_affinities(labels), sigma=0.1, seed=3)
+    np.save(tmp_path / "affs.npy", affs)
+    (whole,) = segment_affinities(affs, thresholds=[0.0], decoder="cc")
+    (out,) = segment(str(tmp_path / "affs.npy"), str(tmp_path / "seg.zarr"), thresholds=[0.0], decoder="cc",
+                     block_shape=(12, 20, 20), progress=False)
+    assert _voi(whole, open_volume(out).read(), ignore_labels=()) <= 1e-6
+
 def test_several_thresholds_on_a_local_cluster_match_whole(tmp_path, make_labels, make_noisy):
     labels = make_labels((24, 40, 40), 15, seed=9)
     affs = make_noisy(seg_to_affinities(labels), sigma=0.1, seed=9)
