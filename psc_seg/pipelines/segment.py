@@ -129,12 +129,18 @@ def _segment_whole(affs, outputs: list[str], *, config: dict[str, Any], resume: 
                    progress: bool) -> list[str]:
     from tqdm.auto import tqdm
 
-    from psc_seg.io import create_volume, open_volume, volume_exists
+    from psc_seg.engine import settings_hash
+    from psc_seg.io import META_KEY, create_volume, open_volume, volume_exists
     from psc_seg.segment.whole import segment_affinities
 
+    settings = settings_hash({**config, "affinities_shape": list(affs.shape)})
     existing = [spec for spec in outputs if volume_exists(spec)]
-    if resume and existing == outputs and all(open_volume(spec).complete for spec in outputs):
-        return outputs
+    if resume and existing:
+        done = [open_volume(spec) for spec in existing]
+        if any(v.complete and v.attrs.get(META_KEY, {}).get("segment_settings") != settings for v in done):
+            raise UserError(f"output {existing[0]!r} was written with other settings; pass --overwrite to replace it")
+        if existing == outputs and all(v.complete for v in done):
+            return outputs
     if existing and not (overwrite or resume):
         raise UserError(f"output {existing[0]!r} already exists; pass --overwrite to replace it")
     with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
@@ -156,6 +162,7 @@ def _segment_whole(affs, outputs: list[str], *, config: dict[str, Any], resume: 
                 axis_names=("z", "y", "x"), provenance={"config": {**config, "threshold": threshold}},
             )
             out.write((slice(None),) * 3, labels)
+            out.update_attrs({META_KEY: {**out.attrs.get(META_KEY, {}), "segment_settings": settings}})
             out.finalize()
         bar.update()
     return outputs

@@ -118,3 +118,19 @@ def test_join_scores_of_a_hand_made_merge_history():
     pairs = np.array([[1, 2], [2, 4], [4, 3], [0, 1], [5, 2], [3, 1]])
     scores = _join_scores(pairs, merges, 6)
     np.testing.assert_array_equal(scores, [0.1, 0.3, 0.2, np.inf, 0.4, 0.3])
+
+
+def test_whole_volume_resume_keeps_a_finished_run_and_refuses_other_settings(tmp_path, make_labels):
+    from psc_seg.errors import UserError
+    from psc_seg.io import open_volume
+    from psc_seg.pipelines.segment import segment
+
+    np.save(tmp_path / "affs.npy", seg_to_affinities(make_labels((16, 24, 24), 8, seed=2)))
+    affs, out = str(tmp_path / "affs.npy"), str(tmp_path / "seg.zarr")
+    (spec,) = segment(affs, out, progress=False)
+    before = os.path.getmtime(tmp_path / "seg.zarr" / "zarr.json")
+    assert segment(affs, out, resume=True, progress=False) == [spec]  # finished: nothing redone
+    assert os.path.getmtime(tmp_path / "seg.zarr" / "zarr.json") == before
+    with pytest.raises(UserError, match="other settings"):
+        segment(affs, out, resume=True, min_size=10**6, progress=False)
+    assert open_volume(spec).read().max() > 0  # left as it was
