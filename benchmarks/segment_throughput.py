@@ -1,7 +1,7 @@
 """Throughput and peak memory of ``psc-seg segment``: whole volume vs block by block.
 
 Affinities of a ``size``^3 synthetic EM labelling (:func:`psc_seg.synth.em_volume` labels ->
-:func:`psc_seg.train.targets.seg_to_affinities`) plus spatially smooth Gaussian noise
+:func:`psc_seg.affinities.seg_to_affinities`) plus spatially smooth Gaussian noise
 (standard deviation 0.15, blurred with sigma 1.5 voxels), clipped to [0, 1]: saturated
 inside cells and on boundaries like a trained network's, with errors in smooth blobs rather
 than one per edge, so waterz makes large fragments inside the cells (and small ones along the
@@ -52,7 +52,7 @@ def write_affinities(path: Path, size: int, *, seed: int = 0, sigma: float = 0.1
 
     from psc_seg.io import create_volume
     from psc_seg.synth import em_volume
-    from psc_seg.train.targets import seg_to_affinities
+    from psc_seg.affinities import seg_to_affinities
 
     labels = em_volume((size,) * 3, seed=seed, mitochondria=False, vesicles=False)["labels"]
     affs = seg_to_affinities(labels)

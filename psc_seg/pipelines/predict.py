@@ -57,7 +57,7 @@ from psc_seg.models import load_checkpoint
 from psc_seg.models.shapes import round_up
 from psc_seg.nn import make_activation
 from psc_seg.nn.fast import to_channels_last
-from psc_seg.train.targets import DEFAULT_OFFSETS
+from psc_seg.affinities import DEFAULT_OFFSETS
 
 DEFAULT_BLOCK = 64
 READ_CACHE_BYTES = 32 * 2**20  # decoded input chunks kept per process (a row of blocks' reads)

@@ -169,7 +169,7 @@ def train(
     )
     validator = None
     if validation_volumes:
-        from psc_seg.train.validate import make_validator
+        from psc_seg.pipelines.validate import make_validator
 
         validator = make_validator(cfg, validation_volumes, run_dir / "validation")
     resolved = cfg.as_dict()

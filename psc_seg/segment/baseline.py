@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from psc_seg.train.targets import DEFAULT_OFFSETS, pair_slices
+from psc_seg.affinities import DEFAULT_OFFSETS, pair_slices
 
 
 def intensity_affinities(

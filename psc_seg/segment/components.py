@@ -10,7 +10,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from psc_seg.segment.relabel import unique_inverse
-from psc_seg.train.targets import DEFAULT_OFFSETS, check_offsets, pair_slices
+from psc_seg.affinities import DEFAULT_OFFSETS, check_offsets, pair_slices
 
 
 def _components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from psc_seg.errors import UserError
-from psc_seg.train.targets import DEFAULT_OFFSETS
+from psc_seg.affinities import DEFAULT_OFFSETS
 
 
 

@@ -31,7 +31,7 @@ from psc_seg.engine import Roi, read_mirrored
 from psc_seg.errors import UserError
 from psc_seg.train.augment import augment, transposable_axes
 from psc_seg.train.config import AugmentConfig, TaskConfig
-from psc_seg.train.targets import affinities_and_mask, seg_to_affinities
+from psc_seg.affinities import affinities_and_mask, seg_to_affinities
 
 MAX_TRIES = 200
 

@@ -10,7 +10,7 @@ from psc_seg.evaluate import variation_of_information
 from psc_seg.io import open_volume
 from psc_seg.pipelines.segment import segment
 from psc_seg.segment import blockwise, segment_affinities
-from psc_seg.train.targets import seg_to_affinities
+from psc_seg.affinities import seg_to_affinities
 
 
 def _voi(a, b, **kw):

@@ -9,7 +9,7 @@ import pytest
 from psc_seg.evaluate import variation_of_information
 from psc_seg.segment import agglomerate, affinity_components, make_fragments, remove_small_segments, segment_affinities
 from psc_seg.segment.quiet import quiet_stdout
-from psc_seg.train.targets import seg_to_affinities
+from psc_seg.affinities import seg_to_affinities
 
 
 def _voi(gt, pred):

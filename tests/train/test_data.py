@@ -11,7 +11,7 @@ import torch
 from psc_seg.io import normalize
 from psc_seg.train.config import AugmentConfig, TaskConfig
 from psc_seg.train.data import LabelledVolume, PatchDataset, make_loader, read_known, read_raw
-from psc_seg.train.targets import seg_to_affinities
+from psc_seg.affinities import seg_to_affinities
 
 from .conftest import blob_labels
 

@@ -1,7 +1,9 @@
-"""Training targets computed from labels: affinities (EM) and class maps (MRI).
+"""The affinity convention of DESIGN.md section 1, for every stage: offsets, affinities of a
+labelling, and the voxel pairs an offset links.
 
-One implementation of the affinity convention of DESIGN.md section 1, shared by training
-(targets and loss masks) and by the tests of segmentation (labels -> affinities -> labels)::
+One implementation, used by training (targets and loss masks), by prediction (the default
+offsets of a checkpoint without task metadata), by segmentation (which voxel pairs an
+affinity channel joins) and by the tests (labels -> affinities -> labels)::
 
     aff[i, p] = 1  iff  label[p] == label[p + offsets[i]] != 0,   0 where p + offsets[i]
                                                                   lies outside the volume

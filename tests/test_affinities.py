@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from psc_seg.train.targets import DEFAULT_OFFSETS, affinities_and_mask, seg_to_affinities
+from psc_seg.affinities import DEFAULT_OFFSETS, affinities_and_mask, seg_to_affinities
 
 
 def test_default_offsets_are_waterz_order():

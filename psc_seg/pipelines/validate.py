@@ -1,4 +1,6 @@
-"""Validation during training, with the very code the user runs afterwards.
+"""Validation during training, with the very code the user runs afterwards (a stage, so it
+lives with the stages; :class:`psc_seg.train.loop.Trainer` calls it through its ``Validator``
+protocol).
 
 The checkpoint just written (``last.pt``) goes through the blockwise ``predict`` pipeline on
 each validation volume (outputs kept in ``RUN_DIR/validation/``), then:
@@ -20,13 +22,12 @@ import torch
 
 from psc_seg.evaluate import contingency_table, dice_scores, instance_scores
 from psc_seg.io import open_volume
+from psc_seg.pipelines.predict import predict
 from psc_seg.train.config import TrainConfig
 from psc_seg.train.data import LabelledVolume
 
 
 def _predict(checkpoint: Path, raw: str, output: Path, *, config: TrainConfig, device: torch.device) -> dict:
-    from psc_seg.pipelines.predict import predict
-
     block = config.validation.block_shape
     return predict(checkpoint, raw, str(output), block_shape=list(block) if block else None, device=str(device),
                    overwrite=True, progress=False)
