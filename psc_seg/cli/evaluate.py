@@ -9,26 +9,33 @@ import typer
 
 
 def evaluate_command(
-    volumes: Annotated[
+    predictions: Annotated[
         list[str],
         typer.Argument(
-            help="PRED [PRED ...] GT: prediction volumes, then the ground truth "
-            "(e.g. seg.zarr/threshold_0.50 gt.h5:/labels)."
+            metavar="PRED...",
+            help="Prediction volumes (label maps), one row each, e.g. seg.zarr/threshold_0.50 seg.zarr/threshold_0.70.",
         ),
     ],
+    gt: Annotated[
+        str | None,
+        typer.Option("--gt", metavar="GT", help="Ground-truth labels (0 = unlabelled, ignored), e.g. gt.h5:/labels. Required."),
+    ] = None,
     semantic: Annotated[bool, typer.Option("--semantic", help="Class labels: Dice per class and mean Dice.")] = False,
     mask: Annotated[str | None, typer.Option("--mask", help="Score only where this volume is non-zero.")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Score predictions against ground truth: VI split/merge (bits) and adapted Rand error
     with ground-truth 0 ignored, or Dice with --semantic; one row per prediction."""
     from psc_seg.errors import UserError
     from psc_seg.pipelines.evaluate import evaluate, format_rows
 
-    if len(volumes) < 2:
-        raise UserError("give at least one prediction and the ground truth: psc-seg evaluate PRED [PRED ...] GT")
-    rows = evaluate(volumes[:-1], volumes[-1], semantic=semantic, mask=mask, json_path=json_file, progress=not quiet)
+    if gt is None:
+        example = (f"psc-seg evaluate {' '.join(predictions[:-1])} --gt {predictions[-1]}" if len(predictions) > 1
+                   else "psc-seg evaluate PRED [PRED ...] --gt GT")
+        raise UserError(f"name the ground truth with --gt (the order of two volumes would silently swap split and "
+                        f"merge), e.g. {example}")
+    rows = evaluate(predictions, gt, semantic=semantic, mask=mask, json_path=json_file, progress=not quiet)
     typer.echo(format_rows(rows))
     if json_file is not None:
         typer.echo(f"wrote {json_file}")

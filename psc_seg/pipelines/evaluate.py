@@ -26,6 +26,13 @@ def _open_labels(spec: str, role: str):
     return volume
 
 
+def is_class_map(volume) -> bool:
+    """Whether ``volume``'s metadata says it holds classes (a semantic prediction, e.g. a
+    DenseNet's ``labels``), which VI and ARAND would score as if they were objects."""
+    task = volume.attrs.get("task")
+    return isinstance(task, dict) and task.get("kind") == "semantic"
+
+
 def evaluate(
     predictions: Sequence[str],
     ground_truth: str,
@@ -57,6 +64,11 @@ def evaluate(
         raise UserError("give at least one prediction before the ground truth")
     gt = _open_labels(ground_truth, "ground truth")
     preds = [_open_labels(spec, "prediction") for spec in predictions]
+    if not semantic:
+        for spec, volume in zip(predictions, preds):
+            if is_class_map(volume):
+                raise UserError(f"prediction {spec!r} is a class map (its metadata says semantic task); score it with "
+                                "--semantic (Dice per class), or give an instance segmentation")
     mask_volume = _open_labels(mask, "mask") if mask else None
     for spec, volume in [*zip(predictions, preds), *([(mask, mask_volume)] if mask_volume else [])]:
         if volume.shape != gt.shape:

@@ -24,7 +24,7 @@ def _run(*args):
 def test_gala_watershed_against_ground_truth_gives_skimage_numbers(tmp_path):
     ws, gt = GALA / "train-ws.lzf.h5", GALA / "train-gt.lzf.h5"
     report = tmp_path / "scores.json"
-    result = _run("evaluate", f"{ws}:/stack", f"{gt}:/stack", "--json", report, "--quiet")
+    result = _run("evaluate", f"{ws}:/stack", "--gt", f"{gt}:/stack", "--json", report, "--quiet")
     assert result.exit_code == 0, result.output
     assert "voi_split" in result.output
     data = json.loads(report.read_text())
@@ -54,18 +54,18 @@ def test_several_predictions_mask_and_semantic(tmp_path):
     merged = _npy(tmp_path / "merged.npy", np.ones_like(gt, dtype=np.uint64))
     gt_path = _npy(tmp_path / "gt.npy", gt)
     report = tmp_path / "r.json"
-    result = _run("evaluate", perfect, merged, gt_path, "--json", report, "--quiet")
+    result = _run("evaluate", perfect, merged, "--gt", gt_path, "--json", report, "--quiet")
     assert result.exit_code == 0, result.output
     rows = json.loads(report.read_text())["rows"]
     assert [r["prediction"] for r in rows] == [str(perfect), str(merged)]
     assert rows[0]["voi"] == 0 and rows[1]["voi_merge"] == pytest.approx(1.0) and rows[1]["voi_split"] == 0
     # a mask over the left half only: the merge is no longer visible
     mask = _npy(tmp_path / "mask.npy", (np.arange(4) < 2)[None, None, :].repeat(2, 0).repeat(4, 1).astype(np.uint8))
-    result = _run("evaluate", merged, gt_path, "--mask", mask, "--json", report, "--quiet")
+    result = _run("evaluate", merged, "--gt", gt_path, "--mask", mask, "--json", report, "--quiet")
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["rows"][0]["voi"] == 0
     # semantic: class 2 predicted as 1 everywhere
-    result = _run("evaluate", merged, gt_path, "--semantic", "--json", report, "--quiet")
+    result = _run("evaluate", merged, "--gt", gt_path, "--semantic", "--json", report, "--quiet")
     assert result.exit_code == 0, result.output
     row = json.loads(report.read_text())["rows"][0]
     assert row["dice"] == {"1": pytest.approx(2 * 16 / (16 + 32)), "2": 0.0}
@@ -81,7 +81,41 @@ def test_several_predictions_mask_and_semantic(tmp_path):
     ],
 )
 def test_bad_inputs_are_one_line_errors(tmp_path, pred, gt, message):
-    result = _run("evaluate", _npy(tmp_path / "p.npy", pred), _npy(tmp_path / "g.npy", gt), "--quiet")
+    result = _run("evaluate", _npy(tmp_path / "p.npy", pred), "--gt", _npy(tmp_path / "g.npy", gt), "--quiet")
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_ground_truth_is_named_and_the_positional_form_shows_the_new_one(tmp_path):
+    gt = np.ones((2, 4, 4), np.uint64)
+    gt[:, :, 2:] = 2
+    pred_path, gt_path = _npy(tmp_path / "p.npy", np.ones_like(gt)), _npy(tmp_path / "g.npy", gt)
+    result = _run("evaluate", pred_path, gt_path, "-q")  # the old form: the last positional was the ground truth
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error:") and f"psc-seg evaluate {pred_path} --gt {gt_path}" in line
+    # named, the order is unambiguous: a merge of the two objects is a merge, not a split
+    report = tmp_path / "r.json"
+    result = _run("evaluate", pred_path, "--gt", gt_path, "-q", "--json", report)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["voi_merge"] == pytest.approx(1.0) and row["voi_split"] == 0
+
+
+def test_a_class_map_needs_semantic(tmp_path):
+    from psc_seg.io import create_volume
+
+    classes = np.zeros((2, 4, 4), np.uint8)
+    classes[:, :, 2:] = 1
+    out = create_volume(str(tmp_path / "pred.zarr" / "labels"), shape=classes.shape, dtype=np.uint8,
+                        attrs={"task": {"kind": "semantic", "num_classes": 2}})
+    out.write((slice(None),) * 3, classes)
+    out.finalize()
+    gt_path = _npy(tmp_path / "g.npy", classes)
+    result = _run("evaluate", tmp_path / "pred.zarr" / "labels", "--gt", gt_path, "-q")
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "class map" in line and "--semantic" in line
+    result = _run("evaluate", tmp_path / "pred.zarr" / "labels", "--gt", gt_path, "--semantic", "-q")
+    assert result.exit_code == 0, result.output
