@@ -527,8 +527,10 @@ class NiftiVolume(Volume):
         zooms = img.header.get_zooms()[:3]
         units = img.header.get_xyzt_units()[0]
         unit = {"mm": "millimeter", "micron": "micrometer", "meter": "meter"}.get(units)
+        # a class map psc-seg wrote says so (NIFTI_KINDS), as zarr and HDF5 outputs do in attributes
+        classes = _header_text(img.header, "intent_name") == NIFTI_KINDS["classes"][2]
         super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=tuple(reversed(zooms)),
-                         unit=unit, attrs={})
+                         unit=unit, attrs={"task": {"kind": "semantic"}} if classes else {})
         self.affine = np.asarray(img.affine, dtype=np.float64)
         self.header = img.header
         self._five_d = len(img.shape) == 5
@@ -546,6 +548,11 @@ class NiftiVolume(Volume):
         sc, sz, sy, sx = key
         index = (sx, sy, sz, 0, sc) if self._five_d else (sx, sy, sz, sc)
         return np.asarray(self._h_img.dataobj[index]).transpose(3, 2, 1, 0)
+
+
+def _header_text(header, field: str) -> str:
+    value = np.asarray(header[field]).item()
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 class TiffVolume(Volume):
@@ -662,7 +669,8 @@ class BufferedVolume(Volume):
         data.flush()
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}{''.join(target.suffixes)}")
         if self.format == "nifti":
-            _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size)
+            _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size,
+                         kind=nifti_kind(data.dtype, self._attrs))
         elif self.format == "tiff":
             import tifffile
 
@@ -679,8 +687,29 @@ class BufferedVolume(Volume):
         self._h_data = None
 
 
-def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size) -> None:
-    """Write ``(z, y, x)`` / ``(c, z, y, x)`` ``data`` as NIfTI (x, y, z[, c])."""
+# what a psc-seg NIfTI output holds: (descrip, intent code, intent_name). An output keeps its
+# reference's affine and header, but not the reference's description of itself ("T1 MPRAGE"):
+# label maps get NIFTI_INTENT_LABEL, and intent_name says which kind (read back by NiftiVolume)
+NIFTI_KINDS = {
+    "classes": ("psc-seg class labels", "label", "psc-seg classes"),
+    "segments": ("psc-seg segmentation", "label", "psc-seg segments"),
+    "probabilities": ("psc-seg class probabilities", "none", ""),
+    "values": ("psc-seg output", "none", ""),
+}
+
+
+def nifti_kind(dtype, attrs: dict) -> str:
+    """The :data:`NIFTI_KINDS` entry of an output of ``dtype`` with metadata ``attrs``."""
+    task = attrs.get("task") if isinstance(attrs.get("task"), dict) else {}
+    semantic = task.get("kind") == "semantic"
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        return "classes" if semantic else "segments"
+    return "probabilities" if semantic else "values"
+
+
+def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, kind: str = "values") -> None:
+    """Write ``(z, y, x)`` / ``(c, z, y, x)`` ``data`` as NIfTI (x, y, z[, c]), described as
+    :data:`NIFTI_KINDS` ``[kind]``."""
     import nibabel as nib
 
     array = np.asarray(data)
@@ -694,6 +723,9 @@ def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size) ->
         img.set_qform(affine, code=int(header["qform_code"]) or 1)
         img.set_sform(affine, code=int(header["sform_code"]) or 1)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    descrip, intent, intent_name = NIFTI_KINDS[kind]
+    img.header["descrip"] = descrip
+    img.header.set_intent(intent, name=intent_name)
     nib.save(img, str(path))
 
 

@@ -256,3 +256,30 @@ def test_zarr_codecs_blosc_for_floats_zstd_for_labels(tmp_path, zarr_format):
     codecs = [str(zarr.open_array(str(affs_spec / "0")).compressors), str(zarr.open_array(str(labels_spec / "0")).compressors)]
     assert "lz4" in codecs[0].lower() and "shuffle" in codecs[0].lower()
     assert "zstd" in codecs[1].lower()
+
+
+def test_nifti_outputs_describe_themselves_not_their_reference(tmp_path):
+    """A label map predicted from a T1 is not a T1: its own description and NIFTI_INTENT_LABEL."""
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+    img.header["descrip"] = b"T1 MPRAGE"
+    img.header.set_intent("estimate", name="t1w")
+    nib.save(img, tmp_path / "t1.nii.gz")
+    t1 = open_volume(tmp_path / "t1.nii.gz")
+    assert "task" not in t1.attrs
+    task = {"task": {"kind": "semantic", "num_classes": 3}}
+    written = {}
+    for name, dtype, attrs in [("classes", "uint8", task), ("probabilities", "float32", task),
+                               ("segments", "uint64", {})]:
+        shape = (3, *t1.shape) if name == "probabilities" else t1.shape
+        out = create_volume(tmp_path / f"{name}.nii.gz", shape=shape, dtype=dtype, reference=t1, attrs=attrs)
+        out.finalize()
+        header = nib.load(tmp_path / f"{name}.nii.gz").header
+        written[name] = (header["descrip"].item().decode(), header.get_intent()[0], header.get_intent()[2])
+    assert written == {
+        "classes": ("psc-seg class labels", "label", "psc-seg classes"),
+        "probabilities": ("psc-seg class probabilities", "none", ""),
+        "segments": ("psc-seg segmentation", "label", "psc-seg segments"),
+    }
+    # read back, a class map says it holds classes, as zarr and HDF5 outputs do in their attributes
+    assert open_volume(tmp_path / "classes.nii.gz").attrs["task"]["kind"] == "semantic"
+    assert "task" not in open_volume(tmp_path / "segments.nii.gz").attrs
