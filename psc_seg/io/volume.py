@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import shutil
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -376,16 +377,32 @@ def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
+# HDF5 volumes of this process that keep a file open for reading, by resolved path: HDF5
+# refuses to open a file for writing while this process has it open read-only, so a writer of
+# the file closes them first (they reopen on their next read)
+_READERS: dict[Path, weakref.WeakSet] = {}
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
     """An exclusive advisory lock on :func:`lock_path` (serialises HDF5 access across
-    processes; HDF5's own lock on the file itself would make them fail instead)."""
+    processes; HDF5's own lock on the file itself would make them fail instead). Readers of the
+    file kept open in this process are closed first."""
+    for reader in list(_READERS.get(Path(path).resolve(), ())):
+        reader.close()
     with open(lock_path(path), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _reading(path: Path):
+    """The context for a read of the HDF5 file ``path``: the file lock where psc-seg writes,
+    or has written, into that file (its lock file exists), so that a read never meets a
+    writer of another process half-way; nothing otherwise."""
+    return _file_lock(path) if lock_path(path).exists() else contextlib.nullcontext()
 
 
 def _h5_datasets(f) -> list[str]:
@@ -408,11 +425,12 @@ class Hdf5Volume(Volume):
 
         if not spec.path.is_file():
             raise UserError(f"{str(spec.path)!r} does not exist; check the path of the HDF5 file")
-        try:
-            f = h5py.File(spec.path, "r")
-        except OSError as exc:
-            raise UserError(f"{str(spec.path)!r} is not a readable HDF5 file ({_one_line(exc)})") from None
-        with f:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_reading(spec.path))
+            try:
+                f = stack.enter_context(h5py.File(spec.path, "r"))
+            except OSError as exc:
+                raise UserError(f"{str(spec.path)!r} is not a readable HDF5 file ({_one_line(exc)})") from None
             datasets = _h5_datasets(f)
             inner = spec.inner
             if not inner:
@@ -441,12 +459,17 @@ class Hdf5Volume(Volume):
 
         if self._h_file is None:
             self._h_file = h5py.File(self.spec_obj.path, "r")
+            _READERS.setdefault(self.spec_obj.path.resolve(), weakref.WeakSet()).add(self)
         return self._h_file[self.inner]
 
     def _read(self, key):
-        if self.mode != "r":
+        """Through a handle kept open, unless psc-seg writes into this file (an output beside
+        the input, ``f.h5:/raw`` -> ``f.h5:/affinities``): then under the file lock, the file
+        opened for this read only, so that writers of this and other processes can open it."""
+        if self.mode != "r" or lock_path(self.spec_obj.path).exists():
             import h5py
 
+            self.close()
             with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r") as f:
                 return f[self.inner][key]
         return self._dataset()[key]
