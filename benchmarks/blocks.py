@@ -42,9 +42,8 @@ import torch
 from torch import nn
 
 from psc_seg.models import build_model
-from psc_seg.nn import make_convs
+from psc_seg.nn import fast_paths, make_convs, to_channels_last
 from psc_seg.allocator import keep_freed_memory
-from psc_seg.nn.fast import fast_paths, to_channels_last
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
 MODES = ["ncdhw", "ndhwc", "fast"]

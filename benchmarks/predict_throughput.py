@@ -88,7 +88,7 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str) -> dict:
     from psc_seg.io import normalize, open_volume
     from psc_seg.models import load_checkpoint
     from psc_seg.allocator import keep_freed_memory
-    from psc_seg.nn.fast import to_channels_last
+    from psc_seg.nn import to_channels_last
     from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
     keep_freed_memory()  # as the psc-seg command does, for every row
@@ -136,7 +136,7 @@ def child_monai(checkpoint: str, raw: str, block: int, out: str) -> dict:
     from psc_seg.io import create_volume, normalize, open_volume
     from psc_seg.models import load_checkpoint
     from psc_seg.allocator import keep_freed_memory
-    from psc_seg.nn.fast import to_channels_last
+    from psc_seg.nn import to_channels_last
 
     keep_freed_memory()  # the allocator setting psc-seg's rows run with, so that it is not what differs
     model = to_channels_last(load_checkpoint(checkpoint).model.eval())

@@ -36,8 +36,18 @@ from torch import nn
 
 from psc_seg.models.registry import build_model
 from psc_seg.models.shapes import check_divisible, round_up
-from psc_seg.nn import make_activation, make_convs, make_norm, parse_conv_spec, receptive_span, valid_shrink
-from psc_seg.nn.fast import cat_channels, conv3d, fast_enabled, run_sequential
+from psc_seg.nn import (
+    cat_channels,
+    conv3d,
+    fast_enabled,
+    make_activation,
+    make_convs,
+    make_norm,
+    parse_conv_spec,
+    receptive_span,
+    run_sequential,
+    valid_shrink,
+)
 
 
 class ConvBlock(nn.Sequential):

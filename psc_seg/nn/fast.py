@@ -156,10 +156,12 @@ def conv3d(conv: nn.Conv3d, x: torch.Tensor, *, widened: torch.Tensor | None = N
 
 def run_sequential(layers: nn.Sequential, x: torch.Tensor, *, widened: torch.Tensor | None = None) -> torch.Tensor:
     """``layers(x)`` with every ``nn.Conv3d`` through :func:`conv3d` and the activation that
-    follows a conv (or a PSC block, into its streams' last convs) fused into it; ``widened``
-    goes to the first layer if it is a single-input-channel conv."""
-    from psc_seg.nn.psc import PSC
+    follows a conv fused into it; ``widened`` goes to the first layer if it is a
+    single-input-channel conv.
 
+    A layer that has a ``forward_fused(x, *, activation)`` method (a PSC block, which fuses
+    the activation into its streams' last convs) is run through it, with the activation that
+    follows it (so this module does not import :mod:`psc_seg.nn.psc`)."""
     items = list(layers)
     i = 0
     while i < len(items):
@@ -168,7 +170,7 @@ def run_sequential(layers: nn.Sequential, x: torch.Tensor, *, widened: torch.Ten
         activation = following if _fusable(following) is not None else None
         if type(layer) is nn.Conv3d:
             x = conv3d(layer, x, widened=widened if i == 0 else None, activation=activation)
-        elif isinstance(layer, PSC):
+        elif hasattr(layer, "forward_fused"):
             x = layer.forward_fused(x, activation=activation)
         else:
             activation = None

@@ -178,7 +178,8 @@ class PSC(nn.Module):
     def forward_fused(self, x: torch.Tensor, *, activation: nn.Module | None = None) -> torch.Tensor:
         """``activation(self(x))``: the host's activation (an elementwise module or None) is
         applied to each stream's output before the concatenation, fused into the stream's
-        last convolution where :mod:`psc_seg.nn.fast` can."""
+        last convolution where :mod:`psc_seg.nn.fast` can. :func:`psc_seg.nn.fast.run_sequential`
+        calls this method on any layer that has it, with the activation that follows."""
         # a one-channel input is widened once for all streams (see psc_seg.nn.fast)
         widened = None
         if self.in_channels == 1 and fast_enabled() and x.device.type == "cpu" and x.dtype == torch.float32:

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.allocator import keep_freed_memory
 from psc_seg.device import resolve_device
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, file_hash, read_mirrored, run_blockwise
@@ -55,9 +56,7 @@ from psc_seg.io import (
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
 from psc_seg.models.shapes import round_up
-from psc_seg.nn import make_activation
-from psc_seg.nn.fast import to_channels_last
-from psc_seg.affinities import DEFAULT_OFFSETS
+from psc_seg.nn import make_activation, to_channels_last
 
 DEFAULT_BLOCK = 64
 READ_CACHE_BYTES = 32 * 2**20  # decoded input chunks kept per process (a row of blocks' reads)

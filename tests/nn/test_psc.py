@@ -1,4 +1,4 @@
-"""The PmSCn block: shapes, orientations, parameter counts, gradients, spec parsing."""
+"""The PmSCn block: shapes, orientations, parameter counts, gradients."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from psc_seg.nn import PSC, make_convs, parse_conv_spec, psc_parameter_count, stream_out_channels, subspace_width
+from psc_seg.nn import PSC, psc_parameter_count, stream_out_channels, subspace_width
 
 
 @pytest.mark.parametrize("m,n", list(itertools.product((1, 2, 3), (1, 2, 3))))
@@ -104,23 +104,3 @@ def test_gradients_reach_every_stream():
     for stream in block.streams:
         for param in stream.parameters():
             assert param.grad is not None and param.grad.abs().sum() > 0
-
-
-def test_conv_spec_parsing():
-    assert str(parse_conv_spec("conv3d")) == "conv3d"
-    assert str(parse_conv_spec("PSC( 2 , 3 )")) == "psc(2,3)"
-    assert parse_conv_spec("r2plus1d") == parse_conv_spec("psc(1,1)")
-    for bad in ["psc(4,1)", "psc(0,1)", "psc(2,0)", "psc(1)", "conv2d", "", "psc(a,b)"]:
-        with pytest.raises(ValueError, match="accepted"):
-            parse_conv_spec(bad)
-    with pytest.raises(ValueError, match="odd"):
-        PSC(2, 2, kernel_size=4)
-    with pytest.raises(ValueError, match="odd"):
-        make_convs("psc(1,1)", 2, 2, kernel_size=4)
-
-
-def test_replacement_rule():
-    assert [type(c).__name__ for c in make_convs("conv3d", 2, 4, num_convs=2)] == ["Conv3d", "Conv3d"]
-    assert [type(c).__name__ for c in make_convs("psc(3,1)", 2, 4, num_convs=2)] == ["PSC", "PSC"]
-    (group,) = make_convs("psc(2,3)", 2, 4, num_convs=2)
-    assert (group.m, group.n) == (2, 3)

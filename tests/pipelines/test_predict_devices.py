@@ -12,7 +12,7 @@ import torch
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume, open_volume
 from psc_seg.models import build_model, save_checkpoint
-from psc_seg.nn.fast import fast_paths
+from psc_seg.nn import fast_paths
 from psc_seg.pipelines.predict import predict, resolve_precision
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
