@@ -88,8 +88,8 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str) -> dict:
     from psc_seg.io import normalize, open_volume
     from psc_seg.models import load_checkpoint
     from psc_seg.allocator import keep_freed_memory
+    from psc_seg.engine.inference import plan_geometry, prepare_model
     from psc_seg.nn import to_channels_last
-    from psc_seg.pipelines.predict import plan_geometry, prepare_model
 
     keep_freed_memory()  # as the psc-seg command does, for every row
     model = load_checkpoint(checkpoint).model

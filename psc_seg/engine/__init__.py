@@ -3,6 +3,8 @@ dask.distributed, and resume records. It knows ROIs, not file formats: volumes c
 :mod:`psc_seg.io` and are only read / written through ``read`` / ``write``.
 
 See :func:`run_blockwise` (in :mod:`psc_seg.engine.executor`) for a complete example.
+Blockwise inference of a network (:mod:`psc_seg.engine.inference`: geometry, the per-block
+predictor, the prediction writer) is imported from its own module, which loads torch.
 """
 
 from psc_seg.engine.blocks import Block, block_grid, grid_shape, iter_batches, mirror_indices, read_mirrored

@@ -302,7 +302,7 @@ class UNet(nn.Module):
         wherever zero padding does not reach (``context`` voxels or more from the tile's
         border), and the twin computes only those voxels (about 3x fewer FLOPs than this
         network for a 104^3 tile with a 64^3 centre). ``psc-seg predict`` runs it instead of
-        this network (:func:`psc_seg.pipelines.predict.plan_geometry` places its inputs)."""
+        this network (:func:`psc_seg.engine.inference.plan_geometry` places its inputs)."""
         if not self.has_valid_twin:
             return None
         config = self.build_config

@@ -1,4 +1,4 @@
-"""predict's compute paths: precision choice, the channels-last CPU batch, the CUDA pipeline
+"""predict's compute paths: the channels-last CPU batch, the CUDA pipeline
 (pinned memory, copy stream, autocast; skipped without a GPU)."""
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from psc_seg.errors import UserError
 from psc_seg.io import create_volume, open_volume
 from psc_seg.models import build_model, save_checkpoint
 from psc_seg.nn import fast_paths
-from psc_seg.pipelines.predict import predict, resolve_precision
+from psc_seg.pipelines.predict import predict
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,15 +30,6 @@ def _setup(root: Path, shape=(24, 28, 30)) -> tuple[str, str, np.ndarray]:
     vol.write(None, data)
     vol.finalize()
     return str(ckpt), str(root / "raw.zarr"), data
-
-
-def test_precision_is_float32_on_cpu_and_checked():
-    assert resolve_precision("auto", "cpu") == "float32"
-    assert resolve_precision("float32", "cpu") == "float32"
-    with pytest.raises(UserError, match="--device cuda"):
-        resolve_precision("bfloat16", "cpu")
-    with pytest.raises(UserError, match="--precision must be one of"):
-        resolve_precision("int8", "cpu")
 
 
 def test_cpu_fast_path_equals_the_plain_network_and_batches(tmp_path):

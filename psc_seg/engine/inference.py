@@ -1,0 +1,297 @@
+"""Blockwise inference: a network run over a volume block by block, and the writer of its outputs.
+
+Data flow per block (:class:`BlockPredictor`): read the block's read ROI (mirrored outside the
+volume), normalise it as the checkpoint says, run the network once under
+``torch.inference_mode``, crop the output to the write ROI and hand it to the
+:class:`PredictionWriter`, which casts it and writes it. Blocks never overlap in the output,
+so there is no blending, and output chunks equal the block shape.
+
+Geometry (:func:`plan_geometry`), per axis, for a block shape ``B`` (a multiple of the
+model's ``shape_step``):
+
+* valid-padding networks (UNet ``padding="valid"``): the network runs on the smallest valid
+  output ``O >= B``, from an input of ``valid_input_shape(O)`` starting ``context`` voxels
+  before the write ROI; output voxel 0 is the write ROI's first voxel, the last ``O - B``
+  are cropped. Every input starts on the same ``shape_step`` lattice as the whole padded
+  volume's would, so the result equals the network applied to the whole mirrored volume.
+* same-padding networks (DenseNet, UNet ``padding="same"``): a halo of ``context`` voxels
+  rounded up to ``shape_step`` is read on each side and cropped away. A same-padding UNet
+  runs as its valid-padding twin (same weights, :meth:`~psc_seg.models.UNet.valid_twin`),
+  which returns exactly the centre predict keeps without computing the halo's outputs.
+
+The stage around it (arguments, output files, resume records) is
+:func:`psc_seg.pipelines.predict.predict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from psc_seg.allocator import keep_freed_memory
+from psc_seg.engine.blocks import read_mirrored
+from psc_seg.engine.chunk_cache import ChunkCache
+from psc_seg.engine.roi import Roi
+from psc_seg.errors import UserError
+from psc_seg.io import normalize
+from psc_seg.io.volume import Volume
+from psc_seg.models import load_checkpoint
+from psc_seg.models.shapes import round_up
+from psc_seg.nn import make_activation, to_channels_last
+
+DEFAULT_BLOCK = 64
+READ_CACHE_BYTES = 32 * 2**20  # decoded input chunks kept per process (a row of blocks' reads)
+DTYPES = ("float32", "uint8")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BlockGeometry:
+    """Per-axis ``(z, y, x)`` geometry of one block (see the module docstring).
+
+    write_shape: the block's write ROI shape. read_shape: the network's input shape.
+    context: the read ROI starts this many voxels before the write ROI.
+    crop: the write ROI starts at this voxel of the network's output.
+    """
+
+    write_shape: tuple[int, int, int]
+    read_shape: tuple[int, int, int]
+    context: tuple[int, int, int]
+    crop: tuple[int, int, int]
+
+
+def default_block_shape(model, volume_shape: Sequence[int]) -> tuple[int, int, int]:
+    """64 voxels per axis (fewer for a smaller volume), rounded up to the model's ``shape_step``."""
+    return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], model.shape_step)
+
+
+def plan_geometry(model, block_shape: Sequence[int], *, twin=None) -> BlockGeometry:
+    """The :class:`BlockGeometry` of ``model`` for ``block_shape``; UserError naming the
+    model's ``shape_step`` if the block shape is not a positive multiple of it. ``twin``: the
+    valid twin of a same-padding UNet if the caller has built it (:func:`prepare_model`)."""
+    block_shape = tuple(int(b) for b in block_shape)
+    step = tuple(model.shape_step)
+    if len(block_shape) != 3 or min(block_shape) < 1 or any(b % s for b, s in zip(block_shape, step)):
+        axis = next((i for i, (b, s) in enumerate(zip(block_shape, step)) if b < 1 or b % s), 0)
+        raise UserError(
+            f"--block-shape {' '.join(map(str, block_shape))} must be a multiple of the model's shape step "
+            f"{step} (along {'zyx'[axis]}) so that blocks stitch exactly; e.g. --block-shape "
+            f"{' '.join(map(str, round_up([max(1, b) for b in block_shape], step)))}"
+        )
+    if model.padding == "valid":
+        return _valid_geometry(model, block_shape, crop=(0, 0, 0))
+    if getattr(model, "has_valid_twin", False):
+        # prepare_model runs the valid twin: its input starts `crop` voxels earlier than a valid
+        # model's would, so that its pooling windows are those of the same-padding network
+        # on tiles that start on multiples of shape_step
+        crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
+        return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
+    halo = round_up(model.context, step)
+    read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
+    if tuple(model.output_shape(read_shape)) != read_shape:
+        raise ValueError(f"same-padding model changes shape {read_shape}")
+    return BlockGeometry(block_shape, read_shape, halo, halo)  # type: ignore[arg-type]
+
+
+def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...]) -> BlockGeometry:
+    """A valid-padding ``model`` computing ``block_shape`` voxels after ``crop`` ones."""
+    output = model.valid_output_shape([b + c for b, c in zip(block_shape, crop)])
+    read_shape = tuple(model.valid_input_shape(output))
+    context = tuple(c + k for c, k in zip(model.context, crop))
+    if any(r - o != 2 * c for r, o, c in zip(read_shape, output, model.context)):
+        raise ValueError(f"model context {model.context} does not match input {read_shape} -> output {output}")
+    return BlockGeometry(block_shape, read_shape, context, crop)  # type: ignore[arg-type]
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The compute precision: ``"float32"`` on CPU; on CUDA ``"auto"`` is bfloat16 autocast
+    where the GPU supports it, else float16 autocast."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not device.startswith("cuda"):
+        if precision in ("bfloat16", "float16"):
+            raise UserError(f"--precision {precision} is for --device cuda; on CPU predict runs in float32")
+        return "float32"
+    if precision == "auto":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return precision
+
+
+def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The network predict runs for ``model``: in eval mode with channels_last_3d weights
+    (faster convolutions on oneDNN CPUs and on cuDNN tensor cores; see
+    :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
+    weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
+    centre of each tile that predict keeps, not the halo it crops away."""
+    if getattr(model, "has_valid_twin", False):
+        model = model.valid_twin()
+    return to_channels_last(model.eval())
+
+
+class PredictionWriter:
+    """The output side of blockwise predict, with two verbs in the manner of MONAI's ``Merger``:
+    :meth:`aggregate` writes one block's network output, :meth:`finalize` marks every output
+    volume complete once all blocks are in.
+
+    ``outputs``: ``{"affinities": volume}`` for ``kind="affinities"``, ``{"probabilities":
+    volume, "labels": volume}`` for ``kind="semantic"`` (labels: the argmax over classes).
+    ``dtype``: ``"float32"``, or ``"uint8"`` storing ``round(255 * clip(p, 0, 1))``.
+    Picklable for dask workers (volumes pickle); workers aggregate, the caller finalizes.
+    """
+
+    def __init__(self, outputs: dict[str, Volume], *, kind: str, dtype: str) -> None:
+        if kind not in ("affinities", "semantic"):
+            raise ValueError(f"kind must be affinities or semantic, got {kind!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.outputs, self.kind, self.dtype = outputs, kind, dtype
+        self.is_finalized = False
+
+    def aggregate(self, values: np.ndarray, roi: Roi) -> None:
+        """Write ``values`` ``(C, Z, Y, X)``, the activated network output over ``roi`` exactly."""
+        if self.is_finalized:
+            raise RuntimeError("aggregate after finalize: the outputs are already complete")
+        if self.kind == "semantic":
+            self.outputs["labels"].write(roi, values.argmax(axis=0))
+            self.outputs["probabilities"].write(roi, self._cast(values))
+        else:
+            self.outputs["affinities"].write(roi, self._cast(values))
+
+    def finalize(self) -> None:
+        """Mark every output volume complete (and assemble buffered formats: NIfTI, TIFF, npy)."""
+        for volume in self.outputs.values():
+            volume.finalize()
+        self.is_finalized = True
+
+    def _cast(self, values: np.ndarray) -> np.ndarray:
+        if self.dtype == "uint8":
+            return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return values
+
+
+_MODELS: dict[tuple, torch.nn.Module] = {}
+
+
+class BlockPredictor:
+    """The per-block function: read (mirrored), normalise, forward, crop, hand to ``writer``.
+
+    Picklable for dask workers: the model is not pickled but loaded from the checkpoint once
+    per process (and ``torch.set_num_threads(threads)`` applied there).
+
+    CPU: the blocks of a task go through the network as one batch, channels_last_3d. CUDA:
+    the blocks of a task flow one by one through a pipeline (pinned host buffers; the upload
+    of block i+1 on a side stream overlaps the forward of block i; results come back with
+    non-blocking copies while the next block computes and are written meanwhile), under
+    autocast in ``precision`` (bfloat16 / float16) unless it is float32.
+    """
+
+    def __init__(self, *, checkpoint: str, model: torch.nn.Module | None, device: str, geometry: BlockGeometry,
+                 source: Volume, writer: PredictionWriter, norm: dict[str, Any], activation: str | None,
+                 threads: int | None, precision: str = "float32") -> None:
+        self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
+        self.source, self.writer, self.norm = source, writer, norm
+        self.activation, self.threads, self.precision = activation, threads, precision
+        self._final = make_activation(activation)
+        self.check_finite = np.issubdtype(source.dtype, np.floating)
+        # neighbouring blocks' reads (with context) share storage chunks: decode each about once
+        self._reader = ChunkCache(source, max_bytes=READ_CACHE_BYTES)
+        self._model = prepare_model(model) if model is not None else None
+        self._copy_stream = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_model": None, "_copy_stream": None}
+
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device)
+            if key not in _MODELS:
+                if self.threads:  # a worker process of our LocalCluster (psc_seg.allocator)
+                    torch.set_num_threads(self.threads)
+                    keep_freed_memory()
+                _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model)
+            self._model = _MODELS[key]
+        return self._model
+
+    def read(self, block) -> np.ndarray:
+        """The normalised network input of ``block``: ``(C, Z, Y, X)`` float32."""
+        x = normalize(read_mirrored(self._reader, block.read_roi), self.norm)
+        if self.check_finite and not np.isfinite(x).all():
+            raise UserError(f"input {self.source.spec!r} has NaN or infinite values in {block.read_roi}; "
+                            "clean it before predicting")
+        return x[None] if x.ndim == 3 else x
+
+    def __call__(self, blocks) -> int:
+        blocks = blocks if isinstance(blocks, list) else [blocks]
+        model = self.model()
+        inputs = [self.read(b) for b in blocks]
+        if self.device.startswith("cuda"):
+            for block, y in zip(blocks, self._forward_cuda(model, inputs)):
+                self.write(block, y)
+        else:
+            y = self.forward_cpu(model, np.stack(inputs))
+            for i, block in enumerate(blocks):
+                self.write(block, y[i])
+        return len(blocks)
+
+    def _activate(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self._final is None else self._final(y)
+
+    def forward_cpu(self, model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+        """``(B, C, Z, Y, X)`` float32 -> the activated network output ``(B, C', Z', Y', X')``
+        (a channels-last strided array: no copy back to NCDHW)."""
+        with torch.inference_mode():
+            y = self._activate(model(to_channels_last(torch.from_numpy(batch))))
+            return y.float().numpy()
+
+    def _forward_cuda(self, model: torch.nn.Module, inputs: list[np.ndarray]):
+        """Yield the activated output ``(C', Z', Y', X')`` of each input (see the class
+        docstring for the overlap of copies, compute and writes)."""
+        device = torch.device(self.device)
+        compute = torch.cuda.current_stream(device)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        copy = self._copy_stream
+        amp = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.precision)
+
+        def upload(array: np.ndarray):
+            host = torch.from_numpy(array[None]).pin_memory()
+            with torch.cuda.stream(copy):
+                x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+                ready = torch.cuda.Event()
+                ready.record(copy)
+            return x, ready
+
+        following = upload(inputs[0])
+        pending = None
+        for i in range(len(inputs)):
+            x, ready = following
+            compute.wait_event(ready)
+            x.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+            if i + 1 < len(inputs):
+                following = upload(inputs[i + 1])  # overlaps the forward below
+            autocast = torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                y = self._activate(model(x)).float()
+            host_y = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
+            host_y.copy_(y, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(compute)
+            if pending is not None:  # the previous block is written while this one computes
+                pending[1].synchronize()
+                yield pending[0].numpy()[0]
+            pending = (host_y, done)
+        pending[1].synchronize()
+        yield pending[0].numpy()[0]
+
+    def write(self, block, y: np.ndarray) -> None:
+        """Crop the network output ``y`` ``(C', Z', Y', X')`` to ``block``'s write ROI and hand it
+        to the writer."""
+        cz, cy, cx = self.geometry.crop
+        wz, wy, wx = block.write_roi.shape
+        self.writer.aggregate(np.ascontiguousarray(y[:, cz:cz + wz, cy:cy + wy, cx:cx + wx]), block.write_roi)
