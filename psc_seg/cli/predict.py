@@ -24,6 +24,12 @@ def predict_command(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Blocks per forward pass.")] = 1,
     dtype: Annotated[str, typer.Option("--dtype", help="float32, or uint8 (round(255 p)).")] = "float32",
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="Compute precision: auto, float32, bfloat16 or float16. bfloat16 and float16 "
+                                          "(autocast) are for --device cuda only for now; auto is float32 on CPU, "
+                                          "bfloat16 (else float16) on CUDA."),
+    ] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output made with the same settings.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -33,8 +39,8 @@ def predict_command(
     from psc_seg.pipelines.predict import predict
 
     summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,
-                      device=device, batch_size=batch_size, dtype=dtype, resume=resume, overwrite=overwrite,
-                      progress=not quiet)
+                      device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
+                      overwrite=overwrite, progress=not quiet)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
     typer.echo(
         f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done "
