@@ -32,6 +32,19 @@ def predict_command(
     ] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output made with the same settings.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    normalize: Annotated[
+        str | None,
+        typer.Option("--normalize", metavar="KIND",
+                     help="Normalise the input as uint8 (x / 255), zscore or percentile (statistics from the input) "
+                          "instead of as the checkpoint says; stored with the output. Default: the checkpoint's, "
+                          "and an input whose values do not fit it is refused."),
+    ] = None,
+    ignore_voxel_size: Annotated[
+        bool,
+        typer.Option("--ignore-voxel-size",
+                     help="Predict although the input's voxel size differs from the training data's by more than "
+                          "25 % on an axis (refused by default)."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict affinities (UNet) or class probabilities and labels (DenseNet) for INPUT, block by
@@ -40,7 +53,10 @@ def predict_command(
 
     summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
-                      overwrite=overwrite, progress=not quiet)
+                      overwrite=overwrite, progress=not quiet, normalize=normalize,
+                      ignore_voxel_size=ignore_voxel_size)
+    for note in summary["notes"]:
+        typer.echo(f"note: {note}", err=True)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
     typer.echo(
         f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done "

@@ -14,13 +14,15 @@ completeness. Example::
     out.finalize()                                        # now it is complete
 """
 
-from psc_seg.io.normalize import default_normalization, normalize, resolve_normalization, sample_values
+from psc_seg.io.normalize import (
+    check_value_range, default_normalization, normalize, resolve_normalization, sample_values,
+)
 from psc_seg.io.open import create_volume, default_provenance, open_volume, volume_complete, volume_exists
 from psc_seg.io.spec import VolumeSpec, parse_spec
 from psc_seg.io.volume import META_KEY, Volume, partial_path, sidecar_beside
 
 __all__ = [
-    "META_KEY", "Volume", "VolumeSpec", "create_volume", "default_normalization", "default_provenance",
+    "META_KEY", "Volume", "VolumeSpec", "check_value_range", "create_volume", "default_normalization", "default_provenance",
     "normalize", "open_volume", "parse_spec", "partial_path", "resolve_normalization", "sample_values", "sidecar_beside",
     "volume_complete",
     "volume_exists",

@@ -76,6 +76,40 @@ def resolve_normalization(spec: dict[str, Any] | None, volume) -> dict[str, Any]
     return spec
 
 
+def check_value_range(spec: dict[str, Any], volume) -> None:
+    """UserError when ``volume``'s values do not fit the normalisation ``spec`` a network was
+    trained with (so that every input would saturate or vanish): ``uint8`` needs values in
+    0..255 that are not already scaled to [0, 1]; a ``zscore`` / ``percentile`` spec with
+    fixed statistics needs the volume's median within 5 std / one window width of them.
+    Statistics estimated per volume fit any volume."""
+    kind = spec.get("kind")
+    if kind == "uint8" and volume.dtype == np.uint8:
+        return
+    fixed = {"zscore": ("mean", "std"), "percentile": ("low_value", "high_value")}.get(kind, ())
+    if kind != "uint8" and not all(k in spec for k in fixed):
+        return
+    values = sample_values(volume)
+    _check_finite(values, volume)
+    low, high, median = float(values.min()), float(values.max()), float(np.median(values))
+    holds = f"input {volume.spec!r} holds {volume.dtype} values {low:g} to {high:g}"
+    fix = ("; convert the volume to what the network was trained on, or pass --normalize "
+           f"{'|'.join(k for k in KINDS if k != kind)} to normalise it otherwise (stored with the output)")
+    if kind == "uint8" and (low < 0 or high > 255):
+        raise UserError(f"{holds}, but the network was trained on uint8 values (x / 255 for 0..255): "
+                        f"every voxel would saturate{fix}")
+    if kind == "uint8" and high <= 1.0:
+        raise UserError(f"{holds}, already scaled to [0, 1], but the network divides by 255 (uint8 training data): "
+                        f"every voxel would be near 0{fix}")
+    if kind == "zscore" and abs(median - spec["mean"]) > 5 * spec["std"]:
+        raise UserError(f"{holds} (median {median:g}), but the network was trained on values of mean "
+                        f"{spec['mean']:g} and std {spec['std']:g}{fix}")
+    if kind == "percentile":
+        lo, hi = spec["low_value"], spec["high_value"]
+        if not lo - (hi - lo) <= median <= hi + (hi - lo):
+            raise UserError(f"{holds} (median {median:g}), but the network was trained on values "
+                            f"{lo:g} to {hi:g}{fix}")
+
+
 def _check_finite(values: np.ndarray, volume) -> None:
     if not np.isfinite(values).all():
         raise UserError(f"input {volume.spec!r} contains NaN or infinite values; clean it before predicting")

@@ -115,6 +115,12 @@ class Volume:
         return json.loads(json.dumps(self._attrs))
 
     @property
+    def has_voxel_size(self) -> bool:
+        """Whether the metadata gives a voxel size: not the ``(1, 1, 1)`` without a unit that
+        formats hold when nobody set one (OME-Zarr needs a scale, NIfTI zooms default to 1)."""
+        return not (self.voxel_size == (1.0, 1.0, 1.0) and self.unit is None)
+
+    @property
     def complete(self) -> bool:
         """False for an output whose writing has not been finalised (interrupted run)."""
         return bool(self._attrs.get(META_KEY, {}).get("complete", True))

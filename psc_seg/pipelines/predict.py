@@ -36,7 +36,10 @@ from psc_seg.engine.inference import (
     resolve_precision,
 )
 from psc_seg.errors import UserError
-from psc_seg.io import create_volume, open_volume, parse_spec, resolve_normalization, volume_complete, volume_exists
+from psc_seg.io import (
+    check_value_range, create_volume, open_volume, parse_spec, resolve_normalization, volume_complete, volume_exists,
+)
+from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
 
@@ -89,6 +92,53 @@ def _activation(checkpoint, task: dict[str, Any]) -> str | None:
     return None if final == "softmax" else "softmax"
 
 
+VOXEL_SIZE_TOLERANCE = 0.25  # relative difference per axis between input and training data
+
+
+def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | None = None,
+                ignore_voxel_size: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The resolved normalisation for ``source`` and notes for the user, after checking
+    ``source`` against what the checkpoint's ``metadata`` says of the training data.
+
+    UserError, naming both sides and the override: values that do not fit the stored
+    normalisation (:func:`~psc_seg.io.check_value_range`; ``normalize`` replaces it by that
+    kind, estimated on ``source``), or a voxel size more than 25 % from the training data's
+    on any axis (``ignore_voxel_size`` proceeds). A voxel size unknown on either side skips
+    that check with a note. (A voxel size of 1, 1, 1 without a unit is what formats hold when
+    nobody set one: unknown.)
+    """
+    notes = []
+    if normalize is not None:
+        if normalize not in NORMALIZE_KINDS:
+            raise UserError(f"normalize must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}")
+        norm = resolve_normalization({"kind": normalize}, source)
+        notes.append(f"normalising the input as {normalize} (given), not as the checkpoint says "
+                     f"({(metadata.get('normalize') or {}).get('kind', 'by dtype')})")
+    else:
+        stored = metadata.get("normalize")
+        if stored:
+            check_value_range(stored, source)
+        norm = resolve_normalization(stored, source)
+    trained = metadata.get("voxel_size")
+    trained = tuple(float(v) for v in trained) if trained else None
+    if ignore_voxel_size:
+        notes.append("voxel-size check skipped (ignore_voxel_size)")
+    elif trained is None or trained == (1.0, 1.0, 1.0):
+        notes.append("the checkpoint records no voxel size of its training data; voxel-size check skipped")
+    elif not source.has_voxel_size:
+        notes.append(f"input {source.spec!r} has no voxel size in its metadata; the check against the training "
+                     f"data's {_size(trained)} was skipped")
+    elif any(abs(v / t - 1) > VOXEL_SIZE_TOLERANCE for v, t in zip(source.voxel_size, trained)):
+        raise UserError(f"input {source.spec!r} has voxel size {_size(source.voxel_size)} but the network was "
+                        f"trained at {_size(trained)} (more than {VOXEL_SIZE_TOLERANCE:.0%} apart on an axis); "
+                        "resample the volume, or pass --ignore-voxel-size to predict anyway")
+    return norm, notes
+
+
+def _size(voxel_size: Sequence[float]) -> str:
+    return "x".join(f"{v:g}" for v in voxel_size) + " (z, y, x)"
+
+
 def _same_volume(a: str, b: str) -> bool:
     sa, sb = parse_spec(a), parse_spec(b)
     return sa.path.resolve() == sb.path.resolve() and sa.inner.strip("/") == sb.inner.strip("/")
@@ -109,6 +159,8 @@ def predict(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    normalize: str | None = None,
+    ignore_voxel_size: bool = False,
 ) -> dict[str, Any]:
     """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
 
@@ -129,8 +181,15 @@ def predict(
         resume: continue an unfinished output made with the same settings.
         overwrite: replace an existing output.
         progress: tqdm bar over blocks.
+        normalize: normalise the input as this kind (``uint8``, ``zscore``, ``percentile``,
+            statistics estimated on the input) instead of as the checkpoint says; stored with
+            the output. Without it, an input whose values do not fit the checkpoint's
+            normalisation is refused (:func:`check_input`).
+        ignore_voxel_size: predict although the input's voxel size differs from the training
+            data's by more than 25 % on an axis.
 
-    Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second.
+    Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second,
+    and ``notes`` (checks skipped or overridden, one line each).
     """
     if resume and overwrite:
         raise UserError("give either --resume or --overwrite, not both")
@@ -153,7 +212,7 @@ def predict(
     block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
     geometry = plan_geometry(model, block_shape, twin=runner)
-    norm = resolve_normalization(ckpt.metadata.get("normalize"), source)
+    norm, notes = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
     specs = output_specs(output, task)
     main = next(iter(specs))
     if any(_same_volume(input, s) for s in specs.values()):
@@ -181,7 +240,7 @@ def predict(
                 raise UserError(f"output {output!r} is complete but was written with other settings; "
                                 "pass --overwrite to replace it")
             total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))
-            return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0)
+            return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0, notes=notes)
         outputs = {name: open_volume(s, mode="r+") for name, s in specs.items()}
         record = BlockRecord.open(outputs[main].sidecar_dir("blocks"), settings, what=f"output {output!r}")
     else:
@@ -204,7 +263,7 @@ def predict(
                           batch_size=batch_size if batch_size > 1 else None, record=record, progress=progress,
                           desc="predict")
     writer.finalize()
-    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped,
+    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped, notes=notes,
                     seconds=stats.seconds, voxels=stats.voxels)
 
 
@@ -230,6 +289,6 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
 
 
 def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, seconds: float,
-             voxels: int) -> dict[str, Any]:
+             voxels: int, notes: Sequence[str]) -> dict[str, Any]:
     return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "seconds": seconds,
-            "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}
+            "voxels_per_second": voxels / seconds if seconds > 0 else 0.0, "notes": list(notes)}

@@ -1,0 +1,90 @@
+"""Predict checks its input against what the checkpoint says of the training data: value range
+against the normalisation, voxel size, channels; each refusal names both sides and the override."""
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from psc_seg.cli.main import app
+from psc_seg.errors import UserError
+from psc_seg.io import create_volume, open_volume, volume_exists
+from psc_seg.models import build_model, save_checkpoint
+from psc_seg.pipelines.predict import predict
+
+OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]], padding="valid")
+    path = tmp_path_factory.mktemp("ckpt") / "unet.pt"
+    return save_checkpoint(path, model, metadata={"task": {"kind": "affinities", "offsets": OFFSETS},
+                                                  "normalize": {"kind": "uint8"}, "voxel_size": [8.0, 8.0, 8.0]})
+
+
+def _volume(path, data, voxel_size=(8, 8, 8), unit="nanometer"):
+    vol = create_volume(path, shape=data.shape, dtype=data.dtype, voxel_size=voxel_size,
+                        unit=unit if voxel_size else None)
+    vol.write(None, data)
+    vol.finalize()
+    return str(path)
+
+
+def _raw(dtype=np.uint8, high=256, shape=(16, 16, 16)):
+    return np.random.default_rng(0).integers(0, high, size=shape).astype(dtype)
+
+
+def test_uint16_input_to_a_uint8_network_is_refused_unless_normalized_otherwise(tmp_path, checkpoint):
+    raw = _volume(tmp_path / "em16.zarr", _raw(np.uint16, 51000))
+    out = str(tmp_path / "affs.zarr")
+    with pytest.raises(UserError, match=r"uint16 values \d+ to 5\d+, but the network was trained on uint8.*"
+                                        r"--normalize zscore\|percentile"):
+        predict(checkpoint, raw, out, progress=False)
+    assert not volume_exists(out)  # refused before any output exists
+    summary = predict(checkpoint, raw, out, normalize="zscore", progress=False)
+    assert any("as zscore (given)" in note for note in summary["notes"])
+    stored = open_volume(out).attrs["psc_seg"]["provenance"]["config"]["normalize"]
+    assert stored["kind"] == "zscore" and stored["std"] > 0
+
+
+def test_float_input_scaled_to_one_is_refused_for_a_uint8_network(tmp_path, checkpoint):
+    raw = _volume(tmp_path / "scaled.zarr", _raw(np.float32) / 255)
+    with pytest.raises(UserError, match=r"already scaled to \[0, 1\].*near 0"):
+        predict(checkpoint, raw, str(tmp_path / "affs.zarr"), progress=False)
+
+
+def test_voxel_size_far_from_training_is_refused_unless_ignored(tmp_path, checkpoint):
+    raw = _volume(tmp_path / "aniso.zarr", _raw(), voxel_size=(40, 4, 4))
+    with pytest.raises(UserError, match=r"voxel size 40x4x4 \(z, y, x\) but the network was trained at 8x8x8.*"
+                                        r"--ignore-voxel-size"):
+        predict(checkpoint, raw, str(tmp_path / "a.zarr"), progress=False)
+    summary = predict(checkpoint, raw, str(tmp_path / "a.zarr"), ignore_voxel_size=True, progress=False)
+    assert summary["notes"] == ["voxel-size check skipped (ignore_voxel_size)"]
+    close = _volume(tmp_path / "close.zarr", _raw(), voxel_size=(9, 8, 7))  # within 25 %: no word
+    assert predict(checkpoint, close, str(tmp_path / "c.zarr"), progress=False)["notes"] == []
+    unknown = _volume(tmp_path / "unknown.zarr", _raw(), voxel_size=None)
+    (note,) = predict(checkpoint, unknown, str(tmp_path / "u.zarr"), progress=False)["notes"]
+    assert "has no voxel size" in note and "skipped" in note
+
+
+def test_channel_count_is_checked_before_any_output(tmp_path, checkpoint):
+    raw = _volume(tmp_path / "two.zarr", np.stack([_raw(), _raw()]))
+    out = str(tmp_path / "affs.zarr")
+    with pytest.raises(UserError, match="has 2 channel.* model expects 1"):
+        predict(checkpoint, raw, out, progress=False)
+    assert not volume_exists(out)
+
+
+def test_cli_refusal_is_one_line_and_notes_go_to_stderr(tmp_path, checkpoint):
+    runner = CliRunner()
+    raw = _volume(tmp_path / "aniso.zarr", _raw(), voxel_size=(40, 4, 4))
+    result = runner.invoke(app, ["predict", str(checkpoint), raw, str(tmp_path / "a.zarr"), "-q"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error:") and "--ignore-voxel-size" in line
+    result = runner.invoke(app, ["predict", str(checkpoint), raw, str(tmp_path / "a.zarr"), "-q",
+                                 "--ignore-voxel-size"])
+    assert result.exit_code == 0, result.output
+    assert "note: voxel-size check skipped" in result.stderr
