@@ -1,8 +1,10 @@
 """Blockwise segmentation of affinities larger than memory (the scheme of lsd / volara).
 
-Four steps over the blocks of :func:`psc_seg.engine.block_grid`, each run with
-:func:`psc_seg.engine.run_blockwise` (serial, ``--workers N`` or ``--scheduler``) and
-resumable through its :class:`psc_seg.engine.BlockRecord`:
+Four steps over the blocks of :func:`psc_seg.engine.block_grid`. A step is data (a
+:class:`Step`, after daisy's ``Task``): its blocks, a process function, a done check (its
+:class:`psc_seg.engine.BlockRecord`, or a function for the global step) and the steps upstream
+of it; one loop (:func:`run_steps`) runs them in order with
+:func:`psc_seg.engine.run_blockwise` (serial, ``--workers N`` or ``--scheduler``):
 
 1. **fragments**: per block, fragments of the affinities in the read ROI (write ROI grown by
    ``context``), cropped to the write ROI and given globally unique ids
@@ -27,10 +29,12 @@ first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +46,10 @@ from psc_seg.segment.agglomerate import scored_edges
 from psc_seg.segment.components import affinity_components, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
 from psc_seg.segment.relabel import unique_inverse, unique_pairs
+
+if TYPE_CHECKING:
+    from psc_seg.engine import Block
+    from psc_seg.segment.settings import SegmentSettings
 
 DEFAULT_CONTEXT = 8
 
@@ -163,11 +171,8 @@ def _record(directory: Path, settings: dict[str, Any]) -> BlockRecord:
 
 
 def _segment_tables(work: Path, n_blocks: int, thresholds: Sequence[float], min_size: int,
-                    prefix: str) -> list[Path]:
-    """Step 3: one fragment -> segment table per threshold (``.npz`` with ids, segments)."""
-    paths = [work / f"{prefix}segments_{i}.npz" for i in range(len(thresholds))]
-    if all(p.exists() for p in paths):
-        return paths
+                    paths: Sequence[Path]) -> None:
+    """Step 3: one fragment -> segment table per threshold into ``paths`` (``.npz`` with ids, segments)."""
     parts = [np.load(work / f"fragments_{b}.npz") for b in range(n_blocks)]
     ids = np.concatenate([p["ids"] for p in parts]).astype(np.uint64)
     sizes = np.concatenate([p["sizes"] for p in parts])
@@ -182,14 +187,72 @@ def _segment_tables(work: Path, n_blocks: int, thresholds: Sequence[float], min_
             voxels = np.bincount(segments.astype(np.int64), weights=sizes)
             segments = np.where(voxels[segments.astype(np.int64)] >= min_size, segments, 0).astype(np.uint64)
         _save_npz(path, ids=ids, segments=segments)
-    return paths
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a blockwise run, as data.
+
+    Attributes:
+        name: names the step's record (``<name>.record``) and its progress bar.
+        process: ``process(block)`` for each block of ``blocks`` (picklable for dask workers),
+            or ``process()`` once when ``blocks`` is None (a global step).
+        blocks: the blocks the step runs over; None for a global step.
+        done: a global step's "finished?" check (a blockwise step's is its record).
+        upstream: names of the steps that must have run before this one.
+    """
+
+    name: str
+    process: Callable[..., Any]
+    blocks: Sequence[Block] | None = None
+    done: Callable[[], bool] | None = None
+    upstream: tuple[str, ...] = ()
+
+
+def run_steps(steps: Sequence[Step], *, work: Path, settings: dict[str, Any], label: str = "",
+              run: dict[str, Any]) -> None:
+    """Run ``steps`` in order: blockwise ones through :func:`run_blockwise`, each resumable
+    through its record ``work/<name>.record`` (kept while made for ``settings``), global
+    ones unless their ``done`` says so. Progress bars read ``"<i>/<n> <name><label>"``.
+
+    ``run``: ``run_blockwise``'s ``workers``, ``scheduler`` and ``progress``.
+    """
+    seen: set[str] = set()
+    for number, step in enumerate(steps, 1):
+        if not seen.issuperset(step.upstream):
+            raise ValueError(f"step {step.name!r} runs before its upstream {sorted(set(step.upstream) - seen)}")
+        seen.add(step.name)
+        if step.blocks is None:
+            if step.done is None or not step.done():
+                step.process()
+            continue
+        record = _record(work / f"{step.name}.record", {**settings, "step": step.name})
+        run_blockwise(step.blocks, step.process, record=record, desc=f"{number}/{len(steps)} {step.name}{label}",
+                      **run)
+
+
+def _pass_steps(affs, volumes: Sequence, work: Path, *, settings: SegmentSettings, group: Sequence[float],
+                prefix: str, blocks: Sequence[Block], stride: int, total: Roi) -> list[Step]:
+    """The four steps of one pass over ``blocks``: thresholds ``group`` into ``volumes``."""
+    fragments = _fragments_volume(work, total, settings.block_shape)
+    tables = [work / f"{prefix}segments_{i}.npz" for i in range(len(group))]
+    return [
+        Step("fragments", _FragmentStep(affs, fragments, work, method=settings.fragments, decoder=settings.decoder,
+                                        threshold=group[0], stride=stride, total=total), blocks=blocks),
+        Step("edges", _EdgeStep(affs, fragments, work, decoder=settings.decoder, scoring=settings.scoring,
+                                max_threshold=max(group), stride=stride, total=total),
+             blocks=blocks, upstream=("fragments",)),
+        Step("global", functools.partial(_segment_tables, work, len(blocks), group, settings.min_size, tables),
+             done=lambda: all(p.exists() for p in tables), upstream=("edges",)),
+        Step("relabel", _RelabelStep(fragments, list(volumes), tables), blocks=blocks, upstream=("global",)),
+    ]
 
 
 def segment_blockwise(
     affs,
     outputs: Sequence[str],
     *,
-    config: dict[str, Any],
+    settings: SegmentSettings,
     workers: int | None = None,
     scheduler: str | None = None,
     resume: bool = False,
@@ -201,9 +264,8 @@ def segment_blockwise(
 
     Args:
         affs: an open ``(C, Z, Y, X)`` affinity :class:`psc_seg.io.Volume`.
-        outputs: output specs, one per ``config["thresholds"]``.
-        config: ``thresholds``, ``decoder``, ``fragments``, ``scoring``, ``min_size``,
-            ``block_shape`` (write ROI ``(Z, Y, X)``), as :func:`psc_seg.pipelines.segment.segment`.
+        outputs: output specs, one per ``settings.thresholds``.
+        settings: what to compute; ``settings.block_shape`` is the write ROI ``(Z, Y, X)``.
         workers, scheduler: where blocks run (see :func:`psc_seg.engine.run_blockwise`).
         resume: continue an interrupted run with the same settings.
         overwrite: replace existing outputs and bookkeeping.
@@ -215,12 +277,13 @@ def segment_blockwise(
     """
     from psc_seg.io import create_volume, open_volume, volume_exists
 
-    thresholds = list(config["thresholds"])
-    block_shape = tuple(int(v) for v in config["block_shape"])
+    config = settings.as_dict()
+    thresholds = list(settings.thresholds)
+    block_shape = tuple(int(v) for v in config["block_shape"] or ())
     if len(block_shape) != 3 or min(block_shape) < 1:
         raise UserError(f"--block-shape needs three positive sizes Z Y X, got {block_shape}")
     total = Roi((0, 0, 0), affs.spatial_shape)
-    settings = {**config, "context": context, "affinities_shape": list(affs.shape)}
+    hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
     existing = [spec for spec in outputs if volume_exists(spec)]
     if existing and not (overwrite or resume):
         raise UserError(
@@ -230,7 +293,7 @@ def segment_blockwise(
     for spec in outputs:
         if resume and volume_exists(spec):
             volume = open_volume(spec, mode="r+")
-            if volume.complete and volume.attrs.get("psc_seg", {}).get("segment_settings") == settings_hash(settings):
+            if volume.complete and volume.attrs.get("psc_seg", {}).get("segment_settings") == settings_hash(hashed):
                 volumes.append(volume)
                 continue
             if volume.complete or volume.shape != tuple(affs.spatial_shape):
@@ -245,48 +308,29 @@ def segment_blockwise(
     work = _work_dir(outputs[0])
     run_record = BlockRecord(work)  # the run's settings; each step keeps its own record below
     if resume and run_record.settings_file.exists():
-        if not run_record.matches(settings):
+        if not run_record.matches(hashed):
             raise UserError(f"output {outputs[0]!r} was started with other settings; pass --overwrite to start again")
     else:
-        BlockRecord.create(work, settings)  # a fresh work folder
+        BlockRecord.create(work, hashed)  # a fresh work folder
 
     blocks = block_grid(total, write_shape=block_shape, context=context)
     stride = int(np.prod(block_shape)) + 1
     with _executor(workers, scheduler) as where:
         run = {**where, "progress": progress}
         # cc: fragments and edges depend on the threshold, so each threshold is one pass
-        passes = [[t] for t in thresholds] if config["decoder"] == "cc" else [thresholds]
+        passes = [[t] for t in thresholds] if settings.decoder == "cc" else [thresholds]
         for index, group in enumerate(passes):
             prefix = f"pass{index}_"
             step_work = work / prefix.rstrip("_")
             step_work.mkdir(exist_ok=True)
-            fragments = _fragments_volume(step_work, total, block_shape)
-            step_settings = {**settings, "pass": group}
-            run_blockwise(
-                blocks,
-                _FragmentStep(affs, fragments, step_work, method=config["fragments"], decoder=config["decoder"],
-                              threshold=group[0], stride=stride, total=total),
-                record=_record(step_work / "fragments.record", {**step_settings, "step": "fragments"}),
-                desc=f"1/4 fragments{_label(group, passes)}", **run,
-            )
-            run_blockwise(
-                blocks,
-                _EdgeStep(affs, fragments, step_work, decoder=config["decoder"], scoring=config["scoring"],
-                          max_threshold=max(group), stride=stride, total=total),
-                record=_record(step_work / "edges.record", {**step_settings, "step": "edges"}),
-                desc=f"2/4 edges{_label(group, passes)}", **run,
-            )
-            tables = _segment_tables(step_work, len(blocks), group, config["min_size"], prefix)
             targets = [volumes[thresholds.index(t)] for t in group]
-            run_blockwise(
-                blocks,
-                _RelabelStep(fragments, targets, tables),
-                record=_record(step_work / "relabel.record", {**step_settings, "step": "relabel"}),
-                desc=f"4/4 relabel{_label(group, passes)}", **run,
-            )
+            steps = _pass_steps(affs, targets, step_work, settings=settings, group=group, prefix=prefix,
+                                blocks=blocks, stride=stride, total=total)
+            run_steps(steps, work=step_work, settings={**hashed, "pass": group}, label=_label(group, passes),
+                      run=run)
     for volume in volumes:
         meta = volume.attrs.get("psc_seg", {})
-        volume.update_attrs({"psc_seg": {**meta, "segment_settings": settings_hash(settings)}})
+        volume.update_attrs({"psc_seg": {**meta, "segment_settings": settings_hash(hashed)}})
         volume.finalize()
     shutil.rmtree(work, ignore_errors=True)
     return list(outputs)

@@ -1,14 +1,19 @@
-"""Segmentation of affinities that fit in memory."""
+"""Segmentation of affinities that fit in memory: arrays (:func:`segment_affinities`) and
+volumes (:func:`segment_whole`, the twin of :func:`psc_seg.segment.blockwise.segment_blockwise`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from psc_seg.segment.agglomerate import agglomerate
 from psc_seg.segment.components import affinity_components, remove_small_segments
 from psc_seg.segment.fragments import as_affinities, make_fragments
+
+if TYPE_CHECKING:
+    from psc_seg.segment.settings import SegmentSettings
 
 DECODERS = ("waterz", "cc")
 
@@ -50,3 +55,61 @@ def segment_affinities(
     if min_size > 1:
         segmentations = [remove_small_segments(s, min_size) for s in segmentations]
     return segmentations
+
+
+def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, resume: bool = False,
+                  overwrite: bool = False, progress: bool = True) -> list[str]:
+    """Segment the affinity volume ``affs`` in memory into ``outputs`` (one per threshold).
+
+    Args:
+        affs: an open ``(C, Z, Y, X)`` affinity :class:`psc_seg.io.Volume`.
+        outputs: output specs, one per ``settings.thresholds``.
+        settings: what to compute (``settings.block_shape`` is not used).
+        resume: keep outputs finished with the same settings (an unfinished run is redone).
+        overwrite: replace existing outputs.
+        progress: a progress bar over the three steps (read, decode, write).
+
+    Returns:
+        ``outputs``.
+    """
+    from tqdm.auto import tqdm
+
+    from psc_seg.engine import settings_hash
+    from psc_seg.errors import UserError
+    from psc_seg.io import META_KEY, create_volume, open_volume, volume_exists
+
+    outputs = list(outputs)
+    config = settings.as_dict()
+    stamp = settings_hash({**config, "affinities_shape": list(affs.shape)})
+    existing = [spec for spec in outputs if volume_exists(spec)]
+    if resume and existing:
+        done = [open_volume(spec) for spec in existing]
+        if any(v.complete and v.attrs.get(META_KEY, {}).get("segment_settings") != stamp for v in done):
+            raise UserError(f"output {existing[0]!r} was written with other settings; pass --overwrite to replace it")
+        if existing == outputs and all(v.complete for v in done):
+            return outputs
+    if existing and not (overwrite or resume):
+        raise UserError(f"output {existing[0]!r} already exists; pass --overwrite to replace it")
+    with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str("reading affinities")
+        data = affs.read()
+        if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
+            raise UserError(f"affinities {settings.affinities!r} contain NaNs; fix the prediction first")
+        bar.update()
+        bar.set_postfix_str(f"{settings.decoder} decoding")
+        segmentations = segment_affinities(
+            data, thresholds=settings.thresholds, decoder=settings.decoder, fragments=settings.fragments,
+            scoring=settings.scoring, min_size=settings.min_size,
+        )
+        bar.update()
+        bar.set_postfix_str("writing")
+        for spec, threshold, labels in zip(outputs, settings.thresholds, segmentations):
+            out = create_volume(
+                spec, shape=labels.shape, dtype=np.uint64, reference=affs, overwrite=True,
+                axis_names=("z", "y", "x"), provenance={"config": {**config, "threshold": threshold}},
+            )
+            out.write((slice(None),) * 3, labels)
+            out.update_attrs({META_KEY: {**out.attrs.get(META_KEY, {}), "segment_settings": stamp}})
+            out.finalize()
+        bar.update()
+    return outputs
