@@ -1,4 +1,9 @@
-"""The one exception type for mistakes a user can fix."""
+"""The one exception type for mistakes a user can fix, and the one check for options that
+exclude each other."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 
 class UserError(ValueError):
@@ -6,4 +11,28 @@ class UserError(ValueError):
 
     The message is one line saying what is wrong and how to fix it. The CLI prints it as
     ``error: <message>`` and exits with status 2, without a traceback (``--debug`` shows it).
+
+    Library code names its parameters, not the CLI's flags: a message may hold ``{name}``
+    for each parameter listed in ``options``. ``str()`` spells them as the parameter names;
+    the CLI renders them as its flags (:meth:`render`).
     """
+
+    def __init__(self, message: str, *, options: Sequence[str] = ()) -> None:
+        self.template, self.options = message, tuple(options)
+        super().__init__(self.render())
+
+    def render(self, spell: Callable[[str], str] = str) -> str:
+        """The message with each ``{option}`` written as ``spell(option)``."""
+        text = self.template
+        for name in self.options:
+            text = text.replace("{" + name + "}", spell(name))
+        return text
+
+
+def check_exclusive(**given: bool) -> None:
+    """UserError if more than one of the named parameters is given (``True``), e.g.
+    ``check_exclusive(resume=resume, overwrite=overwrite)``."""
+    names = [name for name, value in given.items() if value]
+    if len(names) > 1:
+        raise UserError(" and ".join("{" + n + "}" for n in names) + " exclude each other; give one, not both",
+                        options=names)

@@ -1,7 +1,8 @@
 """Compose the ``psc-seg`` Typer app from one module per command.
 
 User mistakes (:class:`psc_seg.errors.UserError`) become one line ``error: ...`` on stderr and
-exit status 2; ``psc-seg --debug COMMAND`` shows the traceback instead.
+exit status 2, with the parameters they name spelled as the command's flags (``resume`` ->
+``--resume``); ``psc-seg --debug COMMAND`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -26,9 +27,18 @@ class PscGroup(TyperGroup):
         except UserError as exc:
             if ctx.params.get("debug"):
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = exc.render(_flags(self, ctx)).strip()
+            message = text.splitlines()[0] if text else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code=2) from None
+
+
+def _flags(group: TyperGroup, ctx: click.Context):
+    """Spell a parameter name as the invoked command's long flag (the name itself if it has none)."""
+    command = group.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    flags = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0])
+             for p in getattr(command, "params", []) if p.param_type_name == "option"}
+    return lambda name: flags.get(name, name)
 
 
 app = typer.Typer(

@@ -10,10 +10,10 @@ predictor, the prediction writer) is imported from its own module, which loads t
 from psc_seg.engine.blocks import Block, block_grid, grid_shape, iter_batches, mirror_indices, read_mirrored
 from psc_seg.engine.chunk_cache import ChunkCache
 from psc_seg.engine.executor import RunStats, run_blockwise
-from psc_seg.engine.resume import BlockRecord, file_hash, settings_hash
+from psc_seg.engine.resume import BlockRecord, PreparedOutputs, file_hash, prepare_outputs, settings_hash
 from psc_seg.engine.roi import Roi
 
 __all__ = [
-    "Block", "BlockRecord", "ChunkCache", "Roi", "RunStats", "block_grid", "file_hash", "grid_shape", "iter_batches",
-    "mirror_indices", "read_mirrored", "run_blockwise", "settings_hash",
+    "Block", "BlockRecord", "ChunkCache", "PreparedOutputs", "Roi", "RunStats", "block_grid", "file_hash", "grid_shape",
+    "iter_batches", "mirror_indices", "prepare_outputs", "read_mirrored", "run_blockwise", "settings_hash",
 ]

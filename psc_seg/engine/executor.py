@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from psc_seg.engine.blocks import Block, iter_batches
 from psc_seg.engine.resume import BlockRecord
-from psc_seg.errors import UserError
+from psc_seg.errors import UserError, check_exclusive
 
 CONNECT_TIMEOUT = "20s"  # for an existing scheduler
 
@@ -96,8 +96,7 @@ def run_blockwise(
         progress: show a tqdm bar over voxels (rate in voxels/s, ETA) on stderr.
         desc: label of the progress bar.
     """
-    if workers and scheduler:
-        raise UserError("give either --workers or --scheduler, not both")
+    check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
     if workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
     if batch_size is not None and batch_size < 1:

@@ -9,6 +9,10 @@ A block is appended only after its output has been written, so a run killed at a
 (even SIGKILL) leaves a record that lists only blocks whose data are on disk; a torn last
 line is ignored. A rerun with other settings is refused (the hash differs) unless the caller
 starts a new record.
+
+:func:`prepare_outputs` is the one rule for outputs, resume and overwrite (predict and both
+segment paths): the record lives with the first output and is where its settings hash is kept,
+finished or not.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psc_seg.errors import UserError
+from psc_seg.errors import UserError, check_exclusive
 from psc_seg.files import atomic_path
 
 
@@ -73,14 +78,15 @@ class BlockRecord:
         with other settings."""
         record = cls(directory)
         if not record.settings_file.is_file():
-            raise UserError(f"{what} has no block record to resume from; pass --overwrite to start again")
+            raise UserError(f"{what} has no block record to resume from; pass {{overwrite}} to start again",
+                            options=("overwrite",))
         stored = json.loads(record.settings_file.read_text())
         if stored.get("hash") != settings_hash(settings):
             differ = sorted(k for k in set(settings) | set(stored.get("settings", {}))
                             if json.dumps(settings.get(k), sort_keys=True, default=str)
                             != json.dumps(stored.get("settings", {}).get(k), sort_keys=True, default=str))
             raise UserError(f"{what} was written with other settings ({', '.join(differ) or 'hash'} differ); "
-                            "pass --overwrite to replace it")
+                            "pass {overwrite} to replace it", options=("overwrite",))
         return record
 
     def matches(self, settings: dict[str, Any]) -> bool:
@@ -111,3 +117,56 @@ class BlockRecord:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+RECORD = "blocks"  # the record's folder: the first output's sidecar_dir(RECORD)
+
+
+@dataclass
+class PreparedOutputs:
+    """What :func:`prepare_outputs` found or made.
+
+    volumes: the outputs by name, open for writing (empty when ``done``).
+    record: the run's record (settings and finished blocks), kept with the first output.
+    done: every output is finished with these settings: nothing to do.
+    resumed: the volumes and record are an unfinished run's (not new ones).
+    """
+
+    volumes: dict[str, Any] = field(default_factory=dict)
+    record: BlockRecord | None = None
+    done: bool = False
+    resumed: bool = False
+
+
+def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, create: Callable[[], Mapping[str, Any]],
+                    resume: bool = False, overwrite: bool = False) -> PreparedOutputs:
+    """Open, or create, the outputs ``specs`` (name -> volume spec) of a run with ``settings``.
+
+    * none exists, or ``overwrite``: ``create()`` makes them all (name -> open volume) and a new
+      record for ``settings`` is kept with the first;
+    * some exist and neither ``resume`` nor ``overwrite``: UserError;
+    * ``resume``, all finished, the record made for ``settings``: ``done``;
+    * ``resume``, not all finished: the outputs open ``"r+"`` and the record with its finished
+      blocks;
+    * ``resume`` with a record of other settings (or none): UserError.
+    """
+    from psc_seg.io import open_volume, volume_complete, volume_exists
+
+    check_exclusive(resume=resume, overwrite=overwrite)
+    main = next(iter(specs.values()))
+    existing = [spec for spec in specs.values() if volume_exists(spec)]
+    if existing and not (resume or overwrite):
+        raise UserError(f"output {existing[0]!r} already exists; pass {{resume}} to continue an unfinished run "
+                        "or {overwrite} to replace it", options=("resume", "overwrite"))
+    if existing and resume:
+        if len(existing) == len(specs) and all(volume_complete(spec) for spec in specs.values()):
+            record = BlockRecord(open_volume(main).sidecar_dir(RECORD))
+            if not record.matches(settings):
+                raise UserError(f"output {main!r} is complete but was written with other settings; "
+                                "pass {overwrite} to replace it", options=("overwrite",))
+            return PreparedOutputs(record=record, done=True)
+        volumes = {name: open_volume(spec, mode="r+") for name, spec in specs.items()}
+        record = BlockRecord.open(volumes[next(iter(specs))].sidecar_dir(RECORD), settings, what=f"output {main!r}")
+        return PreparedOutputs(volumes, record, resumed=True)
+    volumes = dict(create())
+    return PreparedOutputs(volumes, BlockRecord.create(volumes[next(iter(specs))].sidecar_dir(RECORD), settings))

@@ -30,15 +30,13 @@ import numpy as np
 
 from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
-from psc_seg.engine import BlockRecord, Roi, block_grid, file_hash, run_blockwise
+from psc_seg.engine import Roi, block_grid, file_hash, prepare_outputs, run_blockwise
 from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, PredictionWriter, default_block_shape, plan_geometry, prepare_model,
     resolve_precision,
 )
-from psc_seg.errors import UserError
-from psc_seg.io import (
-    check_value_range, create_volume, open_volume, parse_spec, resolve_normalization, volume_complete, volume_exists,
-)
+from psc_seg.errors import UserError, check_exclusive
+from psc_seg.io import check_value_range, create_volume, open_volume, parse_spec, resolve_normalization
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
@@ -191,10 +189,8 @@ def predict(
     Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second,
     and ``notes`` (checks skipped or overridden, one line each).
     """
-    if resume and overwrite:
-        raise UserError("give either --resume or --overwrite, not both")
-    if workers and scheduler:
-        raise UserError("give either --workers or --scheduler, not both")
+    check_exclusive(resume=resume, overwrite=overwrite)
+    check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     resolve_device(device)
@@ -214,7 +210,6 @@ def predict(
     geometry = plan_geometry(model, block_shape, twin=runner)
     norm, notes = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
     specs = output_specs(output, task)
-    main = next(iter(specs))
     if any(_same_volume(input, s) for s in specs.values()):
         raise UserError(f"output {output!r} is the input volume; choose another output")
     settings = {
@@ -229,24 +224,15 @@ def predict(
     if precision != "float32":  # float32 runs keep the settings (and resume records) they had
         settings["precision"] = precision
 
-    exists = any(volume_exists(s) for s in specs.values())
-    if exists and not (resume or overwrite):
-        raise UserError(f"output {output!r} already exists; pass --resume to continue an unfinished run "
-                        "or --overwrite to replace it")
-    if exists and resume:
-        if volume_complete(specs[main]):
-            record = BlockRecord(open_volume(specs[main]).sidecar_dir("blocks"))
-            if not record.matches(settings):
-                raise UserError(f"output {output!r} is complete but was written with other settings; "
-                                "pass --overwrite to replace it")
-            total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))
-            return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0, notes=notes)
-        outputs = {name: open_volume(s, mode="r+") for name, s in specs.items()}
-        record = BlockRecord.open(outputs[main].sidecar_dir("blocks"), settings, what=f"output {output!r}")
-    else:
-        outputs = _create_outputs(specs, task, source=source, dtype=dtype, geometry=geometry, settings=settings,
-                                  checkpoint=str(checkpoint), overwrite=overwrite)
-        record = BlockRecord.create(outputs[main].sidecar_dir("blocks"), settings)
+    prepared = prepare_outputs(
+        specs, settings, resume=resume, overwrite=overwrite,
+        create=lambda: _create_outputs(specs, task, source=source, dtype=dtype, geometry=geometry, settings=settings,
+                                       checkpoint=str(checkpoint), overwrite=overwrite),
+    )
+    if prepared.done:
+        total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))
+        return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0, notes=notes)
+    outputs, record = prepared.volumes, prepared.record
 
     parallel = bool(workers or scheduler)
     # our LocalCluster's workers share this machine's cores; a user's --scheduler workers are left as they are

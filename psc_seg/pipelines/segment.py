@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from psc_seg.errors import UserError
+from psc_seg.errors import UserError, check_exclusive
 from psc_seg.segment.settings import SegmentSettings
 from psc_seg.segment.whole import segment_whole
 
@@ -75,7 +75,8 @@ def segment(
             segments the whole volume in memory.
         workers, scheduler: blockwise only: a local dask cluster of that many workers, or
             the address of a running scheduler (default: in-process threads).
-        resume: blockwise: continue an interrupted run (finished blocks are skipped).
+        resume: continue an interrupted run with the same settings (blockwise: finished blocks
+            are skipped; whole-volume: an unfinished run is redone), keep a finished one.
         overwrite: replace existing outputs.
         progress: show progress bars.
 
@@ -84,10 +85,8 @@ def segment(
     """
     settings = SegmentSettings(affinities, thresholds=thresholds, scoring=scoring, fragments=fragments,
                                decoder=decoder, min_size=min_size, block_shape=block_shape)
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other; pick one")
-    if workers is not None and scheduler is not None:
-        raise UserError("--workers and --scheduler exclude each other; pick one")
+    check_exclusive(resume=resume, overwrite=overwrite)
+    check_exclusive(workers=workers is not None, scheduler=scheduler is not None)
     affs = open_affinities(affinities)
     outputs = output_specs(output, settings.thresholds)
     if settings.block_shape is not None:

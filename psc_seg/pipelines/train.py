@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from psc_seg.device import resolve_device
-from psc_seg.errors import UserError
+from psc_seg.errors import UserError, check_exclusive
 from psc_seg.files import atomic_path
 from psc_seg.io import normalize, open_volume, resolve_normalization
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
@@ -149,8 +149,7 @@ def train(
         ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
         "elapsed_s", "validation"}``.
     """
-    if resume and overwrite:
-        raise UserError("give either --resume (continue the run) or --overwrite (start over), not both")
+    check_exclusive(resume=resume, overwrite=overwrite)
     overrides = list(overrides)
     if iterations is not None:
         overrides.append(f"train.iterations={int(iterations)}")

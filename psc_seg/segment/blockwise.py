@@ -22,8 +22,10 @@ Reads with context go through a :class:`~psc_seg.engine.ChunkCache` (a block
 grown by its context touches up to 27 storage chunks; neighbouring blocks share them), and
 ``--workers N`` starts one local cluster for all steps.
 
-Bookkeeping (fragments, edges, tables, block records) lives in a hidden folder beside the
-first output (``.seg.zarr.psc-seg-segment``) and is removed once every output is finalized.
+Outputs, resume and overwrite follow :func:`psc_seg.engine.prepare_outputs` (the run's
+settings are kept in the first output's record). Bookkeeping of the steps (fragments, edges,
+tables, step records) lives in a hidden folder beside the first output
+(``.seg.zarr.psc-seg-segment``) and is removed once every output is finalized.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise, settings_hash
+from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise
 from psc_seg.engine.executor import local_cluster
 from psc_seg.errors import UserError
 from psc_seg.files import atomic_path
@@ -275,7 +277,7 @@ def segment_blockwise(
     Returns:
         ``outputs``.
     """
-    from psc_seg.io import create_volume, open_volume, volume_exists
+    from psc_seg.segment.outputs import open_outputs
 
     config = settings.as_dict()
     thresholds = list(settings.thresholds)
@@ -284,34 +286,15 @@ def segment_blockwise(
         raise UserError(f"--block-shape needs three positive sizes Z Y X, got {block_shape}")
     total = Roi((0, 0, 0), affs.spatial_shape)
     hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
-    existing = [spec for spec in outputs if volume_exists(spec)]
-    if existing and not (overwrite or resume):
-        raise UserError(
-            f"output {existing[0]!r} already exists; pass --resume to continue or --overwrite to replace it"
-        )
-    volumes = []
-    for spec in outputs:
-        if resume and volume_exists(spec):
-            volume = open_volume(spec, mode="r+")
-            if volume.complete and volume.attrs.get("psc_seg", {}).get("segment_settings") == settings_hash(hashed):
-                volumes.append(volume)
-                continue
-            if volume.complete or volume.shape != tuple(affs.spatial_shape):
-                raise UserError(f"output {spec!r} was written with other settings; pass --overwrite to replace it")
-        else:
-            volume = create_volume(spec, shape=affs.spatial_shape, dtype=np.uint64, chunks=block_shape,
-                                   reference=affs, axis_names=("z", "y", "x"), overwrite=True,
-                                   provenance={"config": config})
-        volumes.append(volume)
-    if all(v.complete for v in volumes):
+    prepared = open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,
+                            overwrite=overwrite)
+    if prepared.done:
         return list(outputs)
+    volumes = [prepared.volumes[spec] for spec in outputs]
     work = _work_dir(outputs[0])
-    run_record = BlockRecord(work)  # the run's settings; each step keeps its own record below
-    if resume and run_record.settings_file.exists():
-        if not run_record.matches(hashed):
-            raise UserError(f"output {outputs[0]!r} was started with other settings; pass --overwrite to start again")
-    else:
-        BlockRecord.create(work, hashed)  # a fresh work folder
+    if not prepared.resumed:  # a new run: no step records of an old one
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
 
     blocks = block_grid(total, write_shape=block_shape, context=context)
     stride = int(np.prod(block_shape)) + 1
@@ -329,8 +312,6 @@ def segment_blockwise(
             run_steps(steps, work=step_work, settings={**hashed, "pass": group}, label=_label(group, passes),
                       run=run)
     for volume in volumes:
-        meta = volume.attrs.get("psc_seg", {})
-        volume.update_attrs({"psc_seg": {**meta, "segment_settings": settings_hash(hashed)}})
         volume.finalize()
     shutil.rmtree(work, ignore_errors=True)
     return list(outputs)

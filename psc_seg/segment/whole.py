@@ -74,22 +74,14 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     """
     from tqdm.auto import tqdm
 
-    from psc_seg.engine import settings_hash
     from psc_seg.errors import UserError
-    from psc_seg.io import META_KEY, create_volume, open_volume, volume_exists
+    from psc_seg.segment.outputs import open_outputs
 
     outputs = list(outputs)
-    config = settings.as_dict()
-    stamp = settings_hash({**config, "affinities_shape": list(affs.shape)})
-    existing = [spec for spec in outputs if volume_exists(spec)]
-    if resume and existing:
-        done = [open_volume(spec) for spec in existing]
-        if any(v.complete and v.attrs.get(META_KEY, {}).get("segment_settings") != stamp for v in done):
-            raise UserError(f"output {existing[0]!r} was written with other settings; pass --overwrite to replace it")
-        if existing == outputs and all(v.complete for v in done):
-            return outputs
-    if existing and not (overwrite or resume):
-        raise UserError(f"output {existing[0]!r} already exists; pass --overwrite to replace it")
+    hashed = {**settings.as_dict(), "affinities_shape": list(affs.shape)}
+    prepared = open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite)
+    if prepared.done:
+        return outputs
     with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("reading affinities")
         data = affs.read()
@@ -103,13 +95,8 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         )
         bar.update()
         bar.set_postfix_str("writing")
-        for spec, threshold, labels in zip(outputs, settings.thresholds, segmentations):
-            out = create_volume(
-                spec, shape=labels.shape, dtype=np.uint64, reference=affs, overwrite=True,
-                axis_names=("z", "y", "x"), provenance={"config": {**config, "threshold": threshold}},
-            )
-            out.write((slice(None),) * 3, labels)
-            out.update_attrs({META_KEY: {**out.attrs.get(META_KEY, {}), "segment_settings": stamp}})
-            out.finalize()
+        for spec, labels in zip(outputs, segmentations):
+            prepared.volumes[spec].write((slice(None),) * 3, labels)
+            prepared.volumes[spec].finalize()
         bar.update()
     return outputs

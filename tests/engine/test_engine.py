@@ -114,11 +114,11 @@ def test_block_record_settings_and_torn_lines(tmp_path):
         f.write("12")  # torn last line of a killed run
     again = BlockRecord.open(tmp_path / "r", {"b": [1, 2], "a": 1})
     assert again.done_ids() == {1, 3}
-    with pytest.raises(UserError, match=r"other settings \(a differ\); pass --overwrite"):
+    with pytest.raises(UserError, match=r"other settings \(a differ\); pass overwrite"):
         BlockRecord.open(tmp_path / "r", {"a": 2, "b": [1, 2]})
     with pytest.raises(UserError, match="no block record"):
         BlockRecord.open(tmp_path / "none", {"a": 1})
-    with pytest.raises(UserError, match="either --workers or --scheduler"):
+    with pytest.raises(UserError, match="workers and scheduler exclude each other"):
         run_blockwise([], print, workers=2, scheduler="tcp://127.0.0.1:1")
 
 

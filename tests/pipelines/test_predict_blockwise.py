@@ -156,7 +156,7 @@ def test_refusals(setup, tmp_path):
     root, ckpt, spec, data, reference = setup
     out = str(tmp_path / "o.zarr")
     predict(ckpt, spec, out, block_shape=(64, 64, 64), progress=False)
-    with pytest.raises(UserError, match="already exists; pass --resume .* or --overwrite"):
+    with pytest.raises(UserError, match="already exists; pass resume .* or overwrite"):
         predict(ckpt, spec, out, block_shape=(64, 64, 64), progress=False)
     with pytest.raises(UserError, match="complete but was written with other settings"):
         predict(ckpt, spec, out, block_shape=(32, 32, 32), resume=True, progress=False)
@@ -164,9 +164,9 @@ def test_refusals(setup, tmp_path):
     assert done["computed"] == 0 and done["skipped"] == 2
     with pytest.raises(UserError, match=r"multiple of the model's shape step \(4, 4, 4\) \(along y\).*32 32 32"):
         predict(ckpt, spec, str(tmp_path / "x.zarr"), block_shape=(32, 30, 32), progress=False)
-    with pytest.raises(UserError, match="either --resume or --overwrite"):
+    with pytest.raises(UserError, match="resume and overwrite exclude each other"):
         predict(ckpt, spec, out, resume=True, overwrite=True)
-    with pytest.raises(UserError, match="either --workers or --scheduler"):
+    with pytest.raises(UserError, match="workers and scheduler exclude each other"):
         predict(ckpt, spec, out, workers=2, scheduler="tcp://127.0.0.1:8786")
     with pytest.raises(UserError, match="is the input volume"):
         predict(ckpt, spec, spec, overwrite=True)

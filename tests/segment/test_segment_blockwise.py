@@ -100,7 +100,7 @@ def test_interrupted_run_resumes_without_redoing_finished_steps(tmp_path, small,
     with pytest.raises(RuntimeError, match="killed"):
         segment(affs, target, block_shape=(16, 24, 24), progress=False)
     assert not open_volume(target).complete
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="pass resume"):
         segment(affs, target, block_shape=(16, 24, 24), progress=False)
     with pytest.raises(UserError, match="other settings"):
         segment(affs, target, block_shape=(16, 24, 24), scoring="mean", resume=True, progress=False)
