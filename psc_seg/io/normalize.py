@@ -92,22 +92,22 @@ def check_value_range(spec: dict[str, Any], volume) -> None:
     _check_finite(values, volume)
     low, high, median = float(values.min()), float(values.max()), float(np.median(values))
     holds = f"input {volume.spec!r} holds {volume.dtype} values {low:g} to {high:g}"
-    fix = ("; convert the volume to what the network was trained on, or pass --normalize "
+    fix = ("; convert the volume to what the network was trained on, or pass {normalize} "
            f"{'|'.join(k for k in KINDS if k != kind)} to normalise it otherwise (stored with the output)")
     if kind == "uint8" and (low < 0 or high > 255):
         raise UserError(f"{holds}, but the network was trained on uint8 values (x / 255 for 0..255): "
-                        f"every voxel would saturate{fix}")
+                        f"every voxel would saturate{fix}", options=("normalize",))
     if kind == "uint8" and high <= 1.0:
         raise UserError(f"{holds}, already scaled to [0, 1], but the network divides by 255 (uint8 training data): "
-                        f"every voxel would be near 0{fix}")
+                        f"every voxel would be near 0{fix}", options=("normalize",))
     if kind == "zscore" and abs(median - spec["mean"]) > 5 * spec["std"]:
         raise UserError(f"{holds} (median {median:g}), but the network was trained on values of mean "
-                        f"{spec['mean']:g} and std {spec['std']:g}{fix}")
+                        f"{spec['mean']:g} and std {spec['std']:g}{fix}", options=("normalize",))
     if kind == "percentile":
         lo, hi = spec["low_value"], spec["high_value"]
         if not lo - (hi - lo) <= median <= hi + (hi - lo):
             raise UserError(f"{holds} (median {median:g}), but the network was trained on values "
-                            f"{lo:g} to {hi:g}{fix}")
+                            f"{lo:g} to {hi:g}{fix}", options=("normalize",))
 
 
 def _check_finite(values: np.ndarray, volume) -> None:

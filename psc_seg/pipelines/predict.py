@@ -108,7 +108,8 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
     notes = []
     if normalize is not None:
         if normalize not in NORMALIZE_KINDS:
-            raise UserError(f"normalize must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}")
+            raise UserError(f"{{normalize}} must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}",
+                            options=("normalize",))
         norm = resolve_normalization({"kind": normalize}, source)
         notes.append(f"normalising the input as {normalize} (given), not as the checkpoint says "
                      f"({(metadata.get('normalize') or {}).get('kind', 'by dtype')})")
@@ -129,7 +130,8 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
     elif any(abs(v / t - 1) > VOXEL_SIZE_TOLERANCE for v, t in zip(source.voxel_size, trained)):
         raise UserError(f"input {source.spec!r} has voxel size {_size(source.voxel_size)} but the network was "
                         f"trained at {_size(trained)} (more than {VOXEL_SIZE_TOLERANCE:.0%} apart on an axis); "
-                        "resample the volume, or pass --ignore-voxel-size to predict anyway")
+                        "resample the volume, or pass {ignore_voxel_size} to predict anyway",
+                        options=("ignore_voxel_size",))
     return norm, notes
 
 

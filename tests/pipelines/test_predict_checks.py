@@ -40,7 +40,7 @@ def test_uint16_input_to_a_uint8_network_is_refused_unless_normalized_otherwise(
     raw = _volume(tmp_path / "em16.zarr", _raw(np.uint16, 51000))
     out = str(tmp_path / "affs.zarr")
     with pytest.raises(UserError, match=r"uint16 values \d+ to 5\d+, but the network was trained on uint8.*"
-                                        r"--normalize zscore\|percentile"):
+                                        r"normalize zscore\|percentile"):
         predict(checkpoint, raw, out, progress=False)
     assert not volume_exists(out)  # refused before any output exists
     summary = predict(checkpoint, raw, out, normalize="zscore", progress=False)
@@ -58,7 +58,7 @@ def test_float_input_scaled_to_one_is_refused_for_a_uint8_network(tmp_path, chec
 def test_voxel_size_far_from_training_is_refused_unless_ignored(tmp_path, checkpoint):
     raw = _volume(tmp_path / "aniso.zarr", _raw(), voxel_size=(40, 4, 4))
     with pytest.raises(UserError, match=r"voxel size 40x4x4 \(z, y, x\) but the network was trained at 8x8x8.*"
-                                        r"--ignore-voxel-size"):
+                                        r"ignore_voxel_size"):
         predict(checkpoint, raw, str(tmp_path / "a.zarr"), progress=False)
     summary = predict(checkpoint, raw, str(tmp_path / "a.zarr"), ignore_voxel_size=True, progress=False)
     assert summary["notes"] == ["voxel-size check skipped (ignore_voxel_size)"]
