@@ -4,8 +4,8 @@ blockwise stitching for volumes larger than memory (DESIGN.md section 4)."""
 from psc_seg.segment.agglomerate import SCORING, agglomerate, scored_edges
 from psc_seg.segment.components import affinity_components, merge_fragments, remove_small_segments
 from psc_seg.segment.fragments import FRAGMENT_METHODS, distance_fragments, make_fragments, waterz_fragments
-from psc_seg.segment.settings import SegmentSettings
-from psc_seg.segment.whole import DECODERS, segment_affinities, segment_whole
+from psc_seg.segment.settings import DECODERS, SegmentSettings
+from psc_seg.segment.whole import segment_affinities, segment_whole
 
 __all__ = [
     "DECODERS",

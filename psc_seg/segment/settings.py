@@ -9,7 +9,8 @@ from typing import Any
 from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import SCORING
 from psc_seg.segment.fragments import FRAGMENT_METHODS
-from psc_seg.segment.whole import DECODERS
+
+DECODERS = ("waterz", "cc")  # fragments + agglomeration, or connected components of affinities
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,13 @@ volumes (:func:`segment_whole`, the twin of :func:`psc_seg.segment.blockwise.seg
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from psc_seg.segment.agglomerate import agglomerate
 from psc_seg.segment.components import affinity_components, remove_small_segments
 from psc_seg.segment.fragments import as_affinities, make_fragments
-
-if TYPE_CHECKING:
-    from psc_seg.segment.settings import SegmentSettings
-
-DECODERS = ("waterz", "cc")
+from psc_seg.segment.settings import DECODERS, SegmentSettings
 
 
 def segment_affinities(
