@@ -36,8 +36,14 @@ class PscGroup(TyperGroup):
 def _flags(group: TyperGroup, ctx: click.Context):
     """Spell a parameter name as the invoked command's long flag (the name itself if it has none)."""
     command = group.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-    flags = {p.name: next((o for o in p.opts if o.startswith("--")), p.opts[0])
-             for p in getattr(command, "params", []) if p.param_type_name == "option"}
+    flags: dict[str, str] = {}
+    todo = [command] if command is not None else []
+    while todo:  # a group's subcommands too (``psc-seg synth em``): their options share names
+        current = todo.pop()
+        todo.extend(getattr(current, "commands", {}).values())
+        for p in getattr(current, "params", []):
+            if p.param_type_name == "option":
+                flags.setdefault(p.name, next((o for o in p.opts if o.startswith("--")), p.opts[0]))
     return lambda name: flags.get(name, name)
 
 

@@ -98,9 +98,9 @@ def run_blockwise(
     """
     check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
     if workers < 0:
-        raise UserError(f"--workers must be >= 0, got {workers}")
+        raise UserError(f"{{workers}} must be >= 0, got {workers}", options=("workers",))
     if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UserError(f"{{batch_size}} must be >= 1, got {batch_size}", options=("batch_size",))
     start = time.perf_counter()
     done = record.done_ids() if record is not None else set()
     pending = [b for b in blocks if b.block_id not in done]

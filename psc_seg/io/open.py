@@ -147,7 +147,7 @@ def create_volume(
         raise UserError(f"output {str(s)!r}: shape {shape} has an empty axis")
     if volume_exists(s):
         if not overwrite:
-            raise UserError(f"output {str(s)!r} already exists; pass --overwrite to replace it")
+            raise UserError(f"output {str(s)!r} already exists; pass {{overwrite}} to replace it", options=("overwrite",))
         remove_output(s)
     if reference is not None:
         voxel_size = voxel_size if voxel_size is not None else reference.voxel_size

@@ -386,7 +386,7 @@ def lock_path(path: Path) -> Path:
 # HDF5 volumes of this process that keep a file open for reading, by resolved path: HDF5
 # refuses to open a file for writing while this process has it open read-only, so a writer of
 # the file closes them first (they reopen on their next read)
-_READERS: dict[Path, weakref.WeakSet] = {}
+_HDF5_READERS: dict[Path, weakref.WeakSet] = {}
 
 
 @contextlib.contextmanager
@@ -394,7 +394,7 @@ def _file_lock(path: Path):
     """An exclusive advisory lock on :func:`lock_path` (serialises HDF5 access across
     processes; HDF5's own lock on the file itself would make them fail instead). Readers of the
     file kept open in this process are closed first."""
-    for reader in list(_READERS.get(Path(path).resolve(), ())):
+    for reader in list(_HDF5_READERS.get(Path(path).resolve(), ())):
         reader.close()
     with open(lock_path(path), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -465,7 +465,7 @@ class Hdf5Volume(Volume):
 
         if self._h_file is None:
             self._h_file = h5py.File(self.spec_obj.path, "r")
-            _READERS.setdefault(self.spec_obj.path.resolve(), weakref.WeakSet()).add(self)
+            _HDF5_READERS.setdefault(self.spec_obj.path.resolve(), weakref.WeakSet()).add(self)
         return self._h_file[self.inner]
 
     def _read(self, key):
@@ -653,7 +653,8 @@ class BufferedVolume(Volume):
     def __init__(self, spec: VolumeSpec, *, mode: str = "r+") -> None:
         part, meta_path = partial_path(spec.path), _partial_meta_path(spec.path)
         if not part.is_file() or not meta_path.is_file():
-            raise UserError(f"no unfinished output for {str(spec.path)!r} (missing {part.name}); run without --resume")
+            raise UserError(f"no unfinished output for {str(spec.path)!r} (missing {part.name}); run without {{resume}}",
+                            options=("resume",))
         meta = json.loads(meta_path.read_text())
         data = np.load(str(part), mmap_mode="r")
         self.format = spec.format

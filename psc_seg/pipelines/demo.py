@@ -95,11 +95,12 @@ def run_demo(
         EM rows carry VI / ARAND per threshold for ``learned`` and ``baseline``, MRI rows Dice.
     """
     if task not in ("em", "mri"):
-        raise UserError(f"--task must be 'em' or 'mri', got {task!r}")
+        raise UserError(f"{{task}} must be 'em' or 'mri', got {task!r}", options=("task",))
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise UserError(f"{str(out)!r} exists and is not empty; pass --overwrite or choose another --out")
+            raise UserError(f"{str(out)!r} exists and is not empty; pass {{overwrite}} or choose another {{out}}",
+                            options=("overwrite", "out"))
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     size = size or SIZES[(task, quick)]

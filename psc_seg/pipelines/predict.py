@@ -194,10 +194,10 @@ def predict(
     check_exclusive(resume=resume, overwrite=overwrite)
     check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
     if dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UserError(f"{{dtype}} must be one of {', '.join(DTYPES)}, got {dtype!r}", options=("dtype",))
     resolve_device(device)
     if batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+        raise UserError(f"{{batch_size}} must be >= 1, got {batch_size}", options=("batch_size",))
     precision = resolve_precision(precision, device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     model = ckpt.model

@@ -71,7 +71,7 @@ def synth_em(
     """
     path, fmt = em_container(out)
     if path.exists() and not overwrite:
-        raise UserError(f"{str(path)!r} exists; pass --overwrite to replace it")
+        raise UserError(f"{str(path)!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
     volume = em_volume(shape, seed=seed, **options)
     params = {"kind": "em", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
     data = {"raw": volume["raw"], "labels": volume["labels"], "mask": volume["mask"].astype(np.uint8)}
@@ -120,7 +120,7 @@ def synth_mri(
     paths = {name.split(".")[0]: out_dir / name for name in MRI_FILES}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
-        raise UserError(f"{existing[0]!r} exists; pass --overwrite to replace it")
+        raise UserError(f"{existing[0]!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
     volume = mri_volume(shape, seed=seed, **options)
     params = {"kind": "mri", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
     for name, path in paths.items():

@@ -330,9 +330,9 @@ class Trainer:
                 if it % checkpoint_every == 0 or final or validating:
                     self.save("last")  # validation predicts from last.pt
                 figures = self.validate() if validating else {}
+                self.state.elapsed_s = time.perf_counter() - started  # the validation's time included
                 if figures:
                     self.save("last")  # with the validation figures and best so far, for --resume
-                self.state.elapsed_s = time.perf_counter() - started
                 if it % t.log_every == 0 or figures or final:
                     self._log_row(it, loss, figures, writer)
                 postfix = {"loss": f"{loss:.4f}"}

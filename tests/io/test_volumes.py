@@ -158,7 +158,7 @@ def test_errors_are_one_line(tmp_path):
     create_volume(tmp_path / "o.zarr/a", shape=(2, 3, 4), dtype="uint8").finalize()
     with pytest.raises(UserError, match=r"no 'b' in zarr container .*it holds: a/, a/0"):
         open_volume(tmp_path / "o.zarr/b")
-    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+    with pytest.raises(UserError, match="already exists; pass overwrite"):
         create_volume(tmp_path / "o.zarr/a", shape=(2, 3, 4), dtype="uint8")
     again = create_volume(tmp_path / "o.zarr/a", shape=(4, 3, 4), dtype="uint8", overwrite=True)
     assert again.shape == (4, 3, 4) and not again.complete
