@@ -1,8 +1,9 @@
-"""The one exception type for mistakes a user can fix, and the one check for options that
-exclude each other."""
+"""The one exception type for mistakes a user can fix, the one check for options that
+exclude each other, and notes: what a command did that the user should know."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 
@@ -36,3 +37,16 @@ def check_exclusive(**given: bool) -> None:
     if len(names) > 1:
         raise UserError(" and ".join("{" + n + "}" for n in names) + " exclude each other; give one, not both",
                         options=names)
+
+
+class Note(UserWarning):
+    """Something the user should know that did not stop the command: an input used although
+    unfinished (``allow_incomplete``). The CLI prints it as ``note: <message>`` on stderr;
+    Python callers get it as a warning."""
+
+
+def note(message: str | None) -> None:
+    """Tell the user ``message`` as a :class:`Note`; nothing for None (e.g. ``note(check(...))``
+    where a check returns a note or None)."""
+    if message:
+        warnings.warn(message, Note, stacklevel=2)

@@ -24,6 +24,10 @@ def evaluate_command(
     mask: Annotated[str | None, typer.Option("--mask", help="Score only where this volume is non-zero.")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option("--allow-incomplete", help="Score volumes that psc-seg marked unfinished (refused by default)."),
+    ] = False,
 ) -> None:
     """Score predictions against ground truth: VI split/merge (bits) and adapted Rand error
     with ground-truth 0 ignored, or Dice with --semantic; one row per prediction."""
@@ -35,7 +39,8 @@ def evaluate_command(
                    else "psc-seg evaluate PRED [PRED ...] --gt GT")
         raise UserError(f"name the ground truth with --gt (the order of two volumes would silently swap split and "
                         f"merge), e.g. {example}")
-    rows = evaluate(predictions, gt, semantic=semantic, mask=mask, json_path=json_file, progress=not quiet)
+    rows = evaluate(predictions, gt, semantic=semantic, mask=mask, json_path=json_file, progress=not quiet,
+                    allow_incomplete=allow_incomplete)
     typer.echo(format_rows(rows))
     if json_file is not None:
         typer.echo(f"wrote {json_file}")

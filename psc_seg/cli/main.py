@@ -2,11 +2,13 @@
 
 User mistakes (:class:`psc_seg.errors.UserError`) become one line ``error: ...`` on stderr and
 exit status 2, with the parameters they name spelled as the command's flags (``resume`` ->
-``--resume``); ``psc-seg --debug COMMAND`` shows the traceback instead.
+``--resume``); ``psc-seg --debug COMMAND`` shows the traceback instead. Notes
+(:class:`psc_seg.errors.Note`) become one line ``note: ...`` on stderr each.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 import click
@@ -15,15 +17,19 @@ from typer.core import TyperGroup
 
 from psc_seg import __version__
 from psc_seg.allocator import keep_freed_memory
-from psc_seg.errors import UserError
+from psc_seg.errors import Note, UserError
 
 
 class PscGroup(TyperGroup):
-    """Top-level group: turns a UserError raised anywhere below into a one-line error."""
+    """Top-level group: turns a UserError raised anywhere below into a one-line error, and
+    prints each Note as a one-line note."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", Note)
+                warnings.showwarning = _show(warnings.showwarning)
+                return super().invoke(ctx)
         except UserError as exc:
             if ctx.params.get("debug"):
                 raise
@@ -31,6 +37,16 @@ class PscGroup(TyperGroup):
             message = text.splitlines()[0] if text else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code=2) from None
+
+
+def _show(show_other):
+    """``warnings.showwarning`` printing a Note as ``note: <message>`` on stderr."""
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, Note):
+            typer.echo(f"note: {message}", err=True)
+        else:
+            show_other(message, category, *args, **kwargs)
+    return show
 
 
 def _flags(group: TyperGroup, ctx: click.Context):

@@ -45,6 +45,11 @@ def predict_command(
                      help="Predict although the input's voxel size differs from the training data's by more than "
                           "25 % on an axis (refused by default)."),
     ] = False,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option("--allow-incomplete",
+                     help="Predict from an input that psc-seg marked unfinished (refused by default)."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict affinities (UNet) or class probabilities and labels (DenseNet) for INPUT, block by
@@ -54,7 +59,7 @@ def predict_command(
     summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
                       overwrite=overwrite, progress=not quiet, normalize=normalize,
-                      ignore_voxel_size=ignore_voxel_size)
+                      ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete)
     for note in summary["notes"]:
         typer.echo(f"note: {note}", err=True)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())

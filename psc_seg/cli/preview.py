@@ -22,12 +22,16 @@ def preview_command(
     title: Annotated[str | None, typer.Option("--title", help="Title above the panels (default: VOLUME).")] = None,
     size: Annotated[int, typer.Option("--size", min=100, help="Longer side of the PNG in pixels.")] = 1000,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option("--allow-incomplete", help="Show volumes that psc-seg marked unfinished (refused by default)."),
+    ] = False,
 ) -> None:
     """Write a PNG of the xy, zy and xz slices of VOLUME through one point, for a quick look."""
     from psc_seg.pipelines.preview import preview_volume
 
     path = preview_volume(volume, out=out, labels=labels, affinities=affinities, center=(z, y, x), title=title,
-                          size=size, overwrite=overwrite)
+                          size=size, overwrite=overwrite, allow_incomplete=allow_incomplete)
     typer.echo(f"wrote {path}")
 
 

@@ -27,6 +27,10 @@ def segment_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option("--allow-incomplete", help="Segment affinities that psc-seg marked unfinished (refused by default)."),
+    ] = False,
 ) -> None:
     """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background)."""
     from psc_seg.pipelines.segment import segment
@@ -34,7 +38,7 @@ def segment_command(
     outputs = segment(
         affinities, output, thresholds=threshold, scoring=scoring, fragments=fragments, decoder=decoder,
         min_size=min_size, block_shape=block_shape, workers=workers, scheduler=scheduler, resume=resume,
-        overwrite=overwrite, progress=not quiet,
+        overwrite=overwrite, progress=not quiet, allow_incomplete=allow_incomplete,
     )
     for spec in outputs:
         typer.echo(f"wrote {spec}")

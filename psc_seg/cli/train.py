@@ -26,6 +26,11 @@ def train_command(
     ] = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the shipped presets and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    allow_incomplete: Annotated[
+        bool,
+        typer.Option("--allow-incomplete",
+                     help="Train on raw, labels or masks that psc-seg marked unfinished (refused by default)."),
+    ] = False,
 ) -> None:
     """Train a model on labelled volumes as CONFIG says; write checkpoints, metrics.csv and
     curves into the run folder. Ctrl-C saves checkpoints/last.pt; --resume continues."""
@@ -43,7 +48,7 @@ def train_command(
 
     try:
         summary = train(config, out=out, resume=resume, overwrite=overwrite, iterations=iterations, device=device,
-                        overrides=set_ or [], quiet=quiet)
+                        overrides=set_ or [], quiet=quiet, allow_incomplete=allow_incomplete)
     except TrainingInterrupted as exc:
         typer.echo(f"{exc}; continue with --resume", err=True)
         raise typer.Exit(code=130) from None

@@ -91,7 +91,8 @@ def run_blockwise(
         workers: number of local worker processes (0: serial, in this process).
         scheduler: address of an existing dask scheduler (excludes ``workers``).
         batch_size: give ``process`` lists of up to this many blocks (one task each).
-        record: finished blocks are skipped and newly finished ones appended.
+        record: finished blocks are skipped and newly finished ones appended; the number of
+            blocks is kept in it (what "37 of 64 blocks written" counts).
         on_result: called on the client as ``on_result(block_ids, return_value)`` for each task.
         progress: show a tqdm bar over voxels (rate in voxels/s, ETA) on stderr.
         desc: label of the progress bar.
@@ -102,6 +103,8 @@ def run_blockwise(
     if batch_size is not None and batch_size < 1:
         raise UserError(f"{{batch_size}} must be >= 1, got {batch_size}", options=("batch_size",))
     start = time.perf_counter()
+    if record is not None:
+        record.set_total(len(blocks))
     done = record.done_ids() if record is not None else set()
     pending = [b for b in blocks if b.block_id not in done]
     tasks = list(iter_batches(pending, batch_size or 1))

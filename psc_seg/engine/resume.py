@@ -3,6 +3,7 @@
 A record is a folder kept with the output (``Volume.sidecar_dir("blocks")``)::
 
     settings.json   {"hash": "<sha256 of the canonical settings JSON>", "settings": {...}}
+    total           the number of blocks of the run, written when it starts (older records lack it)
     done.log        finished block ids, one per line, appended (and flushed) as blocks finish
 
 A block is appended only after its output has been written, so a run killed at any moment
@@ -12,7 +13,9 @@ starts a new record.
 
 :func:`prepare_outputs` is the one rule for outputs, resume and overwrite (predict and both
 segment paths): the record lives with the first output and is where its settings hash is kept,
-finished or not.
+finished or not. :func:`check_finished` is the one rule for inputs: a volume psc-seg marked
+unfinished is refused, saying how much of it is written (from its record) and the command that
+finishes it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +63,22 @@ class BlockRecord:
     @property
     def log_file(self) -> Path:
         return self.directory / "done.log"
+
+    @property
+    def total_file(self) -> Path:
+        return self.directory / "total"
+
+    def set_total(self, n_blocks: int) -> None:
+        """Keep the number of blocks of the run (when it starts), for :func:`check_finished`."""
+        with atomic_path(self.total_file) as tmp:
+            tmp.write_text(f"{int(n_blocks)}\n")
+
+    def total(self) -> int | None:
+        """The number of blocks of the run; None for a record made before totals were kept."""
+        try:
+            return int(self.total_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
 
     @classmethod
     def create(cls, directory: str | os.PathLike, settings: dict[str, Any]) -> BlockRecord:
@@ -150,7 +170,7 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, creat
       blocks;
     * ``resume`` with a record of other settings (or none): UserError.
     """
-    from psc_seg.io import open_volume, volume_complete, volume_exists
+    from psc_seg.io import META_KEY, open_volume, volume_complete, volume_exists
 
     check_exclusive(resume=resume, overwrite=overwrite)
     main = next(iter(specs.values()))
@@ -169,4 +189,69 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, creat
         record = BlockRecord.open(volumes[next(iter(specs))].sidecar_dir(RECORD), settings, what=f"output {main!r}")
         return PreparedOutputs(volumes, record, resumed=True)
     volumes = dict(create())
-    return PreparedOutputs(volumes, BlockRecord.create(volumes[next(iter(specs))].sidecar_dir(RECORD), settings))
+    first, *others = volumes.values()
+    record = BlockRecord.create(first.sidecar_dir(RECORD), settings)
+    for volume in others:  # where their record is, for check_finished
+        where = os.path.relpath(record.directory, volume.sidecar_dir(RECORD).parent)
+        volume.update_attrs({META_KEY: {**volume.attrs.get(META_KEY, {}), "record": where}})
+    return PreparedOutputs(volumes, record)
+
+
+def check_finished(volume, role: str, *, allow_incomplete: bool = False) -> str | None:
+    """The rule for a stage's input ``volume`` (an open :class:`psc_seg.io.Volume`): one that
+    psc-seg marked unfinished (``complete`` false) is refused unless ``allow_incomplete``.
+
+    ``role`` names it in the message (``"affinities"``, ``"ground truth"``, ...). The message
+    says how much is written, from the output's block record (``"37 of 64 blocks (57%)
+    written"``, or the blocks done for a record without a total), and the command that
+    finishes it: the command in its provenance with ``--resume`` (``--overwrite`` for an
+    output no resumable run wrote).
+
+    Returns:
+        None for a finished volume (or one psc-seg did not write); under ``allow_incomplete``,
+        a note for the user saying the unfinished volume is used as it is.
+
+    Raises:
+        UserError: an unfinished volume without ``allow_incomplete``.
+    """
+    from psc_seg.io import META_KEY
+
+    if volume.complete:
+        return None
+    meta = volume.attrs.get(META_KEY, {})
+    plural = role.endswith("s")
+    they, them, are = ("they", "them", "are") if plural else ("it", "it", "is")
+    record = _record_of(volume, meta)
+    unfinished = f"{role} {volume.spec!r} {are} unfinished{_written(record)}"
+    if allow_incomplete:
+        return f"{unfinished}; used as {they} {are}"
+    flag = "--resume" if record is not None else "--overwrite"
+    command = (meta.get("provenance") or {}).get("command")
+    if not command:
+        finish = f"rerun the command that wrote {them} with {flag}"
+    else:
+        words = [w for w in shlex.split(command) if w not in ("--resume", "--overwrite")]  # they exclude each other
+        verb = f"finish {them}" if record is not None else f"write {them} again"
+        finish = f"{verb} with `{shlex.join([*words, flag])}`"
+    raise UserError(f"{unfinished}; {finish}, or pass {{allow_incomplete}} to use {them} as {they} {are}",
+                    options=("allow_incomplete",))
+
+
+def _record_of(volume, meta: dict[str, Any]) -> BlockRecord | None:
+    """The block record of the run that writes ``volume``: kept with it, or with the run's first
+    output (``meta["record"]``, relative to where the volume's own would be); None if none."""
+    own = volume.sidecar_dir(RECORD)
+    for directory in (own, *([own.parent / meta["record"]] if meta.get("record") else [])):
+        record = BlockRecord(directory)
+        if record.settings_file.is_file():
+            return record
+    return None
+
+
+def _written(record: BlockRecord | None) -> str:
+    if record is None:
+        return ""
+    done, total = len(record.done_ids()), record.total()
+    if total:
+        return f": {done} of {total} blocks ({100 * done // total}%) written"  # floor: never 100% unfinished
+    return f" ({done} blocks done)" if done else ""

@@ -10,14 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from psc_seg.errors import UserError
+from psc_seg.engine.resume import check_finished
+from psc_seg.errors import UserError, note
 from psc_seg.evaluate import CONVENTIONS, contingency_tables_blockwise, dice_scores, instance_scores
 
 
-def _open_labels(spec: str, role: str):
+def _open_labels(spec: str, role: str, *, allow_incomplete: bool = False):
     from psc_seg.io import open_volume
 
     volume = open_volume(spec)
+    note(check_finished(volume, role, allow_incomplete=allow_incomplete))
     if volume.channels is not None:
         raise UserError(f"{role} {spec!r} has shape {volume.shape}; labels must be 3D (z, y, x)")
     if not (np.issubdtype(volume.dtype, np.integer) or volume.dtype == bool):
@@ -42,6 +44,7 @@ def evaluate(
     json_path: str | Path | None = None,
     max_voxels: int = 2**25,
     progress: bool = False,
+    allow_incomplete: bool = False,
 ) -> list[dict[str, Any]]:
     """Score each prediction against the ground truth.
 
@@ -54,6 +57,8 @@ def evaluate(
         json_path: write ``{"rows": [...], "conventions": {...}, ...}`` there.
         max_voxels: the most voxels of one volume read at once (volumes are read in z slabs).
         progress: show a progress bar.
+        allow_incomplete: score volumes psc-seg marked unfinished (a note says so); without
+            it they are refused (:func:`~psc_seg.engine.resume.check_finished`).
 
     Returns:
         One row per prediction: ``{"prediction", "voi_split", "voi_merge", "voi", "arand",
@@ -62,14 +67,14 @@ def evaluate(
     """
     if not predictions:
         raise UserError("give at least one prediction before the ground truth")
-    gt = _open_labels(ground_truth, "ground truth")
-    preds = [_open_labels(spec, "prediction") for spec in predictions]
+    gt = _open_labels(ground_truth, "ground truth", allow_incomplete=allow_incomplete)
+    preds = [_open_labels(spec, "prediction", allow_incomplete=allow_incomplete) for spec in predictions]
     if not semantic:
         for spec, volume in zip(predictions, preds):
             if is_class_map(volume):
                 raise UserError(f"prediction {spec!r} is a class map (its metadata says semantic task); score it with "
                                 "--semantic (Dice per class), or give an instance segmentation")
-    mask_volume = _open_labels(mask, "mask") if mask else None
+    mask_volume = _open_labels(mask, "mask", allow_incomplete=allow_incomplete) if mask else None
     for spec, volume in [*zip(predictions, preds), *([(mask, mask_volume)] if mask_volume else [])]:
         if volume.shape != gt.shape:
             raise UserError(

@@ -31,6 +31,7 @@ import numpy as np
 from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
 from psc_seg.engine import Roi, block_grid, file_hash, prepare_outputs, run_blockwise
+from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, PredictionWriter, default_block_shape, plan_geometry, prepare_model,
     resolve_precision,
@@ -161,6 +162,7 @@ def predict(
     progress: bool = True,
     normalize: str | None = None,
     ignore_voxel_size: bool = False,
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
 
@@ -187,9 +189,11 @@ def predict(
             normalisation is refused (:func:`check_input`).
         ignore_voxel_size: predict although the input's voxel size differs from the training
             data's by more than 25 % on an axis.
+        allow_incomplete: predict from an input psc-seg marked unfinished (a note says so);
+            without it, it is refused (:func:`~psc_seg.engine.resume.check_finished`).
 
     Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second,
-    and ``notes`` (checks skipped or overridden, one line each).
+    and ``notes`` (checks skipped or overridden, an unfinished input used; one line each).
     """
     check_exclusive(resume=resume, overwrite=overwrite)
     check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
@@ -203,6 +207,7 @@ def predict(
     model = ckpt.model
     task = resolve_task(ckpt)
     source = open_volume(input)
+    unfinished = check_finished(source, "input", allow_incomplete=allow_incomplete)
     in_channels = getattr(model, "in_channels", 1)
     if (source.channels or 1) != in_channels:
         raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
@@ -211,6 +216,7 @@ def predict(
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
     geometry = plan_geometry(model, block_shape, twin=runner)
     norm, notes = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
+    notes += filter(None, [unfinished])
     specs = output_specs(output, task)
     if any(_same_volume(input, s) for s in specs.values()):
         raise UserError(f"output {output!r} is the input volume; choose another output")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from psc_seg.errors import UserError
+from psc_seg.engine.resume import check_finished
+from psc_seg.errors import UserError, note
 from psc_seg.io import open_volume
 from psc_seg.preview import write_preview
 
@@ -20,6 +21,7 @@ def preview_volume(
     title: str | None = None,
     size: int = 1000,
     overwrite: bool = False,
+    allow_incomplete: bool = False,
 ) -> Path:
     """Write a PNG of the slices of ``volume`` through ``center`` (see :mod:`psc_seg.preview`).
 
@@ -33,6 +35,8 @@ def preview_volume(
         title: a title; default the volume spec.
         size: the PNG's longer side in pixels.
         overwrite: replace an existing PNG; without it an existing one is a UserError.
+        allow_incomplete: show volumes psc-seg marked unfinished (a note says so); without it
+            they are refused (:func:`~psc_seg.engine.resume.check_finished`).
     """
     out = Path(out)
     if out.suffix.lower() != ".png":
@@ -42,6 +46,9 @@ def preview_volume(
     raw = open_volume(volume)
     label_volume = open_volume(labels) if labels else None
     affinity_volume = open_volume(affinities) if affinities else None
+    for role, shown in (("volume", raw), ("labels", label_volume), ("affinities", affinity_volume)):
+        if shown is not None:
+            note(check_finished(shown, role, allow_incomplete=allow_incomplete))
     if affinity_volume is None and raw.channels is not None:
         if raw.channels < 3:
             raise UserError(f"{volume!r} has {raw.channels} channels; preview shows a 3D volume or >= 3 affinities")

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from psc_seg.errors import UserError, check_exclusive
+from psc_seg.engine.resume import check_finished
+from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.segment.settings import SegmentSettings
 from psc_seg.segment.whole import segment_whole
 
@@ -63,6 +64,7 @@ def segment(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    allow_incomplete: bool = False,
 ) -> list[str]:
     """Segment the affinity volume ``affinities`` into ``output`` (one volume per threshold).
 
@@ -79,6 +81,8 @@ def segment(
             are skipped; whole-volume: an unfinished run is redone), keep a finished one.
         overwrite: replace existing outputs.
         progress: show progress bars.
+        allow_incomplete: segment affinities psc-seg marked unfinished (a note says so);
+            without it they are refused (:func:`~psc_seg.engine.resume.check_finished`).
 
     Returns:
         The output specs written, in the order of ``thresholds``.
@@ -88,6 +92,7 @@ def segment(
     check_exclusive(resume=resume, overwrite=overwrite)
     check_exclusive(workers=workers is not None, scheduler=scheduler is not None)
     affs = open_affinities(affinities)
+    note(check_finished(affs, "affinities", allow_incomplete=allow_incomplete))
     outputs = output_specs(output, settings.thresholds)
     if settings.block_shape is not None:
         from psc_seg.segment.blockwise import segment_blockwise

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from psc_seg.device import resolve_device
-from psc_seg.errors import UserError, check_exclusive
+from psc_seg.engine.resume import check_finished
+from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
 from psc_seg.io import normalize, open_volume, resolve_normalization
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
@@ -34,15 +35,22 @@ def default_run_dir(config: str | Path) -> Path:
     return Path("runs") / name
 
 
-def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool) -> LabelledVolume:
+def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
+                  allow_incomplete: bool = False) -> LabelledVolume:
     """Open one raw / labels (/ mask) triple, check it, resolve its normalisation.
 
+    ``allow_incomplete``: use volumes psc-seg marked unfinished (a note says so).
+
     Raises:
-        UserError: shapes that disagree, labels that are not integers.
+        UserError: shapes that disagree, labels that are not integers, a volume psc-seg
+            marked unfinished (:func:`~psc_seg.engine.resume.check_finished`).
     """
     raw = open_volume(volume_set.raw)
     labels = open_volume(volume_set.labels)
     mask = open_volume(volume_set.mask) if volume_set.mask else None
+    for role, volume in (("raw", raw), ("labels", labels), ("mask", mask)):
+        if volume is not None:
+            note(check_finished(volume, role, allow_incomplete=allow_incomplete))
     if labels.channels is not None:
         raise UserError(f"labels {volume_set.labels!r} have {labels.channels} channels; give one (z, y, x) label volume")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -109,10 +117,15 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
         yaml.safe_dump(data, f, sort_keys=False)
 
 
-def prepare(config: TrainConfig) -> tuple[torch.nn.Module, tuple[int, int, int], list[LabelledVolume], list[LabelledVolume]]:
-    """Open the volumes and build the model: ``(model, input_shape, train, validation)``."""
-    train_volumes = [open_labelled(v, config, preload=config.data.preload) for v in config.data.train]
-    validation_volumes = [open_labelled(v, config, preload=False) for v in config.data.validation]
+def prepare(
+    config: TrainConfig, *, allow_incomplete: bool = False,
+) -> tuple[torch.nn.Module, tuple[int, int, int], list[LabelledVolume], list[LabelledVolume]]:
+    """Open the volumes and build the model: ``(model, input_shape, train, validation)``
+    (``allow_incomplete``: see :func:`open_labelled`)."""
+    train_volumes = [open_labelled(v, config, preload=config.data.preload, allow_incomplete=allow_incomplete)
+                     for v in config.data.train]
+    validation_volumes = [open_labelled(v, config, preload=False, allow_incomplete=allow_incomplete)
+                          for v in config.data.validation]
     channels = {v.in_channels for v in train_volumes + validation_volumes}
     if len(channels) != 1:
         raise UserError(f"the raw volumes have different channel counts ({sorted(channels)}); use volumes alike")
@@ -132,6 +145,7 @@ def train(
     device: str = "cpu",
     overrides: Sequence[str] = (),
     quiet: bool = False,
+    allow_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Train a model as ``config`` says, writing checkpoints and metrics into ``out``.
 
@@ -144,6 +158,8 @@ def train(
         device: ``cpu`` or ``cuda`` (mixed precision on CUDA).
         overrides: ``key.path=value`` strings (``--set``).
         quiet: no progress bar.
+        allow_incomplete: train on volumes psc-seg marked unfinished (a note says so); without
+            it they are refused (:func:`~psc_seg.engine.resume.check_finished`).
 
     Returns:
         ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
@@ -158,7 +174,7 @@ def train(
     run_dir = Path(out) if out is not None else default_run_dir(config if not isinstance(config, dict) else "config")
     if not isinstance(config, dict) and Path(config).resolve() == (run_dir / "config.yaml").resolve():
         raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another --out")
-    model, input_shape, train_volumes, validation_volumes = prepare(cfg)
+    model, input_shape, train_volumes, validation_volumes = prepare(cfg, allow_incomplete=allow_incomplete)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume_from = _check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     dataset = PatchDataset(

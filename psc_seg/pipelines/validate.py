@@ -29,8 +29,9 @@ from psc_seg.train.data import LabelledVolume
 
 def _predict(checkpoint: Path, raw: str, output: Path, *, config: TrainConfig, device: torch.device) -> dict:
     block = config.validation.block_shape
+    # allow_incomplete: train has checked the raw (open_labelled) and refused it or said so
     return predict(checkpoint, raw, str(output), block_shape=list(block) if block else None, device=str(device),
-                   overwrite=True, progress=False)
+                   overwrite=True, progress=False, allow_incomplete=True)
 
 
 def _labels_and_mask(volume: LabelledVolume) -> tuple[np.ndarray, np.ndarray | None]:

@@ -8,7 +8,8 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from psc_seg.engine import BlockRecord, Roi, block_grid, mirror_indices, read_mirrored, run_blockwise
+from psc_seg.engine import BlockRecord, Roi, block_grid, mirror_indices, prepare_outputs, read_mirrored, run_blockwise
+from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume, open_volume
 
@@ -120,6 +121,39 @@ def test_block_record_settings_and_torn_lines(tmp_path):
         BlockRecord.open(tmp_path / "none", {"a": 1})
     with pytest.raises(UserError, match="workers and scheduler exclude each other"):
         run_blockwise([], print, workers=2, scheduler="tcp://127.0.0.1:1")
+
+
+def test_check_finished_names_the_fraction_and_the_command_for_every_output_of_a_run(tmp_path, monkeypatch):
+    """The rule for inputs: how much is written comes from the run's record, kept with its first
+    output; a later output of the run finds it too. Without a record the command is rerun with
+    --overwrite; without a command the message says what to do."""
+    monkeypatch.setattr(sys, "argv", ["psc-seg", "predict", "m.pt", "raw.zarr", "out.zarr", "--overwrite"])
+    specs = {"probabilities": f"{tmp_path}/out.zarr/probabilities", "labels": f"{tmp_path}/out.zarr/labels"}
+    prepared = prepare_outputs(specs, {"run": 1}, create=lambda: {
+        name: create_volume(spec, shape=(6, 6, 6), dtype="uint8", chunks=(3, 3, 3)) for name, spec in specs.items()})
+    blocks = block_grid(Roi((0, 0, 0), (6, 6, 6)), write_shape=3)
+
+    def stopped_at_the_fourth(block):
+        if block.block_id == 3:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_blockwise(blocks, stopped_at_the_fourth, record=prepared.record, progress=False)
+    for role, spec in (("probabilities", specs["probabilities"]), ("prediction", specs["labels"])):
+        with pytest.raises(UserError, match=fr"^{role} .* unfinished: 3 of 8 blocks \(37%\) written; finish (them|it) "
+                                            r"with `psc-seg predict m.pt raw.zarr out.zarr --resume`, or pass "
+                                            r"allow_incomplete"):
+            check_finished(open_volume(spec), role)
+        assert "unfinished: 3 of 8" in check_finished(open_volume(spec), role, allow_incomplete=True)
+    synth = create_volume(tmp_path / "synth.zarr", shape=(4, 4, 4), dtype="uint8")  # no record: not resumable
+    with pytest.raises(UserError, match=r"^raw .* is unfinished; write it again with `psc-seg predict m.pt raw.zarr "
+                                        r"out.zarr --overwrite`"):
+        check_finished(synth, "raw")
+    synth.update_attrs({"psc_seg": {"complete": False}})
+    with pytest.raises(UserError, match="rerun the command that wrote it with --overwrite"):
+        check_finished(open_volume(tmp_path / "synth.zarr"), "raw")
+    synth.finalize()
+    assert check_finished(open_volume(tmp_path / "synth.zarr"), "raw") is None
 
 
 def test_existing_scheduler_address(tmp_path, monkeypatch):

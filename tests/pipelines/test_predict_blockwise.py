@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -190,7 +188,7 @@ def test_refusals(setup, tmp_path):
     assert "2 blocks computed, 0 already done (of 2)" in res.output
 
 
-def test_resume_after_sigkill(tmp_path):
+def test_resume_after_sigkill(tmp_path, kill_after):
     """A CLI run killed with SIGKILL half-way, rerun with --resume: identical output, and the
     blocks recorded before the kill are not recomputed."""
     ckpt = _tiny_unet(tmp_path / "unet.pt", seed=2)
@@ -200,16 +198,8 @@ def test_resume_after_sigkill(tmp_path):
     cmd = [str(exe if exe.exists() else "psc-seg"), "predict", str(ckpt), spec, str(out), "--block-shape", "16", "16",
            "16", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = out / "0" / ".psc-seg-blocks" / "done.log"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if log.exists() and log.read_text().count("\n") >= 4:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(cmd, log, 4, env=env)
     assert not open_volume(out).complete  # the killed output does not look complete
     recorded = BlockRecord(log.parent).done_ids()
     assert 4 <= len(recorded) < 18

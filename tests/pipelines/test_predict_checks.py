@@ -3,26 +3,12 @@ against the normalisation, voxel size, channels; each refusal names both sides a
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume, open_volume, volume_exists
-from psc_seg.models import build_model, save_checkpoint
 from psc_seg.pipelines.predict import predict
-
-OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]], padding="valid")
-    path = tmp_path_factory.mktemp("ckpt") / "unet.pt"
-    return save_checkpoint(path, model, metadata={"task": {"kind": "affinities", "offsets": OFFSETS},
-                                                  "normalize": {"kind": "uint8"}, "voxel_size": [8.0, 8.0, 8.0]})
-
 
 def _volume(path, data, voxel_size=(8, 8, 8), unit="nanometer"):
     vol = create_volume(path, shape=data.shape, dtype=data.dtype, voxel_size=voxel_size,

@@ -1,0 +1,44 @@
+"""Shared by the pipeline tests: a tiny affinity checkpoint, and a CLI run killed with SIGKILL
+once its block record lists some finished blocks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from psc_seg.models import build_model, save_checkpoint
+
+OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]], padding="valid")
+    path = tmp_path_factory.mktemp("ckpt") / "unet.pt"
+    return save_checkpoint(path, model, metadata={"task": {"kind": "affinities", "offsets": OFFSETS},
+                                                  "normalize": {"kind": "uint8"}, "voxel_size": [8.0, 8.0, 8.0]})
+
+
+def kill_after_blocks(cmd: list[str], log: Path, blocks: int, *, env: dict[str, str]) -> None:
+    """Run ``cmd`` and SIGKILL it once its record ``log`` (a ``done.log``) lists ``blocks``
+    finished blocks (within a minute; it must not end before)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if log.exists() and log.read_text().count("\n") >= blocks:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def kill_after():
+    return kill_after_blocks
