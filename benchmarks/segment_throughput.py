@@ -52,7 +52,7 @@ def write_affinities(path: Path, size: int, *, seed: int = 0, sigma: float = 0.1
 
     from psc_seg.io import create_volume
     from psc_seg.synth import em_volume
-    from psc_seg.affinities import seg_to_affinities
+    from psc_seg.affinities import DEFAULT_OFFSETS, seg_to_affinities
 
     labels = em_volume((size,) * 3, seed=seed, mitochondria=False, vesicles=False)["labels"]
     affs = seg_to_affinities(labels)
@@ -63,7 +63,8 @@ def write_affinities(path: Path, size: int, *, seed: int = 0, sigma: float = 0.1
     noise /= noise.std()
     affs += sigma * noise  # saturated inside cells and on boundaries, as a trained network's
     np.clip(affs, 0, 1, out=affs)
-    vol = create_volume(path, shape=affs.shape, dtype="float32", chunks=(64, 64, 64))
+    vol = create_volume(path, shape=affs.shape, dtype="float32", chunks=(64, 64, 64),
+                        attrs={"task": {"kind": "affinities", "offsets": [list(o) for o in DEFAULT_OFFSETS]}})
     vol.write((slice(None),) * 4, affs)
     vol.finalize()
     return str(path)
@@ -84,12 +85,15 @@ def child(args: argparse.Namespace) -> None:
     """Run one segmentation; print ``{"seconds": ..., "peak_mib": ...}`` as the last line."""
     import time
 
+    from psc_seg.affinities import DEFAULT_OFFSETS
     from psc_seg.pipelines.segment import segment
 
     block_shape = (args.block,) * 3 if args.block else None
     workers = args.child_workers if args.block and args.child_workers else None
     start = time.perf_counter()
-    segment(args.affs, args.out, thresholds=[0.5], block_shape=block_shape, workers=workers, progress=False)
+    # offsets given: affinities cached by an older run of this script carry none
+    segment(args.affs, args.out, thresholds=[0.5], block_shape=block_shape, workers=workers, progress=False,
+            offsets=DEFAULT_OFFSETS)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_mib": _own_peak_mib()}))
 

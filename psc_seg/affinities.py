@@ -10,6 +10,12 @@ affinity channel joins) and by the tests (labels -> affinities -> labels)::
 
 With the default offsets ``[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]`` (waterz order) channel 0
 links each voxel to its neighbour one step back along z, channel 1 along y, channel 2 along x.
+
+Segmentation reads these three nearest-neighbour channels, found by their offsets wherever
+they sit among the channels (:func:`nearest_neighbour_channels`); other (long-range) channels
+are left out. A ``+1`` offset such as ``(1, 0, 0)`` pairs the same voxels the other way round
+(``aff[p]`` links p and p + 1, not p - 1); it is refused rather than shifted by one voxel, so
+what is segmented is what was stored.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from psc_seg.errors import UserError
 
 DEFAULT_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 
@@ -26,6 +34,46 @@ def check_offsets(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]
     if not checked or any(len(offset) != 3 for offset in checked):
         raise ValueError(f"offsets must be a non-empty list of (z, y, x) triples, got {offsets!r}")
     return checked  # type: ignore[return-value]
+
+
+AXES = "zyx"
+
+
+def nearest_neighbour_channels(offsets: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], str | None]:
+    """The channels of the nearest-neighbour offsets ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)`` (in
+    that order, waterz's) among ``offsets``, and a one-line note naming the other offsets,
+    which segmentation leaves out (None when there are none).
+
+    Raises:
+        UserError: a nearest-neighbour offset is missing (the message names the offsets
+            present; a ``+1`` offset in its place is named as the opposite pairing).
+    """
+    checked = check_offsets(offsets)
+    channels = []
+    for axis, wanted in enumerate(DEFAULT_OFFSETS):
+        if wanted in checked:
+            channels.append(checked.index(wanted))
+            continue
+        opposite = tuple(-v for v in wanted)
+        if opposite in checked:
+            raise UserError(
+                f"the affinities have offset {opposite} but not {wanted}: {opposite} links p to the next voxel "
+                f"along {AXES[axis]}, the opposite pairing of the convention segmentation reads (aff[p] links p and "
+                f"p + offset with offsets {_listed(DEFAULT_OFFSETS)}); predict with those offsets, or shift that "
+                f"channel by one voxel along {AXES[axis]}")
+        raise UserError(
+            f"the affinities have no channel for the nearest-neighbour offset {wanted} (along {AXES[axis]}); their "
+            f"offsets are {_listed(checked)}, segmentation needs {_listed(DEFAULT_OFFSETS)}")
+    others = [o for i, o in enumerate(checked) if i not in channels]
+    note = None
+    if others:
+        note = (f"affinity channels of offsets {_listed(others)} ignored: segmentation uses the nearest-neighbour "
+                f"channels {_listed(DEFAULT_OFFSETS)} (channels {', '.join(map(str, channels))})")
+    return tuple(channels), note  # type: ignore[return-value]
+
+
+def _listed(offsets: Sequence[Sequence[int]]) -> str:
+    return ", ".join(str(tuple(o)) for o in offsets)
 
 
 def pair_slices(offset: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[tuple, tuple] | None:

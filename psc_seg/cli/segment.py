@@ -6,6 +6,10 @@ from typing import Annotated
 
 import typer
 
+OFFSETS_HELP = ("Offsets of the affinity channels, for affinities whose metadata names none (psc-seg predict stores "
+                "them), in the config's form: \"[[-1,0,0],[0,-1,0],[0,0,-1]]\". The channels of these three nearest "
+                "neighbours are segmented, wherever they are; others are left out.")
+
 
 def segment_command(
     affinities: Annotated[str, typer.Argument(help="Affinity volume (C, Z, Y, X), e.g. affs.zarr.")],
@@ -26,6 +30,7 @@ def segment_command(
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Blockwise: address of a running dask scheduler.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    offsets: Annotated[str | None, typer.Option("--offsets", metavar="YAML", help=OFFSETS_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     allow_incomplete: Annotated[
         bool,
@@ -38,7 +43,7 @@ def segment_command(
     outputs = segment(
         affinities, output, thresholds=threshold, scoring=scoring, fragments=fragments, decoder=decoder,
         min_size=min_size, block_shape=block_shape, workers=workers, scheduler=scheduler, resume=resume,
-        overwrite=overwrite, progress=not quiet, allow_incomplete=allow_incomplete,
+        overwrite=overwrite, progress=not quiet, allow_incomplete=allow_incomplete, offsets=offsets,
     )
     for spec in outputs:
         typer.echo(f"wrote {spec}")

@@ -1,15 +1,19 @@
 """``psc-seg segment``: affinities to instance labels, whole-volume or block by block.
 
 The stage only: arguments in, checked (:class:`~psc_seg.segment.settings.SegmentSettings`),
-then one of the two volume-level paths of :mod:`psc_seg.segment`
-(:func:`~psc_seg.segment.whole.segment_whole`, :func:`~psc_seg.segment.blockwise.segment_blockwise`)."""
+what the affinities' metadata says read (their offsets), then one of the two volume-level
+paths of :mod:`psc_seg.segment` (:func:`~psc_seg.segment.whole.segment_whole`,
+:func:`~psc_seg.segment.blockwise.segment_blockwise`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
+import yaml
 
+from psc_seg.affinities import check_offsets, nearest_neighbour_channels
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.segment.settings import SegmentSettings
@@ -49,6 +53,49 @@ def open_affinities(spec: str):
     return affs
 
 
+EXAMPLE_OFFSETS = "[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]"
+
+
+def affinity_offsets(affs, given: str | Sequence[Sequence[int]] | None = None) -> list[tuple[int, int, int]]:
+    """The offsets of the channels of the affinity volume ``affs``: those stored with it
+    (attribute ``task.offsets``, which ``psc-seg predict`` writes), else ``given``.
+
+    Args:
+        affs: an open ``(C, Z, Y, X)`` :class:`psc_seg.io.Volume`.
+        given: one ``(dz, dy, dx)`` per channel, as a list or as YAML text
+            (``"[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]"``, the config's form).
+
+    Raises:
+        UserError: no offsets stored and none given; offsets that are not triples, not one
+            per channel, or that differ from the stored ones.
+    """
+    task = affs.attrs.get("task")
+    stored = task.get("offsets") if isinstance(task, dict) else None
+    if stored is None and given is None:
+        raise UserError(f"affinities {affs.spec!r} carry no offsets in their metadata (task.offsets, which psc-seg "
+                        f"predict writes); pass {{offsets}} with one (dz, dy, dx) per channel, e.g. {EXAMPLE_OFFSETS}",
+                        options=("offsets",))
+    if isinstance(given, str):
+        try:
+            given = yaml.safe_load(given)
+        except yaml.YAMLError:
+            raise UserError(f"{{offsets}} {given!r} is not valid YAML; write e.g. {EXAMPLE_OFFSETS}",
+                            options=("offsets",)) from None
+    where = "{offsets}" if given is not None else f"the offsets in the metadata of {affs.spec!r}"
+    try:
+        offsets = check_offsets(given if given is not None else stored)
+    except (ValueError, TypeError):
+        raise UserError(f"{where} must be a list of (dz, dy, dx) triples, e.g. {EXAMPLE_OFFSETS}; "
+                        f"got {given if given is not None else stored!r}", options=("offsets",)) from None
+    if len(offsets) != affs.channels:
+        raise UserError(f"{where} name {len(offsets)} offsets but affinities {affs.spec!r} have {affs.channels} "
+                        "channels; give one offset per channel", options=("offsets",))
+    if stored is not None and given is not None and offsets != check_offsets(stored):
+        raise UserError(f"affinities {affs.spec!r} store the offsets {[list(o) for o in check_offsets(stored)]} in "
+                        f"their metadata, not the {{offsets}} given; drop {{offsets}}", options=("offsets",))
+    return offsets
+
+
 def segment(
     affinities: str,
     output: str,
@@ -65,11 +112,14 @@ def segment(
     overwrite: bool = False,
     progress: bool = True,
     allow_incomplete: bool = False,
+    offsets: str | Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
     """Segment the affinity volume ``affinities`` into ``output`` (one volume per threshold).
 
     Args:
-        affinities: volume spec of ``(C, Z, Y, X)`` affinities, channels in waterz order.
+        affinities: volume spec of ``(C, Z, Y, X)`` affinities with their offsets in their
+            metadata (as ``psc-seg predict`` writes them); the channels of the offsets
+            ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)`` are segmented, wherever they are.
         output: volume spec; several thresholds write ``output/threshold_0.50`` etc.
         thresholds: waterz merge-score thresholds, or affinity thresholds for ``cc``.
         scoring, fragments, decoder, min_size: see :func:`psc_seg.segment.segment_affinities`.
@@ -83,6 +133,8 @@ def segment(
         progress: show progress bars.
         allow_incomplete: segment affinities psc-seg marked unfinished (a note says so);
             without it they are refused (:func:`~psc_seg.engine.resume.check_finished`).
+        offsets: the offsets of affinities whose metadata has none (see
+            :func:`affinity_offsets`).
 
     Returns:
         The output specs written, in the order of ``thresholds``.
@@ -93,6 +145,8 @@ def segment(
     check_exclusive(workers=workers is not None, scheduler=scheduler is not None)
     affs = open_affinities(affinities)
     note(check_finished(affs, "affinities", allow_incomplete=allow_incomplete))
+    settings = replace(settings, offsets=affinity_offsets(affs, offsets))
+    note(nearest_neighbour_channels(settings.offsets)[1])
     outputs = output_specs(output, settings.thresholds)
     if settings.block_shape is not None:
         from psc_seg.segment.blockwise import segment_blockwise

@@ -163,7 +163,8 @@ def train(
 
     Returns:
         ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
-        "elapsed_s", "validation"}``.
+        "elapsed_s", "validation", "notes"}`` (notes: one line each for the user, e.g. affinity
+        channels validation leaves out).
     """
     check_exclusive(resume=resume, overwrite=overwrite)
     overrides = list(overrides)
@@ -201,7 +202,8 @@ def train(
                       validator=validator, device=torch_device, quiet=quiet)
     summary = trainer.fit(resume_from=resume_from)
     return {"run_dir": str(run_dir), "last": str(run_dir / "checkpoints" / "last.pt"),
-            "best": str(run_dir / "checkpoints" / "best.pt"), **summary}
+            "best": str(run_dir / "checkpoints" / "best.pt"), **summary,
+            "notes": list(validator.notes) if validator else []}
 
 
 __all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "resolve_device", "train")

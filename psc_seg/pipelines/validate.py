@@ -5,9 +5,10 @@ protocol).
 The checkpoint just written (``last.pt``) goes through the blockwise ``predict`` pipeline on
 each validation volume (outputs kept in ``RUN_DIR/validation/``), then:
 
-- EM (affinities): ``segment_affinities`` (waterz at ``validation.thresholds``) and VI against
-  the ground truth; the figure is the VI at the threshold that is best on average over the
-  volumes.
+- EM (affinities): ``segment_affinities`` (waterz at ``validation.thresholds``) of the
+  nearest-neighbour channels, picked by the offsets stored with the predicted affinities as
+  segment picks them, and VI against the ground truth; the figure is the VI at the threshold
+  that is best on average over the volumes.
 - MRI (semantic): the predicted labels and the foreground Dice per class, averaged over the
   volumes.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psc_seg.affinities import nearest_neighbour_channels
 from psc_seg.evaluate import contingency_table, dice_scores, instance_scores
 from psc_seg.io import open_volume
 from psc_seg.pipelines.predict import predict
@@ -52,18 +54,23 @@ class AffinityValidator:
     def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
         self.config, self.volumes, self.folder = config, list(volumes), Path(folder)
         self.thresholds = sorted(config.validation.thresholds)
+        # before training starts: offsets without the nearest neighbours cannot be validated
+        note = nearest_neighbour_channels(config.task.offsets)[1]
+        self.notes = [f"validation: {note}"] if note else []
 
     def scores(self, checkpoint: Path, device: torch.device) -> list[list[dict[str, float]]]:
         """Per volume, per threshold: instance scores (``voi_split``, ``voi_merge``, ``voi``...)."""
+        from psc_seg.pipelines.segment import affinity_offsets
         from psc_seg.segment import segment_affinities
 
         result = []
         for index, volume in enumerate(self.volumes):
             output = self.folder / f"{index}-affinities.zarr"
             _predict(checkpoint, volume.meta["raw"], output, config=self.config, device=device)
-            affinities = open_volume(str(output)).read()
-            segmentations = segment_affinities(affinities, thresholds=self.thresholds,
-                                               scoring=self.config.validation.scoring)
+            predicted = open_volume(str(output))
+            segmentations = segment_affinities(predicted.read(), thresholds=self.thresholds,
+                                               scoring=self.config.validation.scoring,
+                                               offsets=affinity_offsets(predicted))
             gt, mask = _labels_and_mask(volume)
             if mask is not None:  # voxels outside the mask count as unlabelled ground truth
                 gt = np.where(mask, gt, 0)
@@ -90,6 +97,7 @@ class SemanticValidator:
     def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
         self.config, self.volumes, self.folder = config, list(volumes), Path(folder)
         self.classes = list(range(1, int(config.task.num_classes)))
+        self.notes: list[str] = []
         self.columns = ["val_dice", *(f"val_dice_{k}" for k in self.classes)]
 
     def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]:

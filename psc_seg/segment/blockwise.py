@@ -18,7 +18,9 @@ of it; one loop (:func:`run_steps`) runs them in order with
    (scipy.sparse.csgraph) give a fragment -> segment table; ``min_size`` drops small segments;
 4. **relabel**: per block, fragments -> segments into each output.
 
-Reads with context go through a :class:`~psc_seg.engine.ChunkCache` (a block
+Every read of the affinities keeps the nearest-neighbour channels of ``settings.offsets``
+(``settings.channels``), in waterz order. Reads with context go through a
+:class:`~psc_seg.engine.ChunkCache` (a block
 grown by its context touches up to 27 storage chunks; neighbouring blocks share them), and
 ``--workers N`` starts one local cluster for all steps.
 
@@ -97,15 +99,15 @@ def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, sta
 class _FragmentStep:
     """Step 1, picklable for dask workers."""
 
-    def __init__(self, affs, fragments_volume, work: Path, *, method: str, decoder: str, threshold: float,
-                 stride: int, total: Roi) -> None:
-        self.affs, self.fragments = ChunkCache(affs), fragments_volume
+    def __init__(self, affs, fragments_volume, work: Path, *, channels: Sequence[int], method: str, decoder: str,
+                 threshold: float, stride: int, total: Roi) -> None:
+        self.affs, self.fragments, self.channels = ChunkCache(affs), fragments_volume, tuple(channels)
         self.work, self.method, self.decoder, self.threshold = work, method, decoder, threshold
         self.stride, self.total = stride, total
 
     def __call__(self, block) -> None:
         read = block.read_roi.intersect(self.total)
-        affs = as_affinities(self.affs.read(read))
+        affs = as_affinities(self.affs.read(read), self.channels)
         if np.isnan(affs).any():
             raise UserError(f"affinities {self.affs.spec!r} contain NaNs near {read}; fix the prediction first")
         if self.decoder == "cc":
@@ -123,9 +125,10 @@ class _FragmentStep:
 class _EdgeStep:
     """Step 2, picklable for dask workers."""
 
-    def __init__(self, affs, fragments_volume, work: Path, *, decoder: str, scoring: str, max_threshold: float,
-                 stride: int, total: Roi) -> None:
+    def __init__(self, affs, fragments_volume, work: Path, *, channels: Sequence[int], decoder: str, scoring: str,
+                 max_threshold: float, stride: int, total: Roi) -> None:
         self.affs, self.fragments, self.work = ChunkCache(affs), ChunkCache(fragments_volume), work
+        self.channels = tuple(channels)
         self.decoder, self.scoring, self.max_threshold = decoder, scoring, max_threshold
         self.stride, self.total = stride, total
 
@@ -133,13 +136,13 @@ class _EdgeStep:
         if self.decoder == "cc":
             starts = tuple(1 if b > t else 0 for b, t in zip(block.write_roi.begin, self.total.begin))
             region = block.write_roi.grow(starts, 0).intersect(self.total)
-            affs = as_affinities(self.affs.read(region))
+            affs = as_affinities(self.affs.read(region), self.channels)
             uv = _linked_pairs(affs, self.fragments.read(region), self.max_threshold, starts)
             scores = np.full(len(uv), -np.inf)  # linked at this threshold: below any threshold, 0 included
         else:
             read = block.read_roi.intersect(self.total)
             fragments = self.fragments.read(read)
-            uv, scores = scored_edges(self.affs.read(read), fragments,
+            uv, scores = scored_edges(as_affinities(self.affs.read(read), self.channels), fragments,
                                       max_threshold=self.max_threshold, scoring=self.scoring)
             owned = uv[:, 0] // np.uint64(self.stride) == np.uint64(block.block_id)
             uv, scores = uv[owned], scores[owned]
@@ -239,10 +242,11 @@ def _pass_steps(affs, volumes: Sequence, work: Path, *, settings: SegmentSetting
     fragments = _fragments_volume(work, total, settings.block_shape)
     tables = [work / f"{prefix}segments_{i}.npz" for i in range(len(group))]
     return [
-        Step("fragments", _FragmentStep(affs, fragments, work, method=settings.fragments, decoder=settings.decoder,
-                                        threshold=group[0], stride=stride, total=total), blocks=blocks),
-        Step("edges", _EdgeStep(affs, fragments, work, decoder=settings.decoder, scoring=settings.scoring,
-                                max_threshold=max(group), stride=stride, total=total),
+        Step("fragments", _FragmentStep(affs, fragments, work, channels=settings.channels, method=settings.fragments,
+                                        decoder=settings.decoder, threshold=group[0], stride=stride, total=total),
+             blocks=blocks),
+        Step("edges", _EdgeStep(affs, fragments, work, channels=settings.channels, decoder=settings.decoder,
+                                scoring=settings.scoring, max_threshold=max(group), stride=stride, total=total),
              blocks=blocks, upstream=("fragments",)),
         Step("global", functools.partial(_segment_tables, work, len(blocks), group, settings.min_size, tables),
              done=lambda: all(p.exists() for p in tables), upstream=("edges",)),

@@ -12,6 +12,8 @@ Both return ``(Z, Y, X)`` uint64 ids 1..n with 0 on boundary voxels that belong 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -20,16 +22,20 @@ from psc_seg.segment.relabel import unique_inverse
 FRAGMENT_METHODS = ("waterz", "distance")
 
 
-def as_affinities(affs: np.ndarray) -> np.ndarray:
-    """The first three channels as C-contiguous float32 in [0, 1] (uint8 input is scaled by 1/255).
+def as_affinities(affs: np.ndarray, channels: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+    """The nearest-neighbour channels as ``(3, Z, Y, X)`` C-contiguous float32 in [0, 1]
+    (uint8 input is scaled by 1/255).
 
     Args:
-        affs: ``(C, Z, Y, X)`` affinities, channels in waterz order (z, y, x), C >= 3.
+        affs: ``(C, Z, Y, X)`` affinities, C >= 3.
+        channels: the channels of the offsets ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)`` (waterz
+            order), as :func:`psc_seg.affinities.nearest_neighbour_channels` finds them.
     """
     affs = np.asarray(affs)
     if affs.ndim != 4 or affs.shape[0] < 3:
         raise ValueError(f"affinities must be (C, Z, Y, X) with C >= 3, got shape {affs.shape}")
-    affs = affs[:3]
+    channels = tuple(int(c) for c in channels)
+    affs = affs[:3] if channels == (0, 1, 2) else affs[list(channels)]
     if affs.dtype == np.uint8:
         return np.ascontiguousarray(affs, dtype=np.float32) / np.float32(255)
     if not np.issubdtype(affs.dtype, np.floating):

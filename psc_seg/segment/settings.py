@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psc_seg.affinities import DEFAULT_OFFSETS, check_offsets, nearest_neighbour_channels
 from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import SCORING
 from psc_seg.segment.fragments import FRAGMENT_METHODS
@@ -24,10 +25,12 @@ class SegmentSettings:
         scoring, fragments, decoder, min_size: see :func:`psc_seg.segment.segment_affinities`.
         block_shape: ``(Z, Y, X)`` write-block shape for blockwise segmentation; None
             segments the whole volume in memory.
+        offsets: one ``(dz, dy, dx)`` per channel of the affinities (as stored with them);
+            the nearest-neighbour channels are segmented (:attr:`channels`), others left out.
 
     Raises:
         UserError: an unknown scoring, fragments method or decoder, a negative ``min_size``,
-            a threshold outside [0, 1].
+            a threshold outside [0, 1], offsets without the three nearest neighbours.
     """
 
     affinities: str
@@ -37,8 +40,15 @@ class SegmentSettings:
     decoder: str = "waterz"
     min_size: int = 0
     block_shape: Sequence[int] | None = None
+    offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "offsets", tuple(check_offsets(self.offsets)))
+        except ValueError as exc:
+            raise UserError(f"{exc}; give {{offsets}} as e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]",
+                            options=("offsets",)) from None
+        nearest_neighbour_channels(self.offsets)  # refuses offsets without the three
         object.__setattr__(self, "thresholds", tuple(float(t) for t in (self.thresholds or (0.5,))))
         object.__setattr__(self, "block_shape", tuple(self.block_shape) if self.block_shape else None)
         if self.scoring not in SCORING:
@@ -52,6 +62,11 @@ class SegmentSettings:
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds):
             raise UserError(f"thresholds must lie in [0, 1], got {list(self.thresholds)}")
 
+    @property
+    def channels(self) -> tuple[int, int, int]:
+        """The channels of the offsets ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)``, in that order."""
+        return nearest_neighbour_channels(self.offsets)[0]
+
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values, in a fixed order: what resume hashes and provenance stores."""
         return {
@@ -62,4 +77,5 @@ class SegmentSettings:
             "decoder": self.decoder,
             "min_size": self.min_size,
             "block_shape": list(self.block_shape) if self.block_shape else None,
+            "offsets": [list(o) for o in self.offsets],
         }

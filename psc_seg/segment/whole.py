@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from psc_seg.affinities import DEFAULT_OFFSETS, check_offsets, nearest_neighbour_channels
 from psc_seg.segment.agglomerate import agglomerate
 from psc_seg.segment.components import affinity_components, remove_small_segments
 from psc_seg.segment.fragments import as_affinities, make_fragments
@@ -21,11 +22,12 @@ def segment_affinities(
     fragments: str = "waterz",
     scoring: str = "hist_quant_50",
     min_size: int = 0,
+    offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS,
 ) -> list[np.ndarray]:
     """Instance segmentations of ``(C, Z, Y, X)`` affinities, one per threshold.
 
     Args:
-        affs: ``(C, Z, Y, X)`` affinities in [0, 1] (or uint8), channels in waterz order.
+        affs: ``(C, Z, Y, X)`` affinities in [0, 1] (or uint8), one channel per offset.
         thresholds: for ``waterz``, merge-score thresholds (regions merge while
             1 - affinity statistic is below it); for ``cc``, affinity thresholds (voxels join
             where the affinity is above it).
@@ -33,11 +35,17 @@ def segment_affinities(
         fragments: ``waterz`` or ``distance`` (see :mod:`psc_seg.segment.fragments`).
         scoring: ``hist_quant_50``, ``hist_quant_75`` or ``mean`` (waterz decoder).
         min_size: segments of fewer voxels become background 0.
+        offsets: one ``(dz, dy, dx)`` per channel; the channels of ``(-1, 0, 0), (0, -1, 0),
+            (0, 0, -1)`` are segmented, wherever they are (others are left out).
 
     Returns:
         One ``(Z, Y, X)`` uint64 segmentation per threshold, in the order given.
     """
-    affs = as_affinities(affs)  # once, not per threshold or per step
+    offsets = check_offsets(offsets)
+    if np.ndim(affs) != 4 or len(affs) != len(offsets):
+        raise ValueError(f"affinities must be (C, Z, Y, X) with C = {len(offsets)} offsets, got {np.shape(affs)}")
+    # once, not per threshold or per step
+    affs = as_affinities(affs, nearest_neighbour_channels(offsets)[0])
     if decoder == "cc":
         segmentations = [affinity_components(affs, t) for t in thresholds]
     elif decoder == "waterz":
@@ -79,14 +87,14 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         return outputs
     with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("reading affinities")
-        data = affs.read()
+        data = _read_channels(affs, settings.channels)
         if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
             raise UserError(f"affinities {settings.affinities!r} contain NaNs; fix the prediction first")
         bar.update()
         bar.set_postfix_str(f"{settings.decoder} decoding")
         segmentations = segment_affinities(
             data, thresholds=settings.thresholds, decoder=settings.decoder, fragments=settings.fragments,
-            scoring=settings.scoring, min_size=settings.min_size,
+            scoring=settings.scoring, min_size=settings.min_size,  # data: the channels of DEFAULT_OFFSETS
         )
         bar.update()
         bar.set_postfix_str("writing")
@@ -95,3 +103,11 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
             prepared.volumes[spec].finalize()
         bar.update()
     return outputs
+
+
+def _read_channels(affs, channels: Sequence[int]) -> np.ndarray:
+    """``(len(channels), Z, Y, X)``: those channels of the volume ``affs``, in that order,
+    reading only the range of channels that holds them."""
+    low, high = min(channels), max(channels) + 1
+    data = affs.read((slice(low, high), slice(None), slice(None), slice(None)))
+    return data[[c - low for c in channels]] if list(channels) != list(range(low, high)) else data

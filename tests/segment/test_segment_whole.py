@@ -9,7 +9,7 @@ import pytest
 from psc_seg.evaluate import variation_of_information
 from psc_seg.segment import agglomerate, affinity_components, make_fragments, remove_small_segments, segment_affinities
 from psc_seg.segment.quiet import quiet_stdout
-from psc_seg.affinities import seg_to_affinities
+from psc_seg.affinities import DEFAULT_OFFSETS, seg_to_affinities
 
 
 def _voi(gt, pred):
@@ -127,10 +127,10 @@ def test_whole_volume_resume_keeps_a_finished_run_and_refuses_other_settings(tmp
 
     np.save(tmp_path / "affs.npy", seg_to_affinities(make_labels((16, 24, 24), 8, seed=2)))
     affs, out = str(tmp_path / "affs.npy"), str(tmp_path / "seg.zarr")
-    (spec,) = segment(affs, out, progress=False)
+    (spec,) = segment(affs, out, progress=False, offsets=DEFAULT_OFFSETS)
     before = os.path.getmtime(tmp_path / "seg.zarr" / "zarr.json")
-    assert segment(affs, out, resume=True, progress=False) == [spec]  # finished: nothing redone
+    assert segment(affs, out, resume=True, progress=False, offsets=DEFAULT_OFFSETS) == [spec]  # finished: nothing redone
     assert os.path.getmtime(tmp_path / "seg.zarr" / "zarr.json") == before
     with pytest.raises(UserError, match="other settings"):
-        segment(affs, out, resume=True, min_size=10**6, progress=False)
+        segment(affs, out, resume=True, min_size=10**6, progress=False, offsets=DEFAULT_OFFSETS)
     assert open_volume(spec).read().max() > 0  # left as it was
