@@ -16,9 +16,15 @@ def segment_command(
     output: Annotated[str, typer.Argument(help="Output volume, e.g. seg.zarr (several thresholds: seg.zarr/threshold_0.50, ...).")],
     threshold: Annotated[
         list[float] | None,
-        typer.Option("--threshold", "-t", help="waterz merge threshold (cc: affinity threshold); repeat for several. Default 0.5."),
+        typer.Option("--threshold", "-t", help="waterz merge threshold (cc: affinity threshold); repeat for several. "
+                                               "Default: the one validation chose for the checkpoint that predicted "
+                                               "AFFINITIES (waterz), else 0.5."),
     ] = None,
-    scoring: Annotated[str, typer.Option(help="waterz scoring: hist_quant_50, hist_quant_75 or mean.")] = "hist_quant_50",
+    scoring: Annotated[
+        str | None,
+        typer.Option(help="waterz scoring: hist_quant_50, hist_quant_75 or mean. Default: the one validation chose "
+                          "for the checkpoint that predicted AFFINITIES, else hist_quant_50."),
+    ] = None,
     fragments: Annotated[str, typer.Option(help="Fragments: waterz (its watershed) or distance (seeded watershed on the boundary distance).")] = "waterz",
     decoder: Annotated[str, typer.Option(help="waterz (fragments + agglomeration) or cc (connected components of affinities above the threshold).")] = "waterz",
     min_size: Annotated[int, typer.Option("--min-size", help="Segments of fewer voxels become background 0.")] = 0,

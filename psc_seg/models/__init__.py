@@ -1,7 +1,9 @@
 """The model zoo: UNet (EM affinities), DenseNet (MRI tissue), ResNet (classification);
 a registry and checkpoints that rebuild a model from the file alone."""
 
-from psc_seg.models.checkpoint import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from psc_seg.models.checkpoint import (
+    Checkpoint, load_checkpoint, read_checkpoint, read_checkpoint_metadata, save_checkpoint,
+)
 from psc_seg.models.registry import build_model, count_parameters, list_models, model_entry, register_model
 from psc_seg.models.densenet import DenseNet
 from psc_seg.models.resnet import ResNet
@@ -45,6 +47,7 @@ __all__ = [
     "load_checkpoint",
     "model_entry",
     "read_checkpoint",
+    "read_checkpoint_metadata",
     "register_model",
     "save_checkpoint",
 ]

@@ -71,13 +71,16 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """The raw checkpoint dict; UserError if the file is missing, corrupt or not ours."""
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """The raw checkpoint dict; UserError if the file is missing, corrupt or not ours.
+
+    ``mmap``: map the tensors from the file instead of reading them (for the metadata alone).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist; give the path of a .pt file written by psc-seg")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for a damaged file
         # torch's own message talks about weights_only defaults, which misleads here
         raise UserError(
@@ -95,6 +98,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"psc-seg ({__version__}) reads; upgrade psc-seg"
         )
     return payload
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``metadata`` of the checkpoint at ``path``, without reading its weights."""
+    return dict(read_checkpoint(path, mmap=True).get("metadata", {}))
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Checkpoint:

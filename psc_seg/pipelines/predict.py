@@ -235,7 +235,7 @@ def predict(
     prepared = prepare_outputs(
         specs, settings, resume=resume, overwrite=overwrite,
         create=lambda: _create_outputs(specs, task, source=source, dtype=dtype, geometry=geometry, settings=settings,
-                                       checkpoint=str(checkpoint), overwrite=overwrite),
+                                       checkpoint=str(Path(checkpoint).absolute()), overwrite=overwrite),
     )
     if prepared.done:
         total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))

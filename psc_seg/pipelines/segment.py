@@ -1,14 +1,17 @@
 """``psc-seg segment``: affinities to instance labels, whole-volume or block by block.
 
 The stage only: arguments in, checked (:class:`~psc_seg.segment.settings.SegmentSettings`),
-what the affinities' metadata says read (their offsets), then one of the two volume-level
-paths of :mod:`psc_seg.segment` (:func:`~psc_seg.segment.whole.segment_whole`,
+what the affinities' metadata says read (their offsets; the threshold and scoring validation
+chose for the checkpoint that predicted them), then one of the two volume-level paths of
+:mod:`psc_seg.segment` (:func:`~psc_seg.segment.whole.segment_whole`,
 :func:`~psc_seg.segment.blockwise.segment_blockwise`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -16,7 +19,7 @@ import yaml
 from psc_seg.affinities import check_offsets, nearest_neighbour_channels
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
-from psc_seg.segment.settings import SegmentSettings
+from psc_seg.segment.settings import DEFAULT_SCORING, DEFAULT_THRESHOLD, SegmentSettings
 from psc_seg.segment.whole import segment_whole
 
 
@@ -96,12 +99,66 @@ def affinity_offsets(affs, given: str | Sequence[Sequence[int]] | None = None) -
     return offsets
 
 
+def validation_choice(affs) -> tuple[dict[str, Any] | None, str | None]:
+    """The threshold and scoring validation chose for the checkpoint that predicted ``affs``
+    (named in their provenance; stored in its metadata by training, ``metadata["segment"]``).
+
+    Returns:
+        ``({"threshold", "scoring", "checkpoint"}, None)``; ``(None, reason)`` when that checkpoint is gone,
+        unreadable or no longer the file that predicted (its hash differs); ``(None, None)``
+        when there is nothing to take (no checkpoint named, or one without validation).
+    """
+    from psc_seg.engine import file_hash
+    from psc_seg.io import META_KEY
+
+    config = ((affs.attrs.get(META_KEY) or {}).get("provenance") or {}).get("config") or {}
+    named = config.get("checkpoint")
+    if not named:
+        return None, None
+    if not Path(named).is_file():
+        return None, f"checkpoint {named}, which predicted {affs.spec}, is gone"
+    if config.get("checkpoint_sha256") and file_hash(named) != config["checkpoint_sha256"]:
+        return None, f"checkpoint {named} has changed since it predicted {affs.spec}"
+    from psc_seg.models import read_checkpoint_metadata
+
+    try:
+        choice = read_checkpoint_metadata(named).get("segment")
+    except UserError as exc:
+        return None, str(exc).split(";")[0]
+    return ({**choice, "checkpoint": named}, None) if choice else (None, None)
+
+
+def _validated_defaults(affs, thresholds: Sequence[float] | None, scoring: str | None, *,
+                        decoder: str) -> tuple[Sequence[float], str, str | None]:
+    """``(thresholds, scoring, note)``: those not given taken from :func:`validation_choice`
+    (waterz only, the decoder validation runs; its threshold only with its own scoring), else
+    the defaults; the note says which were taken, or why none could be."""
+    given = {"threshold": bool(thresholds), "scoring": scoring is not None}
+    if decoder != "waterz" or all(given.values()):
+        return thresholds or (DEFAULT_THRESHOLD,), scoring or DEFAULT_SCORING, None
+    choice, reason = validation_choice(affs)
+    if choice is None:
+        missing = [f"threshold {DEFAULT_THRESHOLD:g}" if not given["threshold"] else "",
+                   f"scoring {DEFAULT_SCORING}" if not given["scoring"] else ""]
+        note = f"{reason}; using the default {' and '.join(m for m in missing if m)}" if reason else None
+        return thresholds or (DEFAULT_THRESHOLD,), scoring or DEFAULT_SCORING, note
+    taken = []
+    if scoring is None:
+        scoring = str(choice["scoring"])
+        taken.append(f"scoring {scoring}")
+    if not thresholds and scoring == choice["scoring"]:
+        thresholds = (float(choice["threshold"]),)
+        taken.insert(0, f"threshold {thresholds[0]:g}")
+    note = f"using {' and '.join(taken)} chosen by validation of {choice['checkpoint']}" if taken else None
+    return thresholds or (DEFAULT_THRESHOLD,), scoring, note
+
+
 def segment(
     affinities: str,
     output: str,
     *,
-    thresholds: Sequence[float] = (0.5,),
-    scoring: str = "hist_quant_50",
+    thresholds: Sequence[float] | None = None,
+    scoring: str | None = None,
     fragments: str = "waterz",
     decoder: str = "waterz",
     min_size: int = 0,
@@ -121,8 +178,12 @@ def segment(
             metadata (as ``psc-seg predict`` writes them); the channels of the offsets
             ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)`` are segmented, wherever they are.
         output: volume spec; several thresholds write ``output/threshold_0.50`` etc.
-        thresholds: waterz merge-score thresholds, or affinity thresholds for ``cc``.
-        scoring, fragments, decoder, min_size: see :func:`psc_seg.segment.segment_affinities`.
+        thresholds: waterz merge-score thresholds, or affinity thresholds for ``cc``. None:
+            the threshold validation chose for the checkpoint that predicted the affinities
+            (waterz, with that validation's scoring; see :func:`validation_choice`), else 0.5.
+        scoring: waterz scoring; None: the one validation chose (as for ``thresholds``),
+            else ``hist_quant_50``.
+        fragments, decoder, min_size: see :func:`psc_seg.segment.segment_affinities`.
         block_shape: ``(Z, Y, X)`` write-block shape for blockwise segmentation; None
             segments the whole volume in memory.
         workers, scheduler: blockwise only: a local dask cluster of that many workers, or
@@ -139,14 +200,16 @@ def segment(
     Returns:
         The output specs written, in the order of ``thresholds``.
     """
-    settings = SegmentSettings(affinities, thresholds=thresholds, scoring=scoring, fragments=fragments,
-                               decoder=decoder, min_size=min_size, block_shape=block_shape)
+    settings = SegmentSettings(affinities, thresholds=thresholds, scoring=scoring or DEFAULT_SCORING,
+                               fragments=fragments, decoder=decoder, min_size=min_size, block_shape=block_shape)
     check_exclusive(resume=resume, overwrite=overwrite)
     check_exclusive(workers=workers is not None, scheduler=scheduler is not None)
     affs = open_affinities(affinities)
     note(check_finished(affs, "affinities", allow_incomplete=allow_incomplete))
-    settings = replace(settings, offsets=affinity_offsets(affs, offsets))
+    thresholds, scoring, chosen = _validated_defaults(affs, thresholds, scoring, decoder=decoder)
+    settings = replace(settings, thresholds=thresholds, scoring=scoring, offsets=affinity_offsets(affs, offsets))
     note(nearest_neighbour_channels(settings.offsets)[1])
+    note(chosen)
     outputs = output_specs(output, settings.thresholds)
     if settings.block_shape is not None:
         from psc_seg.segment.blockwise import segment_blockwise

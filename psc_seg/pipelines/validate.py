@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +88,14 @@ class AffinityValidator:
         return {"val_voi_split": mean[best]["voi_split"], "val_voi_merge": mean[best]["voi_merge"],
                 "val_voi": mean[best]["voi"], "val_threshold": self.thresholds[best]}
 
+    def checkpoint_metadata(self, figures: dict[str, float]) -> dict[str, Any]:
+        """``{"segment": {"threshold", "scoring"}}``: the threshold that scored best with the
+        validation's scoring, which ``psc-seg segment`` takes by default for affinities this
+        checkpoint predicted."""
+        if "val_threshold" not in figures:
+            return {}
+        return {"segment": {"threshold": float(figures["val_threshold"]), "scoring": self.config.validation.scoring}}
+
 
 class SemanticValidator:
     """Mean Dice of the foreground classes (higher is better)."""
@@ -119,6 +128,10 @@ class SemanticValidator:
         for k in self.classes:
             figures[f"val_dice_{k}"] = float(np.mean(per_class[k])) if per_class[k] else float("nan")
         return figures
+
+    def checkpoint_metadata(self, figures: dict[str, float]) -> dict[str, Any]:
+        """Nothing: semantic predictions need no later choice."""
+        return {}
 
 
 def make_validator(config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path):

@@ -14,6 +14,10 @@ from psc_seg.segment.fragments import FRAGMENT_METHODS
 DECODERS = ("waterz", "cc")  # fragments + agglomeration, or connected components of affinities
 
 
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_SCORING = "hist_quant_50"
+
+
 @dataclass(frozen=True)
 class SegmentSettings:
     """What a segmentation run computes (not where it runs or how it resumes).
@@ -34,8 +38,8 @@ class SegmentSettings:
     """
 
     affinities: str
-    thresholds: Sequence[float] = (0.5,)
-    scoring: str = "hist_quant_50"
+    thresholds: Sequence[float] = (DEFAULT_THRESHOLD,)
+    scoring: str = DEFAULT_SCORING
     fragments: str = "waterz"
     decoder: str = "waterz"
     min_size: int = 0
@@ -49,7 +53,7 @@ class SegmentSettings:
             raise UserError(f"{exc}; give {{offsets}} as e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]",
                             options=("offsets",)) from None
         nearest_neighbour_channels(self.offsets)  # refuses offsets without the three
-        object.__setattr__(self, "thresholds", tuple(float(t) for t in (self.thresholds or (0.5,))))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in (self.thresholds or (DEFAULT_THRESHOLD,))))
         object.__setattr__(self, "block_shape", tuple(self.block_shape) if self.block_shape else None)
         if self.scoring not in SCORING:
             raise UserError(f"unknown --scoring {self.scoring!r}; use one of {', '.join(SCORING)}")

@@ -50,6 +50,11 @@ class Validator(Protocol):
 
     def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]: ...
 
+    def checkpoint_metadata(self, figures: dict[str, float]) -> dict[str, Any]:
+        """Entries a checkpoint scored with ``figures`` keeps in its metadata (e.g. the
+        segmentation settings validation chose, which later stages take as defaults)."""
+        ...
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training, after ``last.pt`` was written (``checkpoint``, ``iteration``)."""
@@ -214,8 +219,10 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def _metadata(self) -> dict[str, Any]:
-        return {**self.metadata, "iteration": self.state.iteration, "trained": True,
-                "validation": dict(self.state.last_validation)}
+        figures = dict(self.state.last_validation)
+        chosen = self.validator.checkpoint_metadata(figures) if self.validator is not None and figures else {}
+        return {**self.metadata, "iteration": self.state.iteration, "trained": True, "validation": figures,
+                **chosen}
 
     def save(self, name: str) -> Path:
         """Write ``checkpoints/<name>.pt`` atomically with what resuming needs."""

@@ -52,6 +52,9 @@ def test_train_cli_writes_a_run_whose_checkpoint_rebuilds(tmp_path, em_volume):
         out = model(torch.rand(1, 1, *model.valid_input_shape((4, 8, 8))))
         assert out.shape == (1, 3, 4, 8, 8) and 0 <= out.min() and out.max() <= 1
     assert load_checkpoint(run / "checkpoints" / "last.pt").metadata["iteration"] == 4
+    # the choice validation made, for segment's defaults (issue 12, case 4)
+    best = load_checkpoint(run / "checkpoints" / "best.pt").metadata
+    assert best["segment"] == {"threshold": best["validation"]["val_threshold"], "scoring": "hist_quant_75"}
     rows = _rows(run)
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
     assert [bool(r["val_voi"]) for r in rows] == [False, True, False, True]
