@@ -16,9 +16,10 @@ def segment_command(
     output: Annotated[str, typer.Argument(help="Output volume, e.g. seg.zarr (several thresholds: seg.zarr/threshold_0.50, ...).")],
     threshold: Annotated[
         list[float] | None,
-        typer.Option("--threshold", "-t", help="waterz merge threshold (cc: affinity threshold); repeat for several. "
-                                               "Default: the one validation chose for the checkpoint that predicted "
-                                               "AFFINITIES (waterz), else 0.5."),
+        typer.Option("--threshold", "-t", help="Threshold in [0, 1]: higher = more merging (fewer, larger segments) "
+                                               "for every decoder (regions or voxels join while 1 - affinity is "
+                                               "below it); repeat for several. Default: the one validation chose for "
+                                               "the checkpoint that predicted AFFINITIES (waterz), else 0.5."),
     ] = None,
     scoring: Annotated[
         str | None,
@@ -26,7 +27,7 @@ def segment_command(
                           "for the checkpoint that predicted AFFINITIES, else hist_quant_50."),
     ] = None,
     fragments: Annotated[str, typer.Option(help="Fragments: waterz (its watershed) or distance (seeded watershed on the boundary distance).")] = "waterz",
-    decoder: Annotated[str, typer.Option(help="waterz (fragments + agglomeration) or cc (connected components of affinities above the threshold).")] = "waterz",
+    decoder: Annotated[str, typer.Option(help="waterz (fragments + agglomeration) or cc (connected components of the edges whose 1 - affinity is below the threshold).")] = "waterz",
     min_size: Annotated[int, typer.Option("--min-size", help="Segments of fewer voxels become background 0.")] = 0,
     block_shape: Annotated[
         tuple[int, int, int] | None,
@@ -37,7 +38,7 @@ def segment_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     offsets: Annotated[str | None, typer.Option("--offsets", metavar="YAML", help=OFFSETS_HELP)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     allow_incomplete: Annotated[
         bool,
         typer.Option("--allow-incomplete", help="Segment affinities that psc-seg marked unfinished (refused by default)."),

@@ -178,7 +178,8 @@ def segment(
             metadata (as ``psc-seg predict`` writes them); the channels of the offsets
             ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)`` are segmented, wherever they are.
         output: volume spec; several thresholds write ``output/threshold_0.50`` etc.
-        thresholds: waterz merge-score thresholds, or affinity thresholds for ``cc``. None:
+        thresholds: higher = more merging (fewer, larger segments) for every decoder (see
+            :func:`psc_seg.segment.segment_affinities`). None:
             the threshold validation chose for the checkpoint that predicted the affinities
             (waterz, with that validation's scoring; see :func:`validation_choice`), else 0.5.
         scoring: waterz scoring; None: the one validation chose (as for ``thresholds``),

@@ -13,7 +13,7 @@ of it; one loop (:func:`run_steps`) runs them in order with
    score at which the agglomeration first joins each touching pair ``(u, v)``, ``u < v``;
    the pair is stored by the block that owns ``u`` only (``u // stride``), so once.
    For the ``cc`` decoder the fragments are the connected components of the block (with
-   context) at the threshold and the edges are the links above it across the block faces;
+   context) at the threshold and the edges are the links it joins across the block faces;
 3. **global**: per threshold, connected components of the edges scoring below the threshold
    (scipy.sparse.csgraph) give a fragment -> segment table; ``min_size`` drops small segments;
 4. **relabel**: per block, fragments -> segments into each output.
@@ -47,7 +47,7 @@ from psc_seg.engine.executor import local_cluster
 from psc_seg.errors import UserError
 from psc_seg.files import atomic_path
 from psc_seg.segment.agglomerate import scored_edges
-from psc_seg.segment.components import affinity_components, merge_fragments
+from psc_seg.segment.components import affinity_components, joins, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
 from psc_seg.segment.relabel import unique_inverse, unique_pairs
 
@@ -76,7 +76,8 @@ def _global_ids(fragments: np.ndarray, block_id: int, stride: int) -> tuple[np.n
 
 
 def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, starts: Sequence[int]) -> np.ndarray:
-    """``(E, 2)`` sorted pairs of different fragments joined by an affinity above ``threshold``.
+    """``(E, 2)`` sorted pairs of different fragments joined by an edge at ``threshold``
+    (:func:`~psc_seg.segment.components.joins`).
 
     ``affs`` / ``fragments`` cover the write ROI grown by ``starts[a]`` (0 or 1) voxels on the
     low side of each axis; only edges from a voxel of the write ROI back to its neighbour are
@@ -90,7 +91,7 @@ def _linked_pairs(affs: np.ndarray, fragments: np.ndarray, threshold: float, sta
             here[axis] = slice(1, None)
         there[axis] = slice(here[axis].start - 1, fragments.shape[axis] - 1)
         a, b = fragments[tuple(here)], fragments[tuple(there)]
-        joined = (affs[axis][tuple(here)] > threshold) & (a != b) & (a != 0) & (b != 0)
+        joined = joins(affs[axis][tuple(here)], threshold) & (a != b) & (a != 0) & (b != 0)
         found.append(np.stack([a[joined], b[joined]], axis=1))
     pairs = np.sort(np.concatenate(found), axis=1).astype(np.uint64)
     return unique_pairs(pairs)

@@ -19,14 +19,26 @@ def _components(n_nodes: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def joins(affinities: np.ndarray, threshold: float) -> np.ndarray:
+    """Where an edge joins its two voxels at ``threshold``: its boundary score
+    ``1 - affinity`` is below the threshold, waterz's merge rule, so that a higher threshold
+    joins more for every decoder. uint8 affinities are read as value / 255."""
+    affinities = np.asarray(affinities)
+    if affinities.dtype == np.uint8:
+        affinities = affinities / np.float32(255)
+    return 1 - affinities < threshold
+
+
 def affinity_components(
     affs: np.ndarray, threshold: float, *, offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS
 ) -> np.ndarray:
-    """Connected components of the voxels joined by affinities above ``threshold`` (BANIS's decoder).
+    """Connected components of the voxels joined at ``threshold`` (BANIS's decoder).
 
     Args:
         affs: ``(C, Z, Y, X)`` affinities; channel ``i`` joins ``p`` and ``p + offsets[i]``.
-        threshold: an edge joins its voxels when its affinity is strictly above it.
+        threshold: an edge joins its voxels when its boundary score ``1 - affinity`` is
+            strictly below it (:func:`joins`), as waterz merges: higher = more merging
+            (fewer, larger segments).
         offsets: one ``(dz, dy, dx)`` per channel (default: the three nearest neighbours).
 
     Returns:
@@ -36,8 +48,6 @@ def affinity_components(
     offsets = check_offsets(offsets)
     if affs.ndim != 4 or affs.shape[0] != len(offsets):
         raise ValueError(f"affinities must be (C, Z, Y, X) with C = {len(offsets)} offsets, got {affs.shape}")
-    if affs.dtype == np.uint8:
-        threshold = threshold * 255
     shape = affs.shape[1:]
     index = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
     sources, targets = [], []
@@ -46,7 +56,7 @@ def affinity_components(
         if pair is None:
             continue
         here, there = pair
-        joined = affs[channel][here] > threshold
+        joined = joins(affs[channel][here], threshold)
         sources.append(index[here][joined])
         targets.append(index[there][joined])
     src = np.concatenate(sources) if sources else np.zeros(0, np.int64)

@@ -117,7 +117,8 @@ def distance_fragments(
     fragments = watershed(distance.max() - distance, seeds, mask=highest > boundary_threshold)
     # a voxel-wise watershed cannot see a boundary that is one edge thin (two touching
     # cells): split the basins along the cuts of the affinity graph as well
-    return _intersect(fragments, affinity_components(affs, boundary_threshold))
+    # affinity_components takes a boundary-score threshold: edges above boundary_threshold join
+    return _intersect(fragments, affinity_components(affs, 1.0 - boundary_threshold))
 
 
 def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ class SegmentSettings:
 
     Attributes:
         affinities: the spec of the ``(C, Z, Y, X)`` affinity volume.
-        thresholds: waterz merge-score thresholds, or affinity thresholds for ``cc``; empty
-            or None means ``(0.5,)``.
+        thresholds: boundary-score thresholds, higher = more merging (fewer, larger
+            segments) for every decoder; empty or None means ``(0.5,)``.
         scoring, fragments, decoder, min_size: see :func:`psc_seg.segment.segment_affinities`.
         block_shape: ``(Z, Y, X)`` write-block shape for blockwise segmentation; None
             segments the whole volume in memory.

@@ -28,9 +28,10 @@ def segment_affinities(
 
     Args:
         affs: ``(C, Z, Y, X)`` affinities in [0, 1] (or uint8), one channel per offset.
-        thresholds: for ``waterz``, merge-score thresholds (regions merge while
-            1 - affinity statistic is below it); for ``cc``, affinity thresholds (voxels join
-            where the affinity is above it).
+        thresholds: boundary-score thresholds, with one meaning for every decoder: higher =
+            more merging (fewer, larger segments). ``waterz`` merges regions while
+            1 - affinity statistic (``scoring``) is below it; ``cc`` joins voxels whose edge has
+            1 - affinity below it.
         decoder: ``waterz`` (fragments + agglomeration) or ``cc`` (connected components).
         fragments: ``waterz`` or ``distance`` (see :mod:`psc_seg.segment.fragments`).
         scoring: ``hist_quant_50``, ``hist_quant_75`` or ``mean`` (waterz decoder).

@@ -51,13 +51,13 @@ def test_blockwise_matches_whole_volume_on_noisy_128(tmp_path, make_labels, make
 
 
 
-def test_cc_blockwise_joins_across_blocks_at_threshold_zero(tmp_path, make_labels, make_noisy):
-    # at threshold 0 every positive affinity links; blocks must join like the whole volume
+def test_cc_blockwise_joins_across_blocks_at_threshold_one(tmp_path, make_labels, make_noisy):
+    # at threshold 1 every positive affinity links; blocks must join like the whole volume
     labels = make_labels((24, 40, 40), 15, seed=3)
     affs = make_noisy(seg_to_affinities(labels), sigma=0.1, seed=3)
     np.save(tmp_path / "affs.npy", affs)
-    (whole,) = segment_affinities(affs, thresholds=[0.0], decoder="cc")
-    (out,) = segment(str(tmp_path / "affs.npy"), str(tmp_path / "seg.zarr"), thresholds=[0.0], decoder="cc",
+    (whole,) = segment_affinities(affs, thresholds=[1.0], decoder="cc")
+    (out,) = segment(str(tmp_path / "affs.npy"), str(tmp_path / "seg.zarr"), thresholds=[1.0], decoder="cc",
                      block_shape=(12, 20, 20), progress=False, offsets=DEFAULT_OFFSETS)
     assert _voi(whole, open_volume(out).read(), ignore_labels=()) <= 1e-6
 
