@@ -7,9 +7,36 @@ project root goes on the path of this process and, through PYTHONPATH, of the wo
 
 import os
 import sys
+import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+
+
+class NoteLog:
+    """The notes (:class:`psc_seg.errors.Note` warnings) that code under test gave."""
+
+    def __init__(self, caught: list) -> None:
+        self._caught = caught
+
+    def take(self) -> list[str]:
+        """The notes given since the last ``take``, in order."""
+        from psc_seg.errors import Note
+
+        messages = [str(w.message) for w in self._caught if issubclass(w.category, Note)]
+        self._caught.clear()
+        return messages
+
+
+@pytest.fixture
+def notes():
+    from psc_seg.errors import Note
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Note)
+        yield NoteLog(caught)

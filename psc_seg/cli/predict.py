@@ -60,8 +60,6 @@ def predict_command(
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
                       overwrite=overwrite, progress=not quiet, normalize=normalize,
                       ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete)
-    for note in summary["notes"]:
-        typer.echo(f"note: {note}", err=True)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
     typer.echo(
         f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done "

@@ -52,8 +52,6 @@ def train_command(
     except TrainingInterrupted as exc:
         typer.echo(f"{exc}; continue with --resume", err=True)
         raise typer.Exit(code=130) from None
-    for note in summary["notes"]:
-        typer.echo(f"note: {note}", err=True)
     best = f", best {summary['best_value']:.4f} at iteration {summary['best_iteration']}" if summary["best_value"] is not None else ""
     typer.echo(f"trained to iteration {summary['iteration']} (loss {summary['loss']:.4f}{best}); "
                f"checkpoints in {summary['run_dir']}/checkpoints")

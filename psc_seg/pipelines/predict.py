@@ -36,7 +36,7 @@ from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, PredictionWriter, default_block_shape, plan_geometry, prepare_model,
     resolve_precision,
 )
-from psc_seg.errors import UserError, check_exclusive
+from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.io import check_value_range, create_volume, open_volume, parse_spec, resolve_normalization
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume
@@ -95,24 +95,23 @@ VOXEL_SIZE_TOLERANCE = 0.25  # relative difference per axis between input and tr
 
 
 def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | None = None,
-                ignore_voxel_size: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """The resolved normalisation for ``source`` and notes for the user, after checking
+                ignore_voxel_size: bool = False) -> dict[str, Any]:
+    """The resolved normalisation for ``source``, after checking
     ``source`` against what the checkpoint's ``metadata`` says of the training data.
 
     UserError, naming both sides and the override: values that do not fit the stored
     normalisation (:func:`~psc_seg.io.check_value_range`; ``normalize`` replaces it by that
     kind, estimated on ``source``), or a voxel size more than 25 % from the training data's
     on any axis (``ignore_voxel_size`` proceeds). A voxel size unknown on either side skips
-    that check with a note. (A voxel size of 1, 1, 1 without a unit is what formats hold when
+    that check with a :class:`~psc_seg.errors.Note`, as does an override. (A voxel size of 1, 1, 1 without a unit is what formats hold when
     nobody set one: unknown.)
     """
-    notes = []
     if normalize is not None:
         if normalize not in NORMALIZE_KINDS:
             raise UserError(f"{{normalize}} must be one of {', '.join(NORMALIZE_KINDS)}, got {normalize!r}",
                             options=("normalize",))
         norm = resolve_normalization({"kind": normalize}, source)
-        notes.append(f"normalising the input as {normalize} (given), not as the checkpoint says "
+        note(f"normalising the input as {normalize} (given), not as the checkpoint says "
                      f"({(metadata.get('normalize') or {}).get('kind', 'by dtype')})")
     else:
         stored = metadata.get("normalize")
@@ -122,18 +121,18 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
     trained = metadata.get("voxel_size")
     trained = tuple(float(v) for v in trained) if trained else None
     if ignore_voxel_size:
-        notes.append("voxel-size check skipped (ignore_voxel_size)")
+        note("voxel-size check skipped (ignore_voxel_size)")
     elif trained is None or trained == (1.0, 1.0, 1.0):
-        notes.append("the checkpoint records no voxel size of its training data; voxel-size check skipped")
+        note("the checkpoint records no voxel size of its training data; voxel-size check skipped")
     elif not source.has_voxel_size:
-        notes.append(f"input {source.spec!r} has no voxel size in its metadata; the check against the training "
+        note(f"input {source.spec!r} has no voxel size in its metadata; the check against the training "
                      f"data's {_size(trained)} was skipped")
     elif any(abs(v / t - 1) > VOXEL_SIZE_TOLERANCE for v, t in zip(source.voxel_size, trained)):
         raise UserError(f"input {source.spec!r} has voxel size {_size(source.voxel_size)} but the network was "
                         f"trained at {_size(trained)} (more than {VOXEL_SIZE_TOLERANCE:.0%} apart on an axis); "
                         "resample the volume, or pass {ignore_voxel_size} to predict anyway",
                         options=("ignore_voxel_size",))
-    return norm, notes
+    return norm
 
 
 def _size(voxel_size: Sequence[float]) -> str:
@@ -192,8 +191,9 @@ def predict(
         allow_incomplete: predict from an input psc-seg marked unfinished (a note says so);
             without it, it is refused (:func:`~psc_seg.engine.resume.check_finished`).
 
-    Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second,
-    and ``notes`` (checks skipped or overridden, an unfinished input used; one line each).
+    Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second.
+    Checks skipped or overridden, and an unfinished input used, are told as
+    :class:`~psc_seg.errors.Note` warnings (the CLI prints them as ``note: ...``).
     """
     check_exclusive(resume=resume, overwrite=overwrite)
     check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
@@ -215,8 +215,8 @@ def predict(
     block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
     geometry = plan_geometry(model, block_shape, twin=runner)
-    norm, notes = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
-    notes += filter(None, [unfinished])
+    note(unfinished)
+    norm = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
     specs = output_specs(output, task)
     if any(_same_volume(input, s) for s in specs.values()):
         raise UserError(f"output {output!r} is the input volume; choose another output")
@@ -239,7 +239,7 @@ def predict(
     )
     if prepared.done:
         total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))
-        return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0, notes=notes)
+        return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0)
     outputs, record = prepared.volumes, prepared.record
 
     parallel = bool(workers or scheduler)
@@ -257,7 +257,7 @@ def predict(
                           batch_size=batch_size if batch_size > 1 else None, record=record, progress=progress,
                           desc="predict")
     writer.finalize()
-    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped, notes=notes,
+    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped,
                     seconds=stats.seconds, voxels=stats.voxels)
 
 
@@ -283,6 +283,6 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
 
 
 def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, seconds: float,
-             voxels: int, notes: Sequence[str]) -> dict[str, Any]:
+             voxels: int) -> dict[str, Any]:
     return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "seconds": seconds,
-            "voxels_per_second": voxels / seconds if seconds > 0 else 0.0, "notes": list(notes)}
+            "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}

@@ -163,8 +163,8 @@ def train(
 
     Returns:
         ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
-        "elapsed_s", "validation", "notes"}`` (notes: one line each for the user, e.g. affinity
-        channels validation leaves out).
+        "elapsed_s", "validation"}``. What the user should know (e.g. affinity channels
+        validation leaves out) is told as :class:`~psc_seg.errors.Note` warnings.
     """
     check_exclusive(resume=resume, overwrite=overwrite)
     overrides = list(overrides)
@@ -202,8 +202,7 @@ def train(
                       validator=validator, device=torch_device, quiet=quiet)
     summary = trainer.fit(resume_from=resume_from)
     return {"run_dir": str(run_dir), "last": str(run_dir / "checkpoints" / "last.pt"),
-            "best": str(run_dir / "checkpoints" / "best.pt"), **summary,
-            "notes": list(validator.notes) if validator else []}
+            "best": str(run_dir / "checkpoints" / "best.pt"), **summary}
 
 
 __all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "resolve_device", "train")

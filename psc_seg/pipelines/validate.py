@@ -15,6 +15,7 @@ each validation volume (outputs kept in ``RUN_DIR/validation/``), then:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from psc_seg.affinities import nearest_neighbour_channels
+from psc_seg.errors import Note, note
 from psc_seg.evaluate import contingency_table, dice_scores, instance_scores
 from psc_seg.io import open_volume
 from psc_seg.pipelines.predict import predict
@@ -32,9 +34,12 @@ from psc_seg.train.data import LabelledVolume
 
 def _predict(checkpoint: Path, raw: str, output: Path, *, config: TrainConfig, device: torch.device) -> dict:
     block = config.validation.block_shape
-    # allow_incomplete: train has checked the raw (open_labelled) and refused it or said so
-    return predict(checkpoint, raw, str(output), block_shape=list(block) if block else None, device=str(device),
-                   overwrite=True, progress=False, allow_incomplete=True)
+    # allow_incomplete: train has checked the raw (open_labelled) and refused it or said so. The
+    # notes of predict's own checks (voxel size of the same data) would repeat at every validation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Note)
+        return predict(checkpoint, raw, str(output), block_shape=list(block) if block else None,
+                       device=str(device), overwrite=True, progress=False, allow_incomplete=True)
 
 
 def _labels_and_mask(volume: LabelledVolume) -> tuple[np.ndarray, np.ndarray | None]:
@@ -56,8 +61,8 @@ class AffinityValidator:
         self.config, self.volumes, self.folder = config, list(volumes), Path(folder)
         self.thresholds = sorted(config.validation.thresholds)
         # before training starts: offsets without the nearest neighbours cannot be validated
-        note = nearest_neighbour_channels(config.task.offsets)[1]
-        self.notes = [f"validation: {note}"] if note else []
+        left_out = nearest_neighbour_channels(config.task.offsets)[1]
+        note(f"validation: {left_out}" if left_out else None)
 
     def scores(self, checkpoint: Path, device: torch.device) -> list[list[dict[str, float]]]:
         """Per volume, per threshold: instance scores (``voi_split``, ``voi_merge``, ``voi``...)."""
@@ -106,7 +111,6 @@ class SemanticValidator:
     def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
         self.config, self.volumes, self.folder = config, list(volumes), Path(folder)
         self.classes = list(range(1, int(config.task.num_classes)))
-        self.notes: list[str] = []
         self.columns = ["val_dice", *(f"val_dice_{k}" for k in self.classes)]
 
     def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]:

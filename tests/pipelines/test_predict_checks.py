@@ -22,15 +22,15 @@ def _raw(dtype=np.uint8, high=256, shape=(16, 16, 16)):
     return np.random.default_rng(0).integers(0, high, size=shape).astype(dtype)
 
 
-def test_uint16_input_to_a_uint8_network_is_refused_unless_normalized_otherwise(tmp_path, checkpoint):
+def test_uint16_input_to_a_uint8_network_is_refused_unless_normalized_otherwise(tmp_path, checkpoint, notes):
     raw = _volume(tmp_path / "em16.zarr", _raw(np.uint16, 51000))
     out = str(tmp_path / "affs.zarr")
     with pytest.raises(UserError, match=r"uint16 values \d+ to 5\d+, but the network was trained on uint8.*"
                                         r"normalize zscore\|percentile"):
         predict(checkpoint, raw, out, progress=False)
     assert not volume_exists(out)  # refused before any output exists
-    summary = predict(checkpoint, raw, out, normalize="zscore", progress=False)
-    assert any("as zscore (given)" in note for note in summary["notes"])
+    predict(checkpoint, raw, out, normalize="zscore", progress=False)
+    assert any("as zscore (given)" in note for note in notes.take())
     stored = open_volume(out).attrs["psc_seg"]["provenance"]["config"]["normalize"]
     assert stored["kind"] == "zscore" and stored["std"] > 0
 
@@ -41,17 +41,19 @@ def test_float_input_scaled_to_one_is_refused_for_a_uint8_network(tmp_path, chec
         predict(checkpoint, raw, str(tmp_path / "affs.zarr"), progress=False)
 
 
-def test_voxel_size_far_from_training_is_refused_unless_ignored(tmp_path, checkpoint):
+def test_voxel_size_far_from_training_is_refused_unless_ignored(tmp_path, checkpoint, notes):
     raw = _volume(tmp_path / "aniso.zarr", _raw(), voxel_size=(40, 4, 4))
     with pytest.raises(UserError, match=r"voxel size 40x4x4 \(z, y, x\) but the network was trained at 8x8x8.*"
                                         r"ignore_voxel_size"):
         predict(checkpoint, raw, str(tmp_path / "a.zarr"), progress=False)
-    summary = predict(checkpoint, raw, str(tmp_path / "a.zarr"), ignore_voxel_size=True, progress=False)
-    assert summary["notes"] == ["voxel-size check skipped (ignore_voxel_size)"]
+    predict(checkpoint, raw, str(tmp_path / "a.zarr"), ignore_voxel_size=True, progress=False)
+    assert notes.take() == ["voxel-size check skipped (ignore_voxel_size)"]
     close = _volume(tmp_path / "close.zarr", _raw(), voxel_size=(9, 8, 7))  # within 25 %: no word
-    assert predict(checkpoint, close, str(tmp_path / "c.zarr"), progress=False)["notes"] == []
+    predict(checkpoint, close, str(tmp_path / "c.zarr"), progress=False)
+    assert notes.take() == []
     unknown = _volume(tmp_path / "unknown.zarr", _raw(), voxel_size=None)
-    (note,) = predict(checkpoint, unknown, str(tmp_path / "u.zarr"), progress=False)["notes"]
+    predict(checkpoint, unknown, str(tmp_path / "u.zarr"), progress=False)
+    (note,) = notes.take()
     assert "has no voxel size" in note and "skipped" in note
 
 

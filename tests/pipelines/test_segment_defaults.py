@@ -1,15 +1,12 @@
 """Segment's defaults follow what validation chose for the checkpoint that predicted the
 affinities (issue 12, case 4): the threshold and scoring stored with the checkpoint."""
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
-from psc_seg.errors import Note
 from psc_seg.io import open_volume
 from psc_seg.models import build_model, save_checkpoint
 from psc_seg.pipelines.predict import predict
@@ -31,30 +28,22 @@ def predicted(tmp_path):
     return checkpoint, affs
 
 
-def _segment(*args, **kwargs):
-    """``segment``'s outputs and the notes it gave."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", Note)
-        outputs = segment(*args, progress=False, **kwargs)
-    return outputs, [str(w.message) for w in caught if issubclass(w.category, Note)]
-
-
 def _config(spec):
     return open_volume(spec).attrs["psc_seg"]["provenance"]["config"]
 
 
-def test_segment_takes_the_threshold_and_scoring_validation_chose(tmp_path, predicted):
+def test_segment_takes_the_threshold_and_scoring_validation_chose(tmp_path, predicted, notes):
     checkpoint, affs = predicted
-    (out,), notes = _segment(affs, str(tmp_path / "seg.zarr"))
+    (out,) = segment(affs, str(tmp_path / "seg.zarr"), progress=False)
     config = _config(out)
     assert (config["thresholds"], config["threshold"], config["scoring"]) == ([0.7], 0.7, "hist_quant_75")
-    assert notes == [f"using threshold 0.7 and scoring hist_quant_75 chosen by validation of {checkpoint}"]
+    assert notes.take() == [f"using threshold 0.7 and scoring hist_quant_75 chosen by validation of {checkpoint}"]
     # given values win; a scoring other than validation's keeps the default threshold
-    (out,), notes = _segment(affs, str(tmp_path / "given.zarr"), thresholds=[0.4], scoring="mean")
-    assert (_config(out)["thresholds"], _config(out)["scoring"], notes) == ([0.4], "mean", [])
-    (out,), _ = _segment(affs, str(tmp_path / "t.zarr"), thresholds=[0.4])
+    (out,) = segment(affs, str(tmp_path / "given.zarr"), thresholds=[0.4], scoring="mean", progress=False)
+    assert (_config(out)["thresholds"], _config(out)["scoring"], notes.take()) == ([0.4], "mean", [])
+    (out,) = segment(affs, str(tmp_path / "t.zarr"), thresholds=[0.4], progress=False)
     assert (_config(out)["thresholds"], _config(out)["scoring"]) == ([0.4], "hist_quant_75")
-    (out,), _ = _segment(affs, str(tmp_path / "s.zarr"), scoring="mean")
+    (out,) = segment(affs, str(tmp_path / "s.zarr"), scoring="mean", progress=False)
     assert (_config(out)["thresholds"], _config(out)["scoring"]) == ([0.5], "mean")
     # cc was not validated: its defaults stay
     (out,) = segment(affs, str(tmp_path / "cc.zarr"), decoder="cc", progress=False)

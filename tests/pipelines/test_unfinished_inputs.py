@@ -183,14 +183,14 @@ def test_train_refuses_unfinished_raw_labels_or_mask_of_training_and_validation(
     assert re.search(r"^note: labels .*train_labels_u.zarr' are unfinished", result.stderr, re.M)
 
 
-def test_predict_refuses_an_unfinished_input(tmp_path, checkpoint):
+def test_predict_refuses_an_unfinished_input(tmp_path, checkpoint, notes):
     data = np.random.default_rng(0).integers(0, 256, size=(16, 16, 16)).astype(np.uint8)
     raw = _volume(f"{tmp_path}/raw.zarr", data, finished=False)
     with pytest.raises(UserError, match="^input .*raw.zarr' is unfinished; .*allow_incomplete"):
         predict(checkpoint, raw, str(tmp_path / "affs.zarr"), progress=False)
     assert not volume_exists(str(tmp_path / "affs.zarr"))
-    summary = predict(checkpoint, raw, str(tmp_path / "affs.zarr"), progress=False, allow_incomplete=True)
-    assert any("raw.zarr' is unfinished" in note for note in summary["notes"])
+    predict(checkpoint, raw, str(tmp_path / "affs.zarr"), progress=False, allow_incomplete=True)
+    assert any("raw.zarr' is unfinished" in note for note in notes.take())
     result = runner.invoke(app, ["predict", str(checkpoint), raw, str(tmp_path / "cli.zarr"), "-q",
                                  "--allow-incomplete"])
     assert result.exit_code == 0, result.output

@@ -37,11 +37,12 @@ def _validator(tmp_path, em_volume, offsets, monkeypatch):
 
 
 @pytest.mark.parametrize("offsets", [XYZ, LONG + XYZ, XYZ + LONG])
-def test_validation_picks_channels_by_the_task_offsets(tmp_path, em_volume, monkeypatch, offsets):
+def test_validation_picks_channels_by_the_task_offsets(tmp_path, em_volume, monkeypatch, offsets, notes):
     validator = _validator(tmp_path, em_volume, offsets, monkeypatch)
     figures = validator(tmp_path / "unused.pt", torch.device("cpu"))
     assert figures["val_voi"] <= 1e-6  # perfect affinities: VI 0 (0.07 with the channels taken in order)
-    assert bool(validator.notes) == (len(offsets) > 3)
+    given = notes.take()
+    assert len(given) == (len(offsets) > 3) and all(n.startswith("validation: ") for n in given)
 
 
 def test_validation_refuses_offsets_without_nearest_neighbours(tmp_path, em_volume, monkeypatch):
