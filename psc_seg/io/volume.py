@@ -527,6 +527,9 @@ def _plain(value: Any) -> Any:
 
 
 # ====================================================================== NIfTI / TIFF / npy (read)
+NIFTI_UNITS = {"mm": "millimeter", "micron": "micrometer", "meter": "meter"}  # NIfTI's xyz unit -> ours
+
+
 class NiftiVolume(Volume):
     """A NIfTI image, exposed as ``(z, y, x)`` (or ``(c, z, y, x)`` for a 4D image whose 4th
     axis becomes channels). ``affine`` and ``header`` are nibabel's, unchanged (x, y, z order)."""
@@ -555,7 +558,7 @@ class NiftiVolume(Volume):
         dtype = np.float32 if scaled else img.get_data_dtype()
         zooms = img.header.get_zooms()[:3]
         units = img.header.get_xyzt_units()[0]
-        unit = {"mm": "millimeter", "micron": "micrometer", "meter": "meter"}.get(units)
+        unit = NIFTI_UNITS.get(units)
         # a class map psc-seg wrote says so (NIFTI_KINDS), as zarr and HDF5 outputs do in attributes
         classes = _header_text(img.header, "intent_name") == NIFTI_KINDS["classes"][2]
         super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=tuple(reversed(zooms)),
@@ -699,7 +702,7 @@ class BufferedVolume(Volume):
         data.flush()
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}{''.join(target.suffixes)}")
         if self.format == "nifti":
-            _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size,
+            _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size, unit=self.unit,
                          kind=nifti_kind(data.dtype, self._attrs))
         elif self.format == "tiff":
             import tifffile
@@ -737,7 +740,8 @@ def nifti_kind(dtype, attrs: dict) -> str:
     return "probabilities" if semantic else "values"
 
 
-def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, kind: str = "values") -> None:
+def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, unit: str | None = None,
+                 kind: str = "values") -> None:
     """Write ``(z, y, x)`` / ``(c, z, y, x)`` ``data`` as NIfTI (x, y, z[, c]), described as
     :data:`NIFTI_KINDS` ``[kind]``."""
     import nibabel as nib
@@ -753,6 +757,9 @@ def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, ki
         img.set_qform(affine, code=int(header["qform_code"]) or 1)
         img.set_sform(affine, code=int(header["sform_code"]) or 1)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    nifti_unit = {name: code for code, name in NIFTI_UNITS.items()}.get(unit)
+    if nifti_unit is not None:  # the header's spatial unit, as read back by NiftiVolume
+        img.header.set_xyzt_units(xyz=nifti_unit)
     descrip, intent, intent_name = NIFTI_KINDS[kind]
     img.header["descrip"] = descrip
     img.header.set_intent(intent, name=intent_name)

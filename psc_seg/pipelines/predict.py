@@ -103,8 +103,9 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
     normalisation (:func:`~psc_seg.io.check_value_range`; ``normalize`` replaces it by that
     kind, estimated on ``source``), or a voxel size more than 25 % from the training data's
     on any axis (``ignore_voxel_size`` proceeds). A voxel size unknown on either side skips
-    that check with a :class:`~psc_seg.errors.Note`, as does an override. (A voxel size of 1, 1, 1 without a unit is what formats hold when
-    nobody set one: unknown.)
+    that check with a :class:`~psc_seg.errors.Note`, as does an override. (1, 1, 1 without a
+    unit is what formats hold when nobody set one: unknown; checkpoints record the unit as
+    ``voxel_unit``.)
     """
     if normalize is not None:
         if normalize not in NORMALIZE_KINDS:
@@ -122,7 +123,7 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
     trained = tuple(float(v) for v in trained) if trained else None
     if ignore_voxel_size:
         note("voxel-size check skipped (ignore_voxel_size)")
-    elif trained is None or trained == (1.0, 1.0, 1.0):
+    elif trained is None or (trained == (1.0, 1.0, 1.0) and not metadata.get("voxel_unit")):
         note("the checkpoint records no voxel size of its training data; voxel-size check skipped")
     elif not source.has_voxel_size:
         note(f"input {source.spec!r} has no voxel size in its metadata; the check against the training "

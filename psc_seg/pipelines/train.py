@@ -71,7 +71,7 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
         raw_data, label_data, mask_data = raw, labels, mask
     return LabelledVolume(
         name=raw.spec, raw=raw_data, labels=label_data, mask=mask_data, voxel_size=raw.voxel_size,
-        normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "raw": volume_set.raw, "labels": volume_set.labels},
+        normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "raw": volume_set.raw, "labels": volume_set.labels, "unit": raw.unit},
     )
 
 
@@ -195,6 +195,7 @@ def train(
         "normalize": cfg.data.normalize.metadata(),
         "config": resolved,
         "voxel_size": list(train_volumes[0].voxel_size),
+        "voxel_unit": train_volumes[0].meta["unit"],  # with it, 1 x 1 x 1 is a voxel size, not "unknown"
         "input_shape": list(input_shape),
         "output_shape": list(cfg.train.patch_shape),
     }

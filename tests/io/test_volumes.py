@@ -283,3 +283,12 @@ def test_nifti_outputs_describe_themselves_not_their_reference(tmp_path):
     # read back, a class map says it holds classes, as zarr and HDF5 outputs do in their attributes
     assert open_volume(tmp_path / "classes.nii.gz").attrs["task"]["kind"] == "semantic"
     assert "task" not in open_volume(tmp_path / "segments.nii.gz").attrs
+
+
+def test_nifti_outputs_keep_the_spatial_unit(tmp_path):
+    """A NIfTI written without a reference says its unit, so it reads back with a voxel size."""
+    out = create_volume(tmp_path / "phantom.nii.gz", shape=(4, 5, 6), dtype="float32", voxel_size=(1, 1, 1),
+                        unit="millimeter")
+    out.finalize()
+    back = open_volume(tmp_path / "phantom.nii.gz")
+    assert back.unit == "millimeter" and back.has_voxel_size

@@ -16,13 +16,19 @@ from psc_seg.models import build_model, save_checkpoint
 OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def tiny_checkpoint(path: Path, **metadata) -> Path:
+    """A seeded tiny valid UNet for affinities, trained (so its metadata says) on uint8 data at
+    8 nm unless ``metadata`` says otherwise."""
     torch.manual_seed(0)
     model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]], padding="valid")
-    path = tmp_path_factory.mktemp("ckpt") / "unet.pt"
     return save_checkpoint(path, model, metadata={"task": {"kind": "affinities", "offsets": OFFSETS},
-                                                  "normalize": {"kind": "uint8"}, "voxel_size": [8.0, 8.0, 8.0]})
+                                                  "normalize": {"kind": "uint8"}, "voxel_size": [8.0, 8.0, 8.0],
+                                                  **metadata})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "unet.pt")
 
 
 def kill_after_blocks(cmd: list[str], log: Path, blocks: int, *, env: dict[str, str]) -> None:

@@ -10,6 +10,8 @@ from psc_seg.errors import UserError
 from psc_seg.io import create_volume, open_volume, volume_exists
 from psc_seg.pipelines.predict import predict
 
+from .conftest import tiny_checkpoint
+
 def _volume(path, data, voxel_size=(8, 8, 8), unit="nanometer"):
     vol = create_volume(path, shape=data.shape, dtype=data.dtype, voxel_size=voxel_size,
                         unit=unit if voxel_size else None)
@@ -76,3 +78,14 @@ def test_cli_refusal_is_one_line_and_notes_go_to_stderr(tmp_path, checkpoint):
                                  "--ignore-voxel-size"])
     assert result.exit_code == 0, result.output
     assert "note: voxel-size check skipped" in result.stderr
+
+
+def test_a_checkpoint_trained_at_one_millimetre_is_checked(tmp_path, notes):
+    """1 x 1 x 1 with a unit is a voxel size (MRI at 1 mm), not the "unknown" of a bare format."""
+    ckpt = tiny_checkpoint(tmp_path / "mm.pt", voxel_size=[1.0, 1.0, 1.0], voxel_unit="millimeter")
+    coarse = _volume(tmp_path / "coarse.zarr", _raw(), voxel_size=(2, 2, 2), unit="millimeter")
+    with pytest.raises(UserError, match=r"voxel size 2x2x2 .* trained at 1x1x1"):
+        predict(ckpt, coarse, str(tmp_path / "a.zarr"), progress=False)
+    same = _volume(tmp_path / "same.zarr", _raw(), voxel_size=(1, 1, 1), unit="millimeter")
+    predict(ckpt, same, str(tmp_path / "b.zarr"), progress=False)
+    assert notes.take() == []
