@@ -40,3 +40,24 @@ def notes():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Note)
         yield NoteLog(caught)
+
+
+def _vivid(model):
+    """``model`` with doubled weights and random batch-norm running statistics (in place):
+    the coarse levels of a tiny network then visibly change its output."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.fixture
+def vivid():
+    """:func:`_vivid`: larger weights and running statistics for a tiny network."""
+    return _vivid

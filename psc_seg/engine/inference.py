@@ -18,6 +18,16 @@ model's ``shape_step``):
   rounded up to ``shape_step`` is read on each side and cropped away. A same-padding UNet
   runs as its valid-padding twin (same weights, :meth:`~psc_seg.models.UNet.valid_twin`),
   which returns exactly the centre predict keeps without computing the halo's outputs.
+* same-padding networks without a valid twin whose ``receptive_radius`` ``R`` is known (the
+  DenseNet; :class:`ClippedGeometry`): the output is *defined* as the network applied once,
+  with its own zero padding, to the whole volume mirror-padded by ``h`` = the halo above
+  (``context`` rounded up to ``shape_step``) per side and further at the high end to
+  ``P = round_up(V + 2 h, shape_step)`` voxels (the padded volume starts at ``-h``): what one
+  whole-volume block computes. Each block reads its write ROI grown by ``R`` rounded up to
+  ``shape_step``, clipped to ``[-h, P - h)``; every read ROI starts on the ``shape_step``
+  lattice of the padded volume, and its zero padding matters only where it is the padded
+  volume's own, so every kept voxel equals the whole-volume result (up to float
+  reassociation) whatever the block shape. Read shapes, and crops, differ at the edges.
 
 The stage around it (arguments, output files, resume records) is
 :func:`psc_seg.pipelines.predict.predict`.
@@ -35,7 +45,7 @@ import numpy as np
 import torch
 
 from psc_seg.allocator import keep_freed_memory
-from psc_seg.engine.blocks import read_mirrored
+from psc_seg.engine.blocks import Block, block_grid, read_mirrored
 from psc_seg.engine.chunk_cache import ChunkCache
 from psc_seg.engine.roi import Roi
 from psc_seg.errors import UserError
@@ -46,6 +56,11 @@ from psc_seg.models.shapes import round_up
 from psc_seg.nn import make_activation, to_channels_last
 
 DEFAULT_BLOCK = 64
+# ClippedGeometry defaults: the whole volume in one block while its padded volume has at most
+# this many voxels (the default DenseNet on CPU: 3.2 GB peak for 160^3, so about 5.5 GB at 192^3;
+# smaller blocks would each read most of the volume again), else this block edge
+WHOLE_VOLUME_VOXELS = 192**3
+CLIPPED_BLOCK = 128
 READ_CACHE_BYTES = 32 * 2**20  # decoded input chunks kept per process (a row of blocks' reads)
 DTYPES = ("float32", "uint8")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -65,10 +80,62 @@ class BlockGeometry:
     context: tuple[int, int, int]
     crop: tuple[int, int, int]
 
+    def blocks(self, volume_shape: Sequence[int]) -> list[Block]:
+        """The blocks tiling a volume of ``volume_shape`` voxels, in C order."""
+        return block_grid(Roi((0, 0, 0), tuple(volume_shape)), write_shape=self.write_shape, context=self.context,
+                          read_shape=self.read_shape)
+
+    def crop_of(self, block: Block) -> tuple[int, int, int]:
+        """Where ``block``'s write ROI starts in the network's output of its read ROI."""
+        return self.crop
+
+
+@dataclass(frozen=True)
+class ClippedGeometry(BlockGeometry):
+    """Geometry of a same-padding network without a valid twin (see the module docstring):
+    ``context`` (= ``crop``) is the receptive-field radius rounded up to ``step``, and
+    ``read_shape`` the largest read shape; a block's read ROI is the write ROI grown by
+    ``context``, clipped to the padded volume ``[-halo, round_up(V + 2 halo, step) - halo)``.
+    Write ROIs and ``halo`` are multiples of ``step``, so read ROIs start on its lattice."""
+
+    halo: tuple[int, int, int]
+    step: tuple[int, int, int]
+
+    def blocks(self, volume_shape: Sequence[int]) -> list[Block]:
+        total = Roi((0, 0, 0), tuple(volume_shape))
+        low = tuple(-h for h in self.halo)
+        high = tuple(p - h for p, h in zip(round_up([v + 2 * h for v, h in zip(volume_shape, self.halo)], self.step),
+                                            self.halo))
+        blocks = []
+        for block in block_grid(total, write_shape=self.write_shape, context=self.context):
+            begin = tuple(max(b, lo) for b, lo in zip(block.read_roi.begin, low))
+            end = tuple(min(e, hi) for e, hi in zip(block.read_roi.end, high))
+            read = Roi(begin, tuple(e - b for b, e in zip(begin, end)))
+            blocks.append(Block(block.block_id, read, block.write_roi))
+        return blocks
+
+    def crop_of(self, block: Block) -> tuple[int, int, int]:
+        return tuple(w - r for w, r in zip(block.write_roi.begin, block.read_roi.begin))  # type: ignore[return-value]
+
 
 def default_block_shape(model, volume_shape: Sequence[int]) -> tuple[int, int, int]:
-    """64 voxels per axis (fewer for a smaller volume), rounded up to the model's ``shape_step``."""
-    return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], model.shape_step)
+    """64 voxels per axis (fewer for a smaller volume), rounded up to the model's ``shape_step``.
+    A network that reads its whole receptive field (:class:`ClippedGeometry`): the whole volume
+    in one block where its padded volume has at most ``WHOLE_VOLUME_VOXELS`` voxels, else
+    ``CLIPPED_BLOCK`` voxels per axis."""
+    step = model.shape_step
+    if _clips(model):
+        padded = round_up([int(s) + 2 * h for s, h in zip(volume_shape, round_up(model.context, step))], step)
+        if np.prod(padded, dtype=np.int64) <= WHOLE_VOLUME_VOXELS:
+            return round_up(volume_shape, step)
+        return round_up([min(CLIPPED_BLOCK, s) for s in volume_shape], step)
+    return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], step)
+
+
+def _clips(model) -> bool:
+    """Whether blockwise predict reads ``model``'s whole receptive field (:class:`ClippedGeometry`)."""
+    return (model.padding != "valid" and not getattr(model, "has_valid_twin", False)
+            and getattr(model, "receptive_radius", None) is not None)
 
 
 def plan_geometry(model, block_shape: Sequence[int], *, twin=None) -> BlockGeometry:
@@ -93,6 +160,12 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None) -> BlockGeome
         crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
         return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
     halo = round_up(model.context, step)
+    if _clips(model):
+        reach = round_up(model.receptive_radius, step)
+        read_shape = tuple(b + 2 * r for b, r in zip(block_shape, reach))
+        if tuple(model.output_shape(read_shape)) != read_shape:
+            raise ValueError(f"same-padding model changes shape {read_shape}")
+        return ClippedGeometry(block_shape, read_shape, reach, reach, halo, step)  # type: ignore[arg-type]
     read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
     if tuple(model.output_shape(read_shape)) != read_shape:
         raise ValueError(f"same-padding model changes shape {read_shape}")
@@ -234,9 +307,15 @@ class BlockPredictor:
             for block, y in zip(blocks, self._forward_cuda(model, inputs)):
                 self.write(block, y)
         else:
-            y = self.forward_cpu(model, np.stack(inputs))
-            for i, block in enumerate(blocks):
-                self.write(block, y[i])
+            # blocks of one read shape go through the network as one batch (edge blocks of a
+            # ClippedGeometry have other shapes)
+            shapes: dict[tuple, list[int]] = {}
+            for i, x in enumerate(inputs):
+                shapes.setdefault(x.shape, []).append(i)
+            for group in shapes.values():
+                y = self.forward_cpu(model, np.stack([inputs[i] for i in group]))
+                for k, i in enumerate(group):
+                    self.write(blocks[i], y[k])
         return len(blocks)
 
     def _activate(self, y: torch.Tensor) -> torch.Tensor:
@@ -292,6 +371,6 @@ class BlockPredictor:
     def write(self, block, y: np.ndarray) -> None:
         """Crop the network output ``y`` ``(C', Z', Y', X')`` to ``block``'s write ROI and hand it
         to the writer."""
-        cz, cy, cx = self.geometry.crop
+        cz, cy, cx = self.geometry.crop_of(block)
         wz, wy, wx = block.write_roi.shape
         self.writer.aggregate(np.ascontiguousarray(y[:, cz:cz + wz, cy:cy + wy, cx:cx + wx]), block.write_roi)

@@ -18,6 +18,13 @@
 With a PmSCn spec, the d^3 convs of the stem (one group of three convs) and of the dense
 layers (one conv each) are replaced (DESIGN.md section 2). Padding is "same": the output has
 the input's shape, which must divide by 16 (``shape_step``). The output is logits.
+
+Receptive field: the 1/16 head reaches far. With the default layout an output voxel depends
+on input voxels up to ``receptive_radius`` = 146 away along each axis (265 with psc(2,2);
+:func:`receptive_field`), far beyond the ``context`` halo of one coarsest voxel (16). Blockwise
+predict uses both (:func:`psc_seg.engine.inference.plan_geometry`): the output is the
+network applied once to the whole volume padded by ``context``, and each block reads its
+write region grown by ``receptive_radius``, clipped to that padded volume.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 from torch import nn
 
 from psc_seg.models.shapes import check_divisible, round_up
-from psc_seg.nn import make_convs, parse_conv_spec
+from psc_seg.nn import PSC, make_convs, parse_conv_spec, receptive_span
 
 
 def _bn_relu(channels: int) -> list[nn.Module]:
@@ -56,6 +63,41 @@ def _transition(in_channels: int, out_channels: int) -> nn.Sequential:
         *_bn_relu(in_channels), nn.Conv3d(in_channels, out_channels, 1, bias=False),
         nn.Conv3d(out_channels, out_channels, 2, stride=2, bias=False),
     )
+
+
+def receptive_field(modules, *, scale: int = 1, lo: int = 0, hi: int = 0) -> tuple[int, int, int]:
+    """Receptive field of ``modules`` applied in order, along one axis (kernels are cubic).
+
+    A feature at position ``q`` of a map of stride ``scale`` (in input voxels) depends on input
+    voxels ``[q * scale + lo, q * scale + hi]`` (zero-padding positions included); returns
+    ``(scale, lo, hi)`` after ``modules`` (for a transposed conv the hull over the output
+    phases). Conv3d (any stride and padding), ConvTranspose3d, same-padded PSC and
+    :class:`DenseLayer` are followed; other modules (norms, activations, dropout) are pointwise."""
+    for module in modules:
+        if isinstance(module, DenseLayer):  # its output is [input, body(input)]: the body's reach
+            scale, lo, hi = receptive_field(module.body, scale=scale, lo=lo, hi=hi)
+        elif isinstance(module, nn.Sequential):
+            scale, lo, hi = receptive_field(module, scale=scale, lo=lo, hi=hi)
+        elif isinstance(module, PSC):
+            if module.padding != "same" or module.stride != (1, 1, 1):
+                raise ValueError(f"receptive_field: only same-padded stride-1 PSC, got {module}")
+            radius = receptive_span(module) // 2
+            lo, hi = lo - radius * scale, hi + radius * scale
+        elif isinstance(module, nn.ConvTranspose3d):
+            (k, t, p) = (module.kernel_size[0], module.stride[0], module.padding[0])
+            if scale % t:
+                raise ValueError(f"receptive_field: {module} upsamples past the input's resolution")
+            fine = scale // t
+            # output o reads inputs i with 0 <= o + p - i t < k; o = phase + j t reads i - j
+            reach = [(-(-(ph + p - k + 1) // t), (ph + p) // t) for ph in range(t)]
+            lo = lo + min(first * scale - ph * fine for ph, (first, _) in enumerate(reach))
+            hi = hi + max(last * scale - ph * fine for ph, (_, last) in enumerate(reach))
+            scale = fine
+        elif isinstance(module, nn.Conv3d):
+            k = (module.kernel_size[0] - 1) * module.dilation[0] + 1
+            p, t = module.padding[0], module.stride[0]
+            lo, hi, scale = lo - p * scale, hi + (k - 1 - p) * scale, scale * t
+    return scale, lo, hi
 
 
 class DenseNet(nn.Module):
@@ -137,9 +179,25 @@ class DenseNet(nn.Module):
 
     @property
     def context(self) -> tuple[int, int, int]:
-        """Halo for blockwise prediction: one coarsest-level voxel on each side. The receptive
-        field is larger; same-padded tiles agree with the whole volume only approximately."""
+        """The padding of the volume that blockwise predict's output is defined on: one
+        coarsest-level voxel on each side (see the module docstring). The receptive field is
+        larger: :attr:`receptive_radius`."""
         return self.shape_step
+
+    @property
+    def receptive_radius(self) -> tuple[int, int, int]:
+        """An output voxel depends on input voxels at most this far away along each axis,
+        whatever its phase (146 for the default layout); zero-padding positions count."""
+        radius = 0
+        for index in range(self.num_blocks):  # the path through head `index`
+            path = [self.stem, self.stem_down]
+            for level in range(index):
+                path += [self.blocks[level], self.transitions[level]]
+            path += [self.blocks[index], self.heads[index]]
+            _, lo, hi = receptive_field(path)
+            radius = max(radius, -lo, hi)
+        _, lo, hi = receptive_field([self.stem])
+        return (max(radius, -lo, hi),) * 3  # type: ignore[return-value]
 
     def output_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
         return check_divisible("densenet", input_shape, self.shape_step)

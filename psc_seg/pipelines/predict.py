@@ -33,8 +33,8 @@ from psc_seg.device import resolve_device
 from psc_seg.engine import Roi, block_grid, file_hash, prepare_outputs, run_blockwise
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
-    DTYPES, BlockGeometry, BlockPredictor, PredictionWriter, default_block_shape, plan_geometry, prepare_model,
-    resolve_precision,
+    DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, default_block_shape, plan_geometry,
+    prepare_model, resolve_precision,
 )
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.io import check_value_range, create_volume, open_volume, parse_spec, resolve_normalization
@@ -171,7 +171,8 @@ def predict(
         input: input volume spec, ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
         output: output volume spec (see the module docstring for what is written where).
         block_shape: write ROI shape ``(z, y, x)``, a multiple of the model's ``shape_step``;
-            default 64 per axis (see :func:`~psc_seg.engine.inference.default_block_shape`).
+            default 64 per axis; for a DenseNet the whole volume while it is small (see
+            :func:`~psc_seg.engine.inference.default_block_shape`).
         workers: local dask worker processes (0: in this process).
         scheduler: address of an existing dask scheduler instead of ``workers``.
         device: "cpu" or "cuda".
@@ -230,6 +231,8 @@ def predict(
         "normalize": norm,
         "outputs": specs,
     }
+    if isinstance(geometry, ClippedGeometry):  # reads differ from the fixed-halo blocks before it: no resume across
+        settings["geometry"] = "clipped-receptive-field"
     if precision != "float32":  # float32 runs keep the settings (and resume records) they had
         settings["precision"] = precision
 
@@ -252,8 +255,7 @@ def predict(
         geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
         threads=threads, precision=precision,
     )
-    blocks = block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape, context=geometry.context,
-                        read_shape=geometry.read_shape)
+    blocks = geometry.blocks(shape)
     stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
                           batch_size=batch_size if batch_size > 1 else None, record=record, progress=progress,
                           desc="predict")

@@ -152,3 +152,35 @@ def test_valid_twin_follows_dtype_and_mode():
     twin = same.double().train().valid_twin()
     assert twin.head.weight.dtype == torch.float64 and twin.training
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), same.state_dict().values()))
+
+
+@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)", "psc(1,1)"])
+def test_densenet_receptive_radius_is_measured_reach(conv):
+    # the gradient of output voxels of every phase with respect to the input: the farthest
+    # input voxel that counts lies `receptive_radius` voxels away, along each axis (ReLUs made
+    # identities so that no dead unit hides a path)
+    torch.manual_seed(0)
+    model = build_model("densenet", conv=conv, num_classes=2, stem_channels=2, growth_rate=2, block_layers=[1, 2],
+                        bottleneck_factor=1, dropout=0.0).double().eval()
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.Identity())
+    size, step = 64, model.shape_step[0]
+    x = torch.rand(1, 1, size, size, size, dtype=torch.float64, requires_grad=True)
+    reach = 0
+    for o in range(size // 2 - step, size // 2):  # one output row of each phase, far from the tile's border
+        model(x)[0, :, o, o, o].sum().backward()
+        support = x.grad[0, 0].abs() > 0
+        x.grad = None
+        for axis in range(3):
+            rows = support.any(dim=tuple(a for a in range(3) if a != axis)).nonzero().flatten()
+            reach = max(reach, o - rows.min().item(), rows.max().item() - o)
+    assert reach < size // 2 - step  # the measurement is not clipped by the tile
+    assert model.receptive_radius == (reach, reach, reach)
+    assert model.context == model.shape_step  # the padding predict's output is defined with
+
+
+def test_default_densenet_receptive_radius():
+    assert build_model("densenet", conv="conv3d").receptive_radius == (146, 146, 146)
+    assert build_model("densenet", conv="psc(2,2)").receptive_radius == (265, 265, 265)

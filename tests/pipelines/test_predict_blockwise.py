@@ -21,6 +21,7 @@ from psc_seg.engine.inference import plan_geometry
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume, normalize, open_volume
 from psc_seg.models import build_model, load_checkpoint, save_checkpoint
+from psc_seg.models.shapes import round_up
 from psc_seg.pipelines.predict import predict
 
 SHAPE = (50, 52, 70)  # not a multiple of any block shape: edge blocks are clipped
@@ -211,3 +212,56 @@ def test_resume_after_sigkill(tmp_path, kill_after):
     full = tmp_path / "full.zarr"
     subprocess.run([*cmd[:4], str(full), *cmd[5:]], env=env, check=True, capture_output=True)
     np.testing.assert_array_equal(open_volume(out).read(), open_volume(full).read())
+
+
+def _tiny_densenet(path: Path, conv: str, vivid) -> Path:
+    torch.manual_seed(0)
+    model = build_model("densenet", conv=conv, num_classes=3, stem_channels=4, growth_rate=3, block_layers=[2, 2],
+                        bottleneck_factor=2, dropout=0.0)
+    vivid(model)  # larger weights and running statistics: the coarse levels visibly count
+    return save_checkpoint(path, model.eval(), metadata={"task": {"kind": "semantic", "num_classes": 3},
+                                                         "normalize": {"kind": "uint8"}})
+
+
+@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)"])
+def test_densenet_does_not_depend_on_the_block_shape(tmp_path, vivid, conv):
+    # each block reads its write ROI grown by the receptive field, clipped to the padded volume:
+    # every block shape (edge blocks clipped, batched) gives the whole volume's one-block result
+    ckpt = _tiny_densenet(tmp_path / "dn.pt", conv, vivid)
+    model = load_checkpoint(ckpt).model
+    shape = (90, 66, 62)  # not a multiple of the step (4): the padded volume ends past the mirrored edge
+    spec, _ = _raw(tmp_path / "raw.zarr", shape=shape, seed=3)
+    blocks = plan_geometry(model, (16, 16, 16)).blocks(shape)
+    reach = round_up(model.receptive_radius, model.shape_step)
+    depths = {b.read_roi.shape[0] for b in blocks}
+    assert 16 + 2 * reach[0] in depths and min(depths) < 16 + 2 * reach[0]  # along z some read all, some are clipped
+    results = {}
+    for block, batch in [((16, 16, 16), 3), ((20, 24, 36), 1), ((92, 68, 64), 1)]:
+        out = tmp_path / f"p{'x'.join(map(str, block))}.zarr"
+        predict(ckpt, spec, str(out), block_shape=block, batch_size=batch, progress=False)
+        results[block] = open_volume(out / "probabilities").read()
+    whole = results[(92, 68, 64)]
+    assert whole.std() > 0.05  # a non-trivial answer
+    for block, result in results.items():
+        assert np.abs(result - whole).max() <= 1e-5, block
+    # the one-block result is the network on the volume mirror-padded by its halo, as before
+    halo = model.context[0]
+    raw = normalize(open_volume(spec).read(), {"kind": "uint8"})
+    padded = np.pad(raw, [(halo, halo + (-(s + 2 * halo)) % 4) for s in shape], mode="reflect")
+    with torch.inference_mode():
+        direct = torch.softmax(model.eval()(torch.from_numpy(padded)[None, None]), dim=1)[0].numpy()
+    direct = direct[:, halo:halo + shape[0], halo:halo + shape[1], halo:halo + shape[2]]
+    assert np.abs(direct - whole).max() <= 1e-5
+
+
+def test_densenet_settings_name_its_geometry(tmp_path, vivid):
+    # an unfinished output of the fixed-halo scheme does not resume into the clipped one
+    ckpt = _tiny_densenet(tmp_path / "dn.pt", "conv3d", vivid)
+    spec, _ = _raw(tmp_path / "raw.zarr", shape=(16, 16, 16), seed=3)
+    out = tmp_path / "p.zarr"
+    predict(ckpt, spec, str(out), progress=False)
+    config = open_volume(out / "probabilities").attrs["psc_seg"]["provenance"]["config"]
+    assert config["geometry"] == "clipped-receptive-field"
+    unet = _tiny_unet(tmp_path / "unet.pt")  # UNet settings (and their resume records) are as before
+    predict(str(unet), spec, str(tmp_path / "u.zarr"), progress=False)
+    assert "geometry" not in open_volume(tmp_path / "u.zarr").attrs["psc_seg"]["provenance"]["config"]
