@@ -50,6 +50,14 @@ def predict_command(
         typer.Option("--allow-incomplete",
                      help="Predict from an input that psc-seg marked unfinished (refused by default)."),
     ] = False,
+    exact_tiling: Annotated[
+        bool,
+        typer.Option("--exact-tiling",
+                     help="DenseNet: read the whole receptive field around every block even where the volume does "
+                          "not fit one block (exact for any block shape; far more time and memory). By default "
+                          "tiling is exact where the padded volume has at most 192^3 voxels, else a note says it "
+                          "is not."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict affinities (UNet) or class probabilities and labels (DenseNet) for INPUT, block by
@@ -59,7 +67,8 @@ def predict_command(
     summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
                       overwrite=overwrite, progress=not quiet, normalize=normalize,
-                      ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete)
+                      ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete,
+                      exact_tiling=exact_tiling)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
     typer.echo(
         f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done "

@@ -118,30 +118,42 @@ class ClippedGeometry(BlockGeometry):
         return tuple(w - r for w, r in zip(block.write_roi.begin, block.read_roi.begin))  # type: ignore[return-value]
 
 
-def default_block_shape(model, volume_shape: Sequence[int]) -> tuple[int, int, int]:
+def default_block_shape(model, volume_shape: Sequence[int], *, exact: bool = True) -> tuple[int, int, int]:
     """64 voxels per axis (fewer for a smaller volume), rounded up to the model's ``shape_step``.
-    A network that reads its whole receptive field (:class:`ClippedGeometry`): the whole volume
-    in one block where its padded volume has at most ``WHOLE_VOLUME_VOXELS`` voxels, else
-    ``CLIPPED_BLOCK`` voxels per axis."""
+    A network that reads its whole receptive field (:class:`ClippedGeometry`, ``exact``): the
+    whole volume in one block where its padded volume has at most ``WHOLE_VOLUME_VOXELS``
+    voxels, else ``CLIPPED_BLOCK`` voxels per axis."""
     step = model.shape_step
-    if _clips(model):
-        padded = round_up([int(s) + 2 * h for s, h in zip(volume_shape, round_up(model.context, step))], step)
-        if np.prod(padded, dtype=np.int64) <= WHOLE_VOLUME_VOXELS:
+    if exact and reads_receptive_field(model):
+        if exact_fits(model, volume_shape):
             return round_up(volume_shape, step)
         return round_up([min(CLIPPED_BLOCK, s) for s in volume_shape], step)
     return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], step)
 
 
-def _clips(model) -> bool:
-    """Whether blockwise predict reads ``model``'s whole receptive field (:class:`ClippedGeometry`)."""
+def reads_receptive_field(model) -> bool:
+    """Whether exact blockwise predict of ``model`` reads its whole receptive field
+    (:class:`ClippedGeometry`): a same-padding network without a valid twin whose
+    ``receptive_radius`` is known (the DenseNet)."""
     return (model.padding != "valid" and not getattr(model, "has_valid_twin", False)
             and getattr(model, "receptive_radius", None) is not None)
 
 
-def plan_geometry(model, block_shape: Sequence[int], *, twin=None) -> BlockGeometry:
+def exact_fits(model, volume_shape: Sequence[int]) -> bool:
+    """Whether exact predict of ``model`` over ``volume_shape`` runs as one block of at most
+    ``WHOLE_VOLUME_VOXELS`` padded voxels (bounded memory). Larger volumes make every block read
+    up to (block + 2 x receptive radius)^3 voxels: for the DenseNet, tens of GB on a CPU."""
+    step = model.shape_step
+    padded = round_up([int(s) + 2 * h for s, h in zip(volume_shape, round_up(model.context, step))], step)
+    return bool(np.prod(padded, dtype=np.int64) <= WHOLE_VOLUME_VOXELS)
+
+
+def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool = True) -> BlockGeometry:
     """The :class:`BlockGeometry` of ``model`` for ``block_shape``; UserError naming the
     model's ``shape_step`` if the block shape is not a positive multiple of it. ``twin``: the
-    valid twin of a same-padding UNet if the caller has built it (:func:`prepare_model`)."""
+    valid twin of a same-padding UNet if the caller has built it (:func:`prepare_model`).
+    ``exact=False``: a network that :func:`reads_receptive_field` reads only its ``context``
+    halo around each block instead (not exact near block borders; bounded memory)."""
     block_shape = tuple(int(b) for b in block_shape)
     step = tuple(model.shape_step)
     if len(block_shape) != 3 or min(block_shape) < 1 or any(b % s for b, s in zip(block_shape, step)):
@@ -160,7 +172,7 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None) -> BlockGeome
         crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
         return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
     halo = round_up(model.context, step)
-    if _clips(model):
+    if exact and reads_receptive_field(model):
         reach = round_up(model.receptive_radius, step)
         read_shape = tuple(b + 2 * r for b, r in zip(block_shape, reach))
         if tuple(model.output_shape(read_shape)) != read_shape:

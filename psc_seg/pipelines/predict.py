@@ -33,14 +33,15 @@ from psc_seg.device import resolve_device
 from psc_seg.engine import Roi, block_grid, file_hash, prepare_outputs, run_blockwise
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
-    DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, default_block_shape, plan_geometry,
-    prepare_model, resolve_precision,
+    DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, default_block_shape, exact_fits,
+    plan_geometry, prepare_model, reads_receptive_field, resolve_precision,
 )
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.io import check_value_range, create_volume, open_volume, parse_spec, resolve_normalization
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume
 from psc_seg.models import load_checkpoint
+from psc_seg.models.shapes import round_up
 
 
 def resolve_task(checkpoint) -> dict[str, Any]:
@@ -163,6 +164,7 @@ def predict(
     normalize: str | None = None,
     ignore_voxel_size: bool = False,
     allow_incomplete: bool = False,
+    exact_tiling: bool = False,
 ) -> dict[str, Any]:
     """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
 
@@ -192,6 +194,11 @@ def predict(
             data's by more than 25 % on an axis.
         allow_incomplete: predict from an input psc-seg marked unfinished (a note says so);
             without it, it is refused (:func:`~psc_seg.engine.resume.check_finished`).
+        exact_tiling: for a network whose receptive field is wider than its halo (the
+            DenseNet), read the whole receptive field around every block even where the volume
+            is too large for one block (exact, costly); by default that is done only where the
+            whole volume fits one block (:func:`~psc_seg.engine.inference.exact_fits`), and
+            otherwise a note says the result is not exact near block borders.
 
     Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second.
     Checks skipped or overridden, and an unfinished input used, are told as
@@ -214,9 +221,16 @@ def predict(
     if (source.channels or 1) != in_channels:
         raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
     shape = source.spatial_shape
-    block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape)
+    exact = exact_tiling or not reads_receptive_field(model) or exact_fits(model, shape)
+    block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape, exact=exact)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
-    geometry = plan_geometry(model, block_shape, twin=runner)
+    geometry = plan_geometry(model, block_shape, twin=runner, exact=exact)
+    if not exact:
+        reach = 2 * max(round_up(model.receptive_radius, model.shape_step))
+        note(f"not exact near block borders: the {type(model).__name__}'s receptive field ({max(model.receptive_radius)} "
+             f"voxels) is wider than the {max(geometry.context)}-voxel halo each block reads, because exact tiling of a "
+             f"{'x'.join(map(str, shape))} volume would read up to (block + {reach})^3 voxels per block; set "
+             "exact_tiling (psc-seg predict --exact-tiling) for the exact result")
     note(unfinished)
     norm = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
     specs = output_specs(output, task)

@@ -265,3 +265,25 @@ def test_densenet_settings_name_its_geometry(tmp_path, vivid):
     unet = _tiny_unet(tmp_path / "unet.pt")  # UNet settings (and their resume records) are as before
     predict(str(unet), spec, str(tmp_path / "u.zarr"), progress=False)
     assert "geometry" not in open_volume(tmp_path / "u.zarr").attrs["psc_seg"]["provenance"]["config"]
+
+
+def test_densenet_beyond_one_block_says_it_is_not_exact_unless_asked(tmp_path, vivid, monkeypatch, notes):
+    # exact tiling of a volume larger than one block costs (block + 2 R)^3 per block: by default
+    # a fixed halo with a note, exact_tiling forces the exact result
+    import psc_seg.engine.inference as inference
+
+    monkeypatch.setattr(inference, "WHOLE_VOLUME_VOXELS", 40**3)  # as if the volume were large
+    ckpt = _tiny_densenet(tmp_path / "dn.pt", "conv3d", vivid)
+    spec, _ = _raw(tmp_path / "raw.zarr", shape=(40, 36, 32), seed=3)
+    predict(ckpt, spec, str(tmp_path / "halo.zarr"), block_shape=(16, 16, 16), progress=False)
+    (note,) = [n for n in notes.take() if "exact" in n]
+    assert note.startswith("not exact near block borders") and "--exact-tiling" in note
+    assert "geometry" not in open_volume(tmp_path / "halo.zarr" / "probabilities").attrs["psc_seg"]["provenance"][
+        "config"]
+    results = {}
+    for block in [(16, 16, 16), (40, 36, 32)]:
+        out = tmp_path / f"exact{block[0]}.zarr"
+        predict(ckpt, spec, str(out), block_shape=block, exact_tiling=True, progress=False)
+        results[block] = open_volume(out / "probabilities").read()
+    assert not [n for n in notes.take() if "exact" in n]
+    assert np.abs(results[(16, 16, 16)] - results[(40, 36, 32)]).max() <= 1e-5
