@@ -27,6 +27,7 @@ import numpy as np
 from psc_seg.errors import UserError
 
 DEFAULT_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
+EXAMPLE_OFFSETS = "[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]"  # the form messages show (YAML, as in a config)
 
 
 def check_offsets(offsets: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:

@@ -28,6 +28,9 @@ model's ``shape_step``):
   lattice of the padded volume, and its zero padding matters only where it is the padded
   volume's own, so every kept voxel equals the whole-volume result (up to float
   reassociation) whatever the block shape. Read shapes, and crops, differ at the edges.
+  Where the whole volume does not fit one block (:func:`exact_fits`), the caller may plan the
+  halo geometry above instead (``plan_geometry(..., exact=False)``): bounded memory, not exact
+  near block borders.
 
 The stage around it (arguments, output files, resume records) is
 :func:`psc_seg.pipelines.predict.predict`.
@@ -104,8 +107,7 @@ class ClippedGeometry(BlockGeometry):
     def blocks(self, volume_shape: Sequence[int]) -> list[Block]:
         total = Roi((0, 0, 0), tuple(volume_shape))
         low = tuple(-h for h in self.halo)
-        high = tuple(p - h for p, h in zip(round_up([v + 2 * h for v, h in zip(volume_shape, self.halo)], self.step),
-                                            self.halo))
+        high = tuple(p - h for p, h in zip(padded_extent(volume_shape, self.halo, self.step), self.halo))
         blocks = []
         for block in block_grid(total, write_shape=self.write_shape, context=self.context):
             begin = tuple(max(b, lo) for b, lo in zip(block.read_roi.begin, low))
@@ -116,6 +118,12 @@ class ClippedGeometry(BlockGeometry):
 
     def crop_of(self, block: Block) -> tuple[int, int, int]:
         return tuple(w - r for w, r in zip(block.write_roi.begin, block.read_roi.begin))  # type: ignore[return-value]
+
+
+def padded_extent(volume_shape: Sequence[int], halo: Sequence[int], step: Sequence[int]) -> tuple[int, ...]:
+    """The shape of the volume mirror-padded by ``halo`` per side, and further at the high end
+    to a multiple of ``step``: what a same-padding network's output is defined on."""
+    return tuple(round_up([int(v) + 2 * h for v, h in zip(volume_shape, halo)], step))
 
 
 def default_block_shape(model, volume_shape: Sequence[int], *, exact: bool = True) -> tuple[int, int, int]:
@@ -144,7 +152,7 @@ def exact_fits(model, volume_shape: Sequence[int]) -> bool:
     ``WHOLE_VOLUME_VOXELS`` padded voxels (bounded memory). Larger volumes make every block read
     up to (block + 2 x receptive radius)^3 voxels: for the DenseNet, tens of GB on a CPU."""
     step = model.shape_step
-    padded = round_up([int(s) + 2 * h for s, h in zip(volume_shape, round_up(model.context, step))], step)
+    padded = padded_extent(volume_shape, round_up(model.context, step), step)
     return bool(np.prod(padded, dtype=np.int64) <= WHOLE_VOLUME_VOXELS)
 
 
@@ -159,9 +167,10 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool =
     if len(block_shape) != 3 or min(block_shape) < 1 or any(b % s for b, s in zip(block_shape, step)):
         axis = next((i for i, (b, s) in enumerate(zip(block_shape, step)) if b < 1 or b % s), 0)
         raise UserError(
-            f"--block-shape {' '.join(map(str, block_shape))} must be a multiple of the model's shape step "
-            f"{step} (along {'zyx'[axis]}) so that blocks stitch exactly; e.g. --block-shape "
-            f"{' '.join(map(str, round_up([max(1, b) for b in block_shape], step)))}"
+            f"{{block_shape}} {' '.join(map(str, block_shape))} must be a multiple of the model's shape step "
+            f"{step} (along {'zyx'[axis]}) so that blocks stitch exactly; e.g. {{block_shape}} "
+            f"{' '.join(map(str, round_up([max(1, b) for b in block_shape], step)))}",
+            options=("block_shape",),
         )
     if model.padding == "valid":
         return _valid_geometry(model, block_shape, crop=(0, 0, 0))
@@ -172,16 +181,14 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool =
         crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
         return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
     halo = round_up(model.context, step)
-    if exact and reads_receptive_field(model):
-        reach = round_up(model.receptive_radius, step)
-        read_shape = tuple(b + 2 * r for b, r in zip(block_shape, reach))
-        if tuple(model.output_shape(read_shape)) != read_shape:
-            raise ValueError(f"same-padding model changes shape {read_shape}")
-        return ClippedGeometry(block_shape, read_shape, reach, reach, halo, step)  # type: ignore[arg-type]
-    read_shape = tuple(b + 2 * h for b, h in zip(block_shape, halo))
+    clipped = exact and reads_receptive_field(model)
+    context = round_up(model.receptive_radius, step) if clipped else halo
+    read_shape = tuple(b + 2 * c for b, c in zip(block_shape, context))
     if tuple(model.output_shape(read_shape)) != read_shape:
         raise ValueError(f"same-padding model changes shape {read_shape}")
-    return BlockGeometry(block_shape, read_shape, halo, halo)  # type: ignore[arg-type]
+    if clipped:
+        return ClippedGeometry(block_shape, read_shape, context, context, halo, step)  # type: ignore[arg-type]
+    return BlockGeometry(block_shape, read_shape, context, context)  # type: ignore[arg-type]
 
 
 def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...]) -> BlockGeometry:
@@ -266,7 +273,8 @@ _MODELS: dict[tuple, torch.nn.Module] = {}
 class BlockPredictor:
     """The per-block function: read (mirrored), normalise, forward, crop, hand to ``writer``.
 
-    Picklable for dask workers: the model is not pickled but loaded from the checkpoint once
+    ``model``: the network as :func:`prepare_model` returns it, or None to load it from
+    ``checkpoint``. Picklable for dask workers: the model is not pickled but loaded from the checkpoint once
     per process (and ``torch.set_num_threads(threads)`` applied there).
 
     CPU: the blocks of a task go through the network as one batch, channels_last_3d. CUDA:
@@ -281,12 +289,12 @@ class BlockPredictor:
                  threads: int | None, precision: str = "float32") -> None:
         self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
         self.source, self.writer, self.norm = source, writer, norm
-        self.activation, self.threads, self.precision = activation, threads, precision
+        self.threads, self.precision = threads, precision
         self._final = make_activation(activation)
         self.check_finite = np.issubdtype(source.dtype, np.floating)
         # neighbouring blocks' reads (with context) share storage chunks: decode each about once
         self._reader = ChunkCache(source, max_bytes=READ_CACHE_BYTES)
-        self._model = prepare_model(model) if model is not None else None
+        self._model = model  # already through prepare_model; None: loaded once per worker process
         self._copy_stream = None
 
     def __getstate__(self) -> dict:

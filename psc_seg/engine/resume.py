@@ -173,7 +173,8 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, creat
     from psc_seg.io import META_KEY, open_volume, volume_complete, volume_exists
 
     check_exclusive(resume=resume, overwrite=overwrite)
-    main = next(iter(specs.values()))
+    first = next(iter(specs))
+    main = specs[first]
     existing = [spec for spec in specs.values() if volume_exists(spec)]
     if existing and not (resume or overwrite):
         raise UserError(f"output {existing[0]!r} already exists; pass {{resume}} to continue an unfinished run "
@@ -186,11 +187,11 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, creat
                                 "pass {overwrite} to replace it", options=("overwrite",))
             return PreparedOutputs(record=record, done=True)
         volumes = {name: open_volume(spec, mode="r+") for name, spec in specs.items()}
-        record = BlockRecord.open(volumes[next(iter(specs))].sidecar_dir(RECORD), settings, what=f"output {main!r}")
+        record = BlockRecord.open(volumes[first].sidecar_dir(RECORD), settings, what=f"output {main!r}")
         return PreparedOutputs(volumes, record, resumed=True)
     volumes = dict(create())
-    first, *others = volumes.values()
-    record = BlockRecord.create(first.sidecar_dir(RECORD), settings)
+    record = BlockRecord.create(volumes[first].sidecar_dir(RECORD), settings)
+    others = [volume for name, volume in volumes.items() if name != first]
     for volume in others:  # where their record is, for check_finished
         where = os.path.relpath(record.directory, volume.sidecar_dir(RECORD).parent)
         volume.update_attrs({META_KEY: {**volume.attrs.get(META_KEY, {}), "record": where}})

@@ -63,6 +63,13 @@ def sidecar_beside(spec: VolumeSpec, name: str) -> Path:
     inner = f".{spec.inner.replace('/', '_')}" if spec.inner else ""
     return spec.path.with_name(f".{spec.path.name}{inner}.psc-seg-{name}")
 
+def known_voxel_size(voxel_size: Sequence[float], unit: str | None) -> bool:
+    """Whether ``voxel_size`` (in ``unit``) was set by someone: not the ``(1, 1, 1)`` without a
+    unit that formats hold when nobody set one (OME-Zarr needs a scale, NIfTI zooms default
+    to 1)."""
+    return not (tuple(float(v) for v in voxel_size) == (1.0, 1.0, 1.0) and not unit)
+
+
 class Volume:
     """A 3D ``(z, y, x)`` or 4D ``(c, z, y, x)`` array on disk, read and written lazily.
 
@@ -116,9 +123,8 @@ class Volume:
 
     @property
     def has_voxel_size(self) -> bool:
-        """Whether the metadata gives a voxel size: not the ``(1, 1, 1)`` without a unit that
-        formats hold when nobody set one (OME-Zarr needs a scale, NIfTI zooms default to 1)."""
-        return not (self.voxel_size == (1.0, 1.0, 1.0) and self.unit is None)
+        """Whether the metadata gives a voxel size (:func:`known_voxel_size`)."""
+        return known_voxel_size(self.voxel_size, self.unit)
 
     @property
     def complete(self) -> bool:
@@ -475,8 +481,7 @@ class Hdf5Volume(Volume):
         if self.mode != "r" or lock_path(self.spec_obj.path).exists():
             import h5py
 
-            self.close()
-            with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r") as f:
+            with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r") as f:  # (closes our handle)
                 return f[self.inner][key]
         return self._dataset()[key]
 

@@ -24,12 +24,15 @@ on input voxels up to ``receptive_radius`` = 146 away along each axis (265 with 
 :func:`receptive_field`), far beyond the ``context`` halo of one coarsest voxel (16). Blockwise
 predict uses both (:func:`psc_seg.engine.inference.plan_geometry`): the output is the
 network applied once to the whole volume padded by ``context``, and each block reads its
-write region grown by ``receptive_radius``, clipped to that padded volume.
+write region grown by ``receptive_radius``, clipped to that padded volume (where the volume
+fits one block, or on request; otherwise the ``context`` halo alone, not exact near block
+borders).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -184,7 +187,7 @@ class DenseNet(nn.Module):
         larger: :attr:`receptive_radius`."""
         return self.shape_step
 
-    @property
+    @cached_property  # walks the layers; asked for several times per predict
     def receptive_radius(self) -> tuple[int, int, int]:
         """An output voxel depends on input voxels at most this far away along each axis,
         whatever its phase (146 for the default layout); zero-padding positions count."""

@@ -66,14 +66,14 @@ def evaluate(
         ``{"prediction", "dice": {class: dice}, "mean_dice"}``.
     """
     if not predictions:
-        raise UserError("give at least one prediction before the ground truth")
+        raise UserError("give at least one prediction to score")
     gt = _open_labels(ground_truth, "ground truth", allow_incomplete=allow_incomplete)
     preds = [_open_labels(spec, "prediction", allow_incomplete=allow_incomplete) for spec in predictions]
     if not semantic:
         for spec, volume in zip(predictions, preds):
             if is_class_map(volume):
                 raise UserError(f"prediction {spec!r} is a class map (its metadata says semantic task); score it with "
-                                "--semantic (Dice per class), or give an instance segmentation")
+                                "{semantic} (Dice per class), or give an instance segmentation", options=("semantic",))
     mask_volume = _open_labels(mask, "mask", allow_incomplete=allow_incomplete) if mask else None
     for spec, volume in [*zip(predictions, preds), *([(mask, mask_volume)] if mask_volume else [])]:
         if volume.shape != gt.shape:

@@ -15,7 +15,8 @@ Outputs (``OUTPUT`` names the main one):
 ``dtype="uint8"`` stores ``round(255 * p)`` (attribute ``value_scale = 1/255``). Finished
 blocks are recorded with the main output (see :mod:`psc_seg.engine.resume`), keyed by a
 hash of the checkpoint file, the input, the block shape, the output dtype, the resolved
-normalisation and (unless float32) the compute precision.
+normalisation, (unless float32) the compute precision and (for a DenseNet's exact tiling) the
+geometry.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
-from psc_seg.engine import Roi, block_grid, file_hash, prepare_outputs, run_blockwise
+from psc_seg.engine import file_hash, prepare_outputs, run_blockwise
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, default_block_shape, exact_fits,
@@ -39,7 +40,7 @@ from psc_seg.engine.inference import (
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.io import check_value_range, create_volume, open_volume, parse_spec, resolve_normalization
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
-from psc_seg.io.volume import Volume
+from psc_seg.io.volume import Volume, known_voxel_size
 from psc_seg.models import load_checkpoint
 from psc_seg.models.shapes import round_up
 
@@ -114,7 +115,7 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
                             options=("normalize",))
         norm = resolve_normalization({"kind": normalize}, source)
         note(f"normalising the input as {normalize} (given), not as the checkpoint says "
-                     f"({(metadata.get('normalize') or {}).get('kind', 'by dtype')})")
+             f"({(metadata.get('normalize') or {}).get('kind', 'by dtype')})")
     else:
         stored = metadata.get("normalize")
         if stored:
@@ -124,11 +125,11 @@ def check_input(source: Volume, metadata: dict[str, Any], *, normalize: str | No
     trained = tuple(float(v) for v in trained) if trained else None
     if ignore_voxel_size:
         note("voxel-size check skipped (ignore_voxel_size)")
-    elif trained is None or (trained == (1.0, 1.0, 1.0) and not metadata.get("voxel_unit")):
+    elif trained is None or not known_voxel_size(trained, metadata.get("voxel_unit")):
         note("the checkpoint records no voxel size of its training data; voxel-size check skipped")
     elif not source.has_voxel_size:
         note(f"input {source.spec!r} has no voxel size in its metadata; the check against the training "
-                     f"data's {_size(trained)} was skipped")
+             f"data's {_size(trained)} was skipped")
     elif any(abs(v / t - 1) > VOXEL_SIZE_TOLERANCE for v, t in zip(source.voxel_size, trained)):
         raise UserError(f"input {source.spec!r} has voxel size {_size(source.voxel_size)} but the network was "
                         f"trained at {_size(trained)} (more than {VOXEL_SIZE_TOLERANCE:.0%} apart on an axis); "
@@ -216,29 +217,29 @@ def predict(
     model = ckpt.model
     task = resolve_task(ckpt)
     source = open_volume(input)
-    unfinished = check_finished(source, "input", allow_incomplete=allow_incomplete)
+    note(check_finished(source, "input", allow_incomplete=allow_incomplete))
     in_channels = getattr(model, "in_channels", 1)
     if (source.channels or 1) != in_channels:
         raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
     shape = source.spatial_shape
+    specs = output_specs(output, task)
+    if any(_same_volume(input, s) for s in specs.values()):
+        raise UserError(f"output {output!r} is the input volume; choose another output")
     exact = exact_tiling or not reads_receptive_field(model) or exact_fits(model, shape)
     block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape, exact=exact)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
     geometry = plan_geometry(model, block_shape, twin=runner, exact=exact)
     if not exact:
         reach = 2 * max(round_up(model.receptive_radius, model.shape_step))
-        note(f"not exact near block borders: the {type(model).__name__}'s receptive field ({max(model.receptive_radius)} "
-             f"voxels) is wider than the {max(geometry.context)}-voxel halo each block reads, because exact tiling of a "
-             f"{'x'.join(map(str, shape))} volume would read up to (block + {reach})^3 voxels per block; set "
-             "exact_tiling (psc-seg predict --exact-tiling) for the exact result")
-    note(unfinished)
+        note(f"not exact near block borders: the {type(model).__name__}'s receptive field "
+             f"({max(model.receptive_radius)} voxels) is wider than the {max(geometry.context)}-voxel halo each block "
+             f"reads, because exact tiling of a {'x'.join(map(str, shape))} volume would read up to (block + {reach})^3 "
+             "voxels per block; set exact_tiling (psc-seg predict --exact-tiling) for the exact result")
     norm = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
-    specs = output_specs(output, task)
-    if any(_same_volume(input, s) for s in specs.values()):
-        raise UserError(f"output {output!r} is the input volume; choose another output")
+    source_spec = parse_spec(input)
     settings = {
         "checkpoint_sha256": file_hash(checkpoint),
-        "input": {"spec": str(Path(parse_spec(input).path).resolve()) + ":" + parse_spec(input).inner,
+        "input": {"spec": str(source_spec.path.resolve()) + ":" + source_spec.inner,
                   "shape": list(source.shape), "dtype": str(source.dtype)},
         "block_shape": list(geometry.write_shape),
         "dtype": dtype,
@@ -250,14 +251,15 @@ def predict(
     if precision != "float32":  # float32 runs keep the settings (and resume records) they had
         settings["precision"] = precision
 
+    checkpoint = str(Path(checkpoint).resolve())
+    blocks = geometry.blocks(shape)
     prepared = prepare_outputs(
         specs, settings, resume=resume, overwrite=overwrite,
         create=lambda: _create_outputs(specs, task, source=source, dtype=dtype, geometry=geometry, settings=settings,
-                                       checkpoint=str(Path(checkpoint).absolute()), overwrite=overwrite),
+                                       checkpoint=checkpoint, overwrite=overwrite),
     )
     if prepared.done:
-        total = len(block_grid(Roi((0, 0, 0), shape), write_shape=geometry.write_shape))
-        return _summary(specs, total=total, computed=0, skipped=total, seconds=0.0, voxels=0)
+        return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks), seconds=0.0, voxels=0)
     outputs, record = prepared.volumes, prepared.record
 
     parallel = bool(workers or scheduler)
@@ -265,11 +267,10 @@ def predict(
     threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
     writer = PredictionWriter(outputs, kind=task["kind"], dtype=dtype)
     predictor = BlockPredictor(
-        checkpoint=str(Path(checkpoint).resolve()), model=None if parallel else runner, device=device,
+        checkpoint=checkpoint, model=None if parallel else runner, device=device,
         geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
         threads=threads, precision=precision,
     )
-    blocks = geometry.blocks(shape)
     stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
                           batch_size=batch_size if batch_size > 1 else None, record=record, progress=progress,
                           desc="predict")

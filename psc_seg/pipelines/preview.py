@@ -42,7 +42,7 @@ def preview_volume(
     if out.suffix.lower() != ".png":
         raise UserError(f"preview output {str(out)!r}: give a .png file name")
     if out.exists() and not overwrite:
-        raise UserError(f"{str(out)!r} exists; pass --overwrite to replace it")
+        raise UserError(f"{str(out)!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
     raw = open_volume(volume)
     label_volume = open_volume(labels) if labels else None
     affinity_volume = open_volume(affinities) if affinities else None

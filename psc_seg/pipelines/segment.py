@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from psc_seg.affinities import check_offsets, nearest_neighbour_channels
+from psc_seg.affinities import EXAMPLE_OFFSETS, check_offsets, nearest_neighbour_channels
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.segment.settings import DEFAULT_SCORING, DEFAULT_THRESHOLD, SegmentSettings
@@ -56,9 +56,6 @@ def open_affinities(spec: str):
     return affs
 
 
-EXAMPLE_OFFSETS = "[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]"
-
-
 def affinity_offsets(affs, given: str | Sequence[Sequence[int]] | None = None) -> list[tuple[int, int, int]]:
     """The offsets of the channels of the affinity volume ``affs``: those stored with it
     (attribute ``task.offsets``, which ``psc-seg predict`` writes), else ``given``.
@@ -93,8 +90,8 @@ def affinity_offsets(affs, given: str | Sequence[Sequence[int]] | None = None) -
     if len(offsets) != affs.channels:
         raise UserError(f"{where} name {len(offsets)} offsets but affinities {affs.spec!r} have {affs.channels} "
                         "channels; give one offset per channel", options=("offsets",))
-    if stored is not None and given is not None and offsets != check_offsets(stored):
-        raise UserError(f"affinities {affs.spec!r} store the offsets {[list(o) for o in check_offsets(stored)]} in "
+    if stored is not None and given is not None and offsets != (stored := check_offsets(stored)):
+        raise UserError(f"affinities {affs.spec!r} store the offsets {[list(o) for o in stored]} in "
                         f"their metadata, not the {{offsets}} given; drop {{offsets}}", options=("offsets",))
     return offsets
 
@@ -140,8 +137,8 @@ def _validated_defaults(affs, thresholds: Sequence[float] | None, scoring: str |
     if choice is None:
         missing = [f"threshold {DEFAULT_THRESHOLD:g}" if not given["threshold"] else "",
                    f"scoring {DEFAULT_SCORING}" if not given["scoring"] else ""]
-        note = f"{reason}; using the default {' and '.join(m for m in missing if m)}" if reason else None
-        return thresholds or (DEFAULT_THRESHOLD,), scoring or DEFAULT_SCORING, note
+        said = f"{reason}; using the default {' and '.join(m for m in missing if m)}" if reason else None
+        return thresholds or (DEFAULT_THRESHOLD,), scoring or DEFAULT_SCORING, said
     taken = []
     if scoring is None:
         scoring = str(choice["scoring"])
@@ -149,8 +146,8 @@ def _validated_defaults(affs, thresholds: Sequence[float] | None, scoring: str |
     if not thresholds and scoring == choice["scoring"]:
         thresholds = (float(choice["threshold"]),)
         taken.insert(0, f"threshold {thresholds[0]:g}")
-    note = f"using {' and '.join(taken)} chosen by validation of {choice['checkpoint']}" if taken else None
-    return thresholds or (DEFAULT_THRESHOLD,), scoring, note
+    said = f"using {' and '.join(taken)} chosen by validation of {choice['checkpoint']}" if taken else None
+    return thresholds or (DEFAULT_THRESHOLD,), scoring, said
 
 
 def segment(
@@ -220,5 +217,6 @@ def segment(
             overwrite=overwrite, progress=progress,
         )
     if workers is not None or scheduler is not None:
-        raise UserError("--workers / --scheduler need --block-shape (blockwise segmentation)")
+        raise UserError("{workers} / {scheduler} need {block_shape} (blockwise segmentation)",
+                        options=("workers", "scheduler", "block_shape"))
     return segment_whole(affs, outputs, settings=settings, resume=resume, overwrite=overwrite, progress=progress)

@@ -286,9 +286,9 @@ def segment_blockwise(
 
     config = settings.as_dict()
     thresholds = list(settings.thresholds)
-    block_shape = tuple(int(v) for v in config["block_shape"] or ())
-    if len(block_shape) != 3 or min(block_shape) < 1:
-        raise UserError(f"--block-shape needs three positive sizes Z Y X, got {block_shape}")
+    block_shape = settings.block_shape
+    if block_shape is None:
+        raise ValueError("segment_blockwise needs settings.block_shape")
     total = Roi((0, 0, 0), affs.spatial_shape)
     hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
     prepared = open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,

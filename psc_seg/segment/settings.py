@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from psc_seg.affinities import DEFAULT_OFFSETS, check_offsets, nearest_neighbour_channels
+from psc_seg.affinities import DEFAULT_OFFSETS, EXAMPLE_OFFSETS, check_offsets, nearest_neighbour_channels
 from psc_seg.errors import UserError
 from psc_seg.segment.agglomerate import SCORING
 from psc_seg.segment.fragments import FRAGMENT_METHODS
@@ -50,23 +51,28 @@ class SegmentSettings:
         try:
             object.__setattr__(self, "offsets", tuple(check_offsets(self.offsets)))
         except ValueError as exc:
-            raise UserError(f"{exc}; give {{offsets}} as e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]",
-                            options=("offsets",)) from None
+            raise UserError(f"{exc}; give {{offsets}} as e.g. {EXAMPLE_OFFSETS}", options=("offsets",)) from None
         nearest_neighbour_channels(self.offsets)  # refuses offsets without the three
         object.__setattr__(self, "thresholds", tuple(float(t) for t in (self.thresholds or (DEFAULT_THRESHOLD,))))
-        object.__setattr__(self, "block_shape", tuple(self.block_shape) if self.block_shape else None)
+        object.__setattr__(self, "block_shape", tuple(int(v) for v in self.block_shape) if self.block_shape else None)
+        if self.block_shape is not None and (len(self.block_shape) != 3 or min(self.block_shape) < 1):
+            raise UserError(f"{{block_shape}} needs three positive sizes Z Y X, got {self.block_shape}",
+                            options=("block_shape",))
         if self.scoring not in SCORING:
-            raise UserError(f"unknown --scoring {self.scoring!r}; use one of {', '.join(SCORING)}")
+            raise UserError(f"unknown {{scoring}} {self.scoring!r}; use one of {', '.join(SCORING)}",
+                            options=("scoring",))
         if self.fragments not in FRAGMENT_METHODS:
-            raise UserError(f"unknown --fragments {self.fragments!r}; use one of {', '.join(FRAGMENT_METHODS)}")
+            raise UserError(f"unknown {{fragments}} {self.fragments!r}; use one of {', '.join(FRAGMENT_METHODS)}",
+                            options=("fragments",))
         if self.decoder not in DECODERS:
-            raise UserError(f"unknown --decoder {self.decoder!r}; use one of {', '.join(DECODERS)}")
+            raise UserError(f"unknown {{decoder}} {self.decoder!r}; use one of {', '.join(DECODERS)}",
+                            options=("decoder",))
         if self.min_size < 0:
-            raise UserError(f"--min-size must be >= 0, got {self.min_size}")
+            raise UserError(f"{{min_size}} must be >= 0, got {self.min_size}", options=("min_size",))
         if any(not 0.0 <= t <= 1.0 for t in self.thresholds):
             raise UserError(f"thresholds must lie in [0, 1], got {list(self.thresholds)}")
 
-    @property
+    @cached_property  # blockwise steps ask for it per block
     def channels(self) -> tuple[int, int, int]:
         """The channels of the offsets ``(-1, 0, 0), (0, -1, 0), (0, 0, -1)``, in that order."""
         return nearest_neighbour_channels(self.offsets)[0]
