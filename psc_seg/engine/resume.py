@@ -158,6 +158,20 @@ class PreparedOutputs:
     resumed: bool = False
 
 
+def existing_outputs(specs: Iterable[str], *, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """Those of the output ``specs`` that exist; UserError if any does and neither ``resume`` nor
+    ``overwrite`` is given (the first rule of :func:`prepare_outputs`, for callers that check it
+    before long work and prepare the outputs only after it)."""
+    from psc_seg.io import volume_exists
+
+    check_exclusive(resume=resume, overwrite=overwrite)
+    existing = [spec for spec in specs if volume_exists(spec)]
+    if existing and not (resume or overwrite):
+        raise UserError(f"output {existing[0]!r} already exists; pass {{resume}} to continue an unfinished run "
+                        "or {overwrite} to replace it", options=("resume", "overwrite"))
+    return existing
+
+
 def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, create: Callable[[], Mapping[str, Any]],
                     resume: bool = False, overwrite: bool = False) -> PreparedOutputs:
     """Open, or create, the outputs ``specs`` (name -> volume spec) of a run with ``settings``.
@@ -170,15 +184,11 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, creat
       blocks;
     * ``resume`` with a record of other settings (or none): UserError.
     """
-    from psc_seg.io import META_KEY, open_volume, volume_complete, volume_exists
+    from psc_seg.io import META_KEY, open_volume, volume_complete
 
-    check_exclusive(resume=resume, overwrite=overwrite)
     first = next(iter(specs))
     main = specs[first]
-    existing = [spec for spec in specs.values() if volume_exists(spec)]
-    if existing and not (resume or overwrite):
-        raise UserError(f"output {existing[0]!r} already exists; pass {{resume}} to continue an unfinished run "
-                        "or {overwrite} to replace it", options=("resume", "overwrite"))
+    existing = existing_outputs(specs.values(), resume=resume, overwrite=overwrite)
     if existing and resume:
         if len(existing) == len(specs) and all(volume_complete(spec) for spec in specs.values()):
             record = BlockRecord(open_volume(main).sidecar_dir(RECORD))

@@ -70,7 +70,8 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         outputs: output specs, one per ``settings.thresholds``.
         settings: what to compute (``settings.block_shape`` is not used).
         resume: keep outputs finished with the same settings (an unfinished run is redone).
-        overwrite: replace existing outputs.
+        overwrite: replace existing outputs, once the new segmentation is computed (a failure
+            before, e.g. NaNs in the affinities, leaves them as they were).
         progress: a progress bar over the three steps (read, decode, write).
 
     Returns:
@@ -78,14 +79,23 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     """
     from tqdm.auto import tqdm
 
+    from psc_seg.engine.resume import existing_outputs
     from psc_seg.errors import UserError
     from psc_seg.segment.outputs import open_outputs
 
     outputs = list(outputs)
     hashed = {**settings.as_dict(), "affinities_shape": list(affs.shape)}
-    prepared = open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite)
-    if prepared.done:
+
+    def prepare():
+        return open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite)
+
+    # a finished run is kept without recomputing it; otherwise existing outputs are replaced
+    # only once the affinities have been read and checked (NaNs) and segmented
+    prepared = prepare() if resume else None
+    if prepared is not None and prepared.done:
         return outputs
+    if prepared is None:  # refused before any work, but nothing touched yet
+        existing_outputs(outputs, resume=resume, overwrite=overwrite)
     with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
         bar.set_postfix_str("reading affinities")
         data = _read_channels(affs, settings.channels)
@@ -99,6 +109,7 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         )
         bar.update()
         bar.set_postfix_str("writing")
+        prepared = prepared or prepare()
         for spec, labels in zip(outputs, segmentations):
             prepared.volumes[spec].write((slice(None),) * 3, labels)
             prepared.volumes[spec].finalize()

@@ -134,3 +134,26 @@ def test_whole_volume_resume_keeps_a_finished_run_and_refuses_other_settings(tmp
     with pytest.raises(UserError, match="other settings"):
         segment(affs, out, resume=True, min_size=10**6, progress=False, offsets=DEFAULT_OFFSETS)
     assert open_volume(spec).read().max() > 0  # left as it was
+
+
+def test_overwrite_that_fails_leaves_the_previous_segmentation(tmp_path, make_labels):
+    """NaN affinities found while segmenting: the segmentation the user had is still there, complete."""
+    from psc_seg.errors import UserError
+    from psc_seg.io import create_volume, open_volume
+    from psc_seg.pipelines.segment import segment
+
+    labels = make_labels((8, 24, 24), 6, seed=3)
+    affs = seg_to_affinities(labels)
+    specs = {}
+    for name, data in [("good", affs), ("bad", np.where(np.arange(affs.size).reshape(affs.shape) == 7, np.nan, affs))]:
+        volume = create_volume(str(tmp_path / f"{name}.zarr"), shape=affs.shape, dtype="float32",
+                               attrs={"task": {"kind": "affinities", "offsets": [list(o) for o in DEFAULT_OFFSETS]}})
+        volume.write(None, data.astype(np.float32))
+        volume.finalize()
+        specs[name] = str(tmp_path / f"{name}.zarr")
+    (out,) = segment(specs["good"], str(tmp_path / "seg.zarr"), progress=False)
+    before = open_volume(out).read()
+    with pytest.raises(UserError, match="NaN"):
+        segment(specs["bad"], out, overwrite=True, progress=False)
+    assert open_volume(out).complete
+    np.testing.assert_array_equal(open_volume(out).read(), before)
