@@ -239,6 +239,19 @@ class Volume:
 
 
 # ====================================================================== zarr
+def _is_level0(array_path: Path) -> bool:
+    """Whether ``array_path`` is the level-0 array of an OME-Zarr image group."""
+    import zarr
+
+    try:
+        parent = zarr.open_group(str(array_path.parent), mode="r")
+    except Exception:
+        return False
+    multiscales, _ = _ome_multiscales(dict(parent.attrs))
+    datasets = (multiscales or [{}])[0].get("datasets") or [{}]
+    return str(datasets[0].get("path", "")).strip("/") == array_path.name
+
+
 def _ome_multiscales(attrs: dict) -> tuple[list | None, str | None]:
     if "ome" in attrs and isinstance(attrs["ome"], dict) and "multiscales" in attrs["ome"]:
         return attrs["ome"]["multiscales"], attrs["ome"].get("version")
@@ -293,6 +306,11 @@ class ZarrVolume(Volume):
             node = zarr.open(str(node_path), mode="r")
         except Exception as exc:
             raise UserError(f"{str(node_path)!r} is not a zarr array or group ({_one_line(exc)})") from None
+        if not isinstance(node, zarr.Group) and spec.inner and _is_level0(node_path):
+            # the level-0 array of an OME-Zarr image (``img.zarr/0``) is that image: its voxel size,
+            # task and completeness are the group's (an unfinished output must not pass as complete)
+            node_path = node_path.parent
+            node = zarr.open(str(node_path), mode="r")
         group_attrs: dict = {}
         voxel_size = offset = None
         unit = None

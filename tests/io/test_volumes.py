@@ -292,3 +292,17 @@ def test_nifti_outputs_keep_the_spatial_unit(tmp_path):
     out.finalize()
     back = open_volume(tmp_path / "phantom.nii.gz")
     assert back.unit == "millimeter" and back.has_voxel_size
+
+
+def test_the_level0_array_of_an_image_is_that_image(tmp_path):
+    """``out.zarr/0`` carries the image group's metadata: an unfinished output named by its array
+    is still unfinished, with its task and voxel size."""
+    out = create_volume(tmp_path / "affs.zarr", shape=(3, 4, 5, 6), dtype="float32", voxel_size=(40, 4, 4),
+                        unit="nanometer", attrs={"task": {"kind": "affinities"}})
+    out.write(None, np.ones((3, 4, 5, 6), np.float32))
+    for spec in (tmp_path / "affs.zarr", f"{tmp_path / 'affs.zarr'}/0"):
+        vol = open_volume(spec)
+        assert not vol.complete and vol.attrs["task"] == {"kind": "affinities"} and vol.voxel_size == (40, 4, 4)
+    out.finalize()
+    assert open_volume(f"{tmp_path / 'affs.zarr'}/0").complete
+    np.testing.assert_array_equal(open_volume(f"{tmp_path / 'affs.zarr'}/0").read(), 1)
