@@ -18,12 +18,12 @@ from psc_seg.io.normalize import (
     check_value_range, default_normalization, normalize, resolve_normalization, sample_values,
 )
 from psc_seg.io.open import create_volume, default_provenance, open_volume, volume_complete, volume_exists
-from psc_seg.io.spec import VolumeSpec, parse_spec
+from psc_seg.io.spec import VolumeSpec, check_apart, overlaps, parse_spec
 from psc_seg.io.volume import META_KEY, Volume, partial_path, sidecar_beside
 
 __all__ = [
-    "META_KEY", "Volume", "VolumeSpec", "check_value_range", "create_volume", "default_normalization", "default_provenance",
-    "normalize", "open_volume", "parse_spec", "partial_path", "resolve_normalization", "sample_values", "sidecar_beside",
+    "META_KEY", "Volume", "VolumeSpec", "check_apart", "check_value_range", "create_volume", "default_normalization", "default_provenance",
+    "normalize", "open_volume", "overlaps", "parse_spec", "partial_path", "resolve_normalization", "sample_values", "sidecar_beside",
     "volume_complete",
     "volume_exists",
 ]

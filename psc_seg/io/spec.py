@@ -72,3 +72,33 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
         if name.endswith(suffixes):
             return VolumeSpec(fmt, Path(text), "", text)
     raise UserError(f"unsupported volume {text!r}: use {SUPPORTED}")
+
+
+def _node(spec: VolumeSpec) -> tuple[Path, ...]:
+    """Where ``spec`` lives, as path components: a zarr node is a folder, an HDF5 node is a
+    path inside its file (the file counts as one more level), anything else is its file."""
+    parts = spec.path.resolve().parts
+    inner = tuple(p for p in spec.inner.split("/") if p)
+    if spec.format == "zarr":
+        return (*parts, *inner)
+    if spec.format == "hdf5":
+        return (*parts, ":", *inner)
+    return parts
+
+
+def overlaps(a: str | Path | VolumeSpec, b: str | Path | VolumeSpec) -> bool:
+    """Whether the volumes ``a`` and ``b`` share storage: the same node, or one inside the
+    other (``d.zarr`` holds ``d.zarr/raw``; ``d.zarr/raw`` holds its array ``d.zarr/raw/0``; an
+    HDF5 file holds its datasets). Writing one of two overlapping volumes can destroy the other."""
+    na, nb = _node(parse_spec(a)), _node(parse_spec(b))
+    return na[:len(nb)] == nb or nb[:len(na)] == na
+
+
+def check_apart(input: str | Path | VolumeSpec, outputs) -> None:
+    """UserError if any of the ``outputs`` :func:`overlaps` the ``input``: checked before an
+    output is created, since creating it (``overwrite`` above all) would delete the input."""
+    for output in outputs:
+        if overlaps(input, output):
+            raise UserError(f"output {str(output)!r} is the input volume {str(input)!r}, lies inside it or holds it: "
+                            "writing the output would destroy the input; choose an output outside the input's file "
+                            "or container")

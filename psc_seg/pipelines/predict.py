@@ -38,7 +38,9 @@ from psc_seg.engine.inference import (
     plan_geometry, prepare_model, reads_receptive_field, resolve_precision,
 )
 from psc_seg.errors import UserError, check_exclusive, note
-from psc_seg.io import check_value_range, create_volume, open_volume, parse_spec, resolve_normalization
+from psc_seg.io import (
+    check_apart, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
+)
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume, known_voxel_size
 from psc_seg.models import load_checkpoint
@@ -142,11 +144,6 @@ def _size(voxel_size: Sequence[float]) -> str:
     return "x".join(f"{v:g}" for v in voxel_size) + " (z, y, x)"
 
 
-def _same_volume(a: str, b: str) -> bool:
-    sa, sb = parse_spec(a), parse_spec(b)
-    return sa.path.resolve() == sb.path.resolve() and sa.inner.strip("/") == sb.inner.strip("/")
-
-
 def predict(
     checkpoint: str | os.PathLike,
     input: str,
@@ -223,8 +220,7 @@ def predict(
         raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
     shape = source.spatial_shape
     specs = output_specs(output, task)
-    if any(_same_volume(input, s) for s in specs.values()):
-        raise UserError(f"output {output!r} is the input volume; choose another output")
+    check_apart(input, specs.values())
     exact = exact_tiling or not reads_receptive_field(model) or exact_fits(model, shape)
     block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape, exact=exact)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)

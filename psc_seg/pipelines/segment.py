@@ -209,6 +209,9 @@ def segment(
     note(nearest_neighbour_channels(settings.offsets)[1])
     note(chosen)
     outputs = output_specs(output, settings.thresholds)
+    from psc_seg.io import check_apart
+
+    check_apart(affinities, outputs)
     if settings.block_shape is not None:
         from psc_seg.segment.blockwise import segment_blockwise
 
