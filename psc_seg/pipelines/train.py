@@ -176,8 +176,6 @@ def train(
     if not isinstance(config, dict) and Path(config).resolve() == (run_dir / "config.yaml").resolve():
         raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another --out")
     model, input_shape, train_volumes, validation_volumes = prepare(cfg, allow_incomplete=allow_incomplete)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = _check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     dataset = PatchDataset(
         train_volumes, input_shape=input_shape, output_shape=cfg.train.patch_shape, task=cfg.task,
         augment_config=cfg.augment, seed=cfg.train.seed, min_labelled=cfg.train.min_labelled,
@@ -188,6 +186,9 @@ def train(
         from psc_seg.pipelines.validate import make_validator
 
         validator = make_validator(cfg, validation_volumes, run_dir / "validation")
+    # only now, with everything checked, may an old run be cleared (overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = _check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     resolved = cfg.as_dict()
     _write_yaml(run_dir / "config.yaml", resolved)
     metadata = {

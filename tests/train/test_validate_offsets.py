@@ -48,3 +48,16 @@ def test_validation_picks_channels_by_the_task_offsets(tmp_path, em_volume, monk
 def test_validation_refuses_offsets_without_nearest_neighbours(tmp_path, em_volume, monkeypatch):
     with pytest.raises(UserError, match=r"\(0, 0, -1\)"):
         _validator(tmp_path, em_volume, [[-1, 0, 0], [0, -1, 0], [0, 0, -2]], monkeypatch)
+
+
+def test_overwrite_keeps_the_old_run_when_validation_refuses_the_offsets(tmp_path, em_volume):
+    from psc_seg.pipelines.train import train
+
+    run = tmp_path / "run"
+    train(em_config(em_volume, iterations=1), out=run, quiet=True)
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    bad = em_config(em_volume, iterations=1)
+    bad["task"] = {"kind": "affinities", "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -2]]}
+    with pytest.raises(UserError, match=r"\(0, 0, -1\)"):
+        train(bad, out=run, overwrite=True, quiet=True)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
