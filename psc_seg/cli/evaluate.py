@@ -22,7 +22,7 @@ def evaluate_command(
     ] = None,
     semantic: Annotated[bool, typer.Option("--semantic", help="Class labels: Dice per class and mean Dice.")] = False,
     mask: Annotated[str | None, typer.Option("--mask", help="Score only where this volume is non-zero.")] = None,
-    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     allow_incomplete: Annotated[
         bool,
@@ -39,11 +39,11 @@ def evaluate_command(
                    else "psc-seg evaluate PRED [PRED ...] --gt GT")
         raise UserError(f"name the ground truth with --gt (the order of two volumes would silently swap split and "
                         f"merge), e.g. {example}")
-    rows = evaluate(predictions, gt, semantic=semantic, mask=mask, json_path=json_file, progress=not quiet,
+    rows = evaluate(predictions, gt, semantic=semantic, mask=mask, json_path=json_path, progress=not quiet,
                     allow_incomplete=allow_incomplete)
     typer.echo(format_rows(rows))
-    if json_file is not None:
-        typer.echo(f"wrote {json_file}")
+    if json_path is not None:
+        typer.echo(f"wrote {json_path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,33 @@ def _open_labels(spec: str, role: str, *, allow_incomplete: bool = False):
     return volume
 
 
+def _check_report_path(path: Path, inputs: Sequence[str]) -> None:
+    """UserError, before any scoring, for a JSON report path that would destroy something: inside
+    an input's file or container, an existing file that is not an earlier report, a folder, or in
+    a folder that does not exist."""
+    from psc_seg.io import parse_spec
+
+    where = path.resolve()
+    problem = None
+    for spec in inputs:
+        home = parse_spec(spec).path.resolve()
+        if where == home or home in where.parents:
+            problem = f"lies in the input {spec!r}; write the report elsewhere"
+    if where.is_dir():
+        problem = f"is a folder; give a file name, e.g. {path / 'scores.json'}"
+    elif not where.parent.is_dir():
+        problem = f"is in a folder that does not exist ({str(where.parent)!r}); create it first"
+    elif where.exists() and problem is None:
+        try:
+            earlier = json.loads(where.read_text())
+        except (ValueError, UnicodeDecodeError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "conventions" in earlier and "rows" in earlier):
+            problem = "exists and is not an evaluate report; choose another file name"
+    if problem is not None:
+        raise UserError(f"{{json_path}} {str(path)!r} {problem}", options=("json_path",))
+
+
 def is_class_map(volume) -> bool:
     """Whether ``volume``'s metadata says it holds classes (a semantic prediction, e.g. a
     DenseNet's ``labels``), which VI and ARAND would score as if they were objects."""
@@ -67,6 +94,8 @@ def evaluate(
     """
     if not predictions:
         raise UserError("give at least one prediction to score")
+    if json_path is not None:
+        _check_report_path(Path(json_path), [*predictions, ground_truth, *([mask] if mask else [])])
     gt = _open_labels(ground_truth, "ground truth", allow_incomplete=allow_incomplete)
     preds = [_open_labels(spec, "prediction", allow_incomplete=allow_incomplete) for spec in predictions]
     if not semantic:

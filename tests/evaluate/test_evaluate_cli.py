@@ -119,3 +119,20 @@ def test_a_class_map_needs_semantic(tmp_path):
     assert "class map" in line and "--semantic" in line
     result = _run("evaluate", tmp_path / "pred.zarr" / "labels", "--gt", gt_path, "--semantic", "-q")
     assert result.exit_code == 0, result.output
+
+
+def test_a_report_never_replaces_what_the_user_has(tmp_path):
+    gt = np.ones((2, 4, 4), np.uint64)
+    pred_path, gt_path = _npy(tmp_path / "p.npy", gt), _npy(tmp_path / "g.npy", gt)
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    (tmp_path / "folder").mkdir()
+    for target, message in [(gt_path, "lies in the input"), (tmp_path / "model.pt", "not an evaluate report"),
+                            (tmp_path / "folder", "is a folder"), (tmp_path / "no" / "r.json", "does not exist")]:
+        result = _run("evaluate", pred_path, "--gt", gt_path, "--json", target, "-q")
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith("error: --json") and message in line
+    assert (tmp_path / "model.pt").read_bytes() == b"weights" and np.load(gt_path).sum() == gt.sum()
+    report = tmp_path / "r.json"
+    for _ in range(2):  # an earlier report is replaced
+        assert _run("evaluate", pred_path, "--gt", gt_path, "--json", report, "-q").exit_code == 0
