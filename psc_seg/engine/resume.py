@@ -4,11 +4,15 @@ A record is a folder kept with the output (``Volume.sidecar_dir("blocks")``)::
 
     settings.json   {"hash": "<sha256 of the canonical settings JSON>", "settings": {...}}
     total           the number of blocks of the run, written when it starts (older records lack it)
-    done.log        finished block ids, one per line, appended (and flushed) as blocks finish
+    done.log        finished blocks, one line each, appended (and flushed) as blocks finish:
+                    ``<id> <crc32 of the id, 8 hex digits>``
 
 A block is appended only after its output has been written, so a run killed at any moment
-(even SIGKILL) leaves a record that lists only blocks whose data are on disk; a torn last
-line is ignored. A rerun with other settings is refused (the hash differs) unless the caller
+(even SIGKILL) leaves a record that lists only blocks whose data are on disk. Each line checks
+itself: a torn last line (``"2"`` of ``"250 …"``), or one that a later append ran into
+(``"2"`` + ``"50 …"`` reads ``"250 …"`` with 50's checksum), is ignored, so a torn record can
+only make a resume compute a block again, never skip one. A reopened log starts a new line
+before it appends. A rerun with other settings is refused (the hash differs) unless the caller
 starts a new record.
 
 :func:`prepare_outputs` is the one rule for outputs, resume and overwrite (predict and both
@@ -25,6 +29,7 @@ import json
 import os
 import shlex
 import shutil
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,27 +121,48 @@ class BlockRecord:
         return json.loads(self.settings_file.read_text()).get("hash") == settings_hash(settings)
 
     def done_ids(self) -> set[int]:
-        """Ids of the finished blocks."""
+        """Ids of the finished blocks: those on a whole line whose checksum matches."""
         if not self.log_file.is_file():
             return set()
         done = set()
-        lines = self.log_file.read_text().split("\n")[:-1]  # the last piece is "" or a torn line
-        for line in lines:
-            if line.strip().isdigit():
-                done.add(int(line))
+        for line in self.log_file.read_bytes().split(b"\n")[:-1]:  # the last piece is b"" or torn
+            block_id = _parse_line(line)
+            if block_id is not None:
+                done.add(block_id)
         return done
 
     def mark_done(self, block_ids: Iterable[int]) -> None:
         """Append finished block ids (call only once their output is written)."""
         if self._log is None:
-            self._log = open(self.log_file, "a")
-        self._log.write("".join(f"{int(i)}\n" for i in block_ids))
+            self._log = open(self.log_file, "ab")
+            if self._log.tell() and _last_byte(self.log_file) != b"\n":
+                self._log.write(b"\n")  # after a torn line: start a new one
+        self._log.write(b"".join(_line(int(i)) for i in block_ids))
         self._log.flush()
 
     def close(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _line(block_id: int) -> bytes:
+    text = str(block_id).encode()
+    return b"%s %08x\n" % (text, zlib.crc32(text))
+
+
+def _parse_line(line: bytes) -> int | None:
+    """The block id of a whole ``done.log`` line; None for one that is torn or merged."""
+    text, _, check = line.partition(b" ")
+    if not text.isdigit() or len(check) != 8 or _line(int(text)) != line + b"\n":
+        return None
+    return int(text)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 RECORD = "blocks"  # the record's folder: the first output's sidecar_dir(RECORD)

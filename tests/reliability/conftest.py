@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.pipelines.conftest import checkpoint, kill_after, kill_after_blocks, tiny_checkpoint  # noqa: F401
+from tests.pipelines.conftest import checkpoint, kill_after, kill_after_blocks, tiny_checkpoint
+
+__all__ = ["checkpoint", "kill_after", "kill_after_blocks", "tiny_checkpoint"]
 
 
 @pytest.fixture
