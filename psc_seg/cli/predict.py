@@ -30,8 +30,8 @@ def predict_command(
                                           "(autocast) are for --device cuda only for now; auto is float32 on CPU, "
                                           "bfloat16 (else float16) on CUDA."),
     ] = "auto",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output made with the same settings.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output made with the same settings (a killed run's, or an unfinished --overwrite replacement); takes over from a run that is no longer running.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output. The new one is written beside it (OUT.psc-seg-new) and takes its place only once complete: a run that fails or is killed leaves the old one as it was.")] = False,
     normalize: Annotated[
         str | None,
         typer.Option("--normalize", metavar="KIND",

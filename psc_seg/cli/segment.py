@@ -35,8 +35,8 @@ def segment_command(
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Blockwise: local dask cluster with N workers.")] = None,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Blockwise: address of a running dask scheduler.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same settings (a killed run's, or an unfinished --overwrite replacement); takes over from a run that is no longer running.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs. The new ones are written beside them (OUT.psc-seg-new) and take their place only once complete: a run that fails or is killed leaves the old ones as they were.")] = False,
     offsets: Annotated[str | None, typer.Option("--offsets", metavar="YAML", help=OFFSETS_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     allow_incomplete: Annotated[

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from psc_seg.engine.owner import OutputOwner
 from psc_seg.errors import UserError, check_exclusive
 from psc_seg.files import atomic_path
 
@@ -170,18 +171,52 @@ RECORD = "blocks"  # the record's folder: the first output's sidecar_dir(RECORD)
 
 @dataclass
 class PreparedOutputs:
-    """What :func:`prepare_outputs` found or made.
+    """What :func:`prepare_outputs` found or made; a context manager that gives the outputs up
+    (:meth:`close`) when the run ends, however it ends.
 
-    volumes: the outputs by name, open for writing (empty when ``done``).
+    volumes: the outputs by name, open for writing (empty when ``done``): where the run writes,
+        which for a replacement (``overwrite``) is beside the old output (``staged``).
     record: the run's record (settings and finished blocks), kept with the first output.
     done: every output is finished with these settings: nothing to do.
     resumed: the volumes and record are an unfinished run's (not new ones).
+    specs: the outputs by name, where they end up.
+    staged: the names written beside an old output, which :meth:`finish` swaps in.
     """
 
     volumes: dict[str, Any] = field(default_factory=dict)
     record: BlockRecord | None = None
     done: bool = False
     resumed: bool = False
+    specs: dict[str, str] = field(default_factory=dict)
+    staged: dict[str, str] = field(default_factory=dict)
+    owners: list[OutputOwner] = field(default_factory=list)
+
+    def finish(self, finalize: Callable[[], None] | None = None) -> None:
+        """Complete the run: check that it still owns every output, mark them complete
+        (``finalize``, by default each volume's ``finalize``), put replacements in the place
+        of the old outputs, and give the outputs up."""
+        for owner in self.owners:
+            owner.check()
+        if finalize is None:
+            for volume in self.volumes.values():
+                volume.finalize()
+        else:
+            finalize()
+        for volume in self.volumes.values():
+            volume.close()
+        _swap_in(self.specs, self.staged)
+        self.close()
+
+    def close(self) -> None:
+        """Give the outputs up (another run may write them)."""
+        for owner in self.owners:
+            owner.release()
+
+    def __enter__(self) -> PreparedOutputs:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def existing_outputs(specs: Iterable[str], *, resume: bool = False, overwrite: bool = False) -> list[str]:
@@ -198,40 +233,102 @@ def existing_outputs(specs: Iterable[str], *, resume: bool = False, overwrite: b
     return existing
 
 
-def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *, create: Callable[[], Mapping[str, Any]],
+def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
+                    create: Callable[[Mapping[str, str]], Mapping[str, Any]],
                     resume: bool = False, overwrite: bool = False) -> PreparedOutputs:
-    """Open, or create, the outputs ``specs`` (name -> volume spec) of a run with ``settings``.
+    """Own, open or create the outputs ``specs`` (name -> volume spec) of a run with ``settings``.
 
-    * none exists, or ``overwrite``: ``create()`` makes them all (name -> open volume) and a new
-      record for ``settings`` is kept with the first;
+    First the run becomes the outputs' one writer (:class:`~psc_seg.engine.owner.OutputOwner`:
+    UserError if another run writes them; an interrupted run's are taken over with
+    ``resume``). Then:
+
+    * none exists: ``create(specs)`` makes them all (name -> open volume) and a new record for
+      ``settings`` is kept with the first;
     * some exist and neither ``resume`` nor ``overwrite``: UserError;
+    * ``overwrite``: the old outputs are kept, and the new ones created beside them
+      (:func:`~psc_seg.io.staged_spec`); :meth:`PreparedOutputs.finish` swaps them in once
+      they are complete, so a run that fails or is killed leaves the old outputs as they were;
+    * ``resume``, after an ``overwrite`` run that did not finish: its replacements, continued;
     * ``resume``, all finished, the record made for ``settings``: ``done``;
     * ``resume``, not all finished: the outputs open ``"r+"`` and the record with its finished
       blocks;
     * ``resume`` with a record of other settings (or none): UserError.
+
+    Use the result as a context manager, so that the outputs are given up however the run ends.
     """
-    from psc_seg.io import META_KEY, open_volume, volume_complete
+    from psc_seg.io import parse_spec, remove_output, sidecar_beside, staged_spec, volume_exists
+
+    specs = dict(specs)
+    check_exclusive(resume=resume, overwrite=overwrite)
+    owners = [OutputOwner(sidecar_beside(parse_spec(spec), "owner"), spec) for spec in specs.values()]
+    prepared = PreparedOutputs(specs=specs, owners=[])
+    try:
+        for owner in owners:
+            owner.acquire(resume=resume)
+            prepared.owners.append(owner)
+        staged = {name: str(staged_spec(spec)) for name, spec in specs.items()}
+        if resume and any(volume_exists(spec) for spec in staged.values()):  # an overwrite run, interrupted
+            _open_existing(prepared, staged, settings)
+            prepared.staged = staged
+            if prepared.done:
+                _swap_in(specs, staged)
+                prepared.staged = {}
+            return prepared
+        existing = existing_outputs(specs.values(), resume=resume, overwrite=overwrite)
+        if existing and resume:
+            _open_existing(prepared, specs, settings)
+            return prepared
+        if existing:  # overwrite: write beside the old outputs
+            for spec in staged.values():  # left by an overwrite run that did not finish
+                remove_output(parse_spec(spec))
+            prepared.staged = staged
+        where = staged if existing else specs
+        prepared.volumes = dict(create(where))
+        first = next(iter(specs))
+        prepared.record = BlockRecord.create(prepared.volumes[first].sidecar_dir(RECORD), settings)
+        _point_to_record(prepared.volumes, first, prepared.record)
+        return prepared
+    except BaseException:
+        prepared.close()
+        raise
+
+
+def _open_existing(prepared: PreparedOutputs, specs: Mapping[str, str], settings: dict[str, Any]) -> None:
+    """Fill ``prepared`` from the existing outputs ``specs`` of a run with ``settings``: done, or
+    open to continue."""
+    from psc_seg.io import open_volume, volume_complete, volume_exists
 
     first = next(iter(specs))
-    main = specs[first]
-    existing = existing_outputs(specs.values(), resume=resume, overwrite=overwrite)
-    if existing and resume:
-        if len(existing) == len(specs) and all(volume_complete(spec) for spec in specs.values()):
-            record = BlockRecord(open_volume(main).sidecar_dir(RECORD))
-            if not record.matches(settings):
-                raise UserError(f"output {main!r} is complete but was written with other settings; "
-                                "pass {overwrite} to replace it", options=("overwrite",))
-            return PreparedOutputs(record=record, done=True)
-        volumes = {name: open_volume(spec, mode="r+") for name, spec in specs.items()}
-        record = BlockRecord.open(volumes[first].sidecar_dir(RECORD), settings, what=f"output {main!r}")
-        return PreparedOutputs(volumes, record, resumed=True)
-    volumes = dict(create())
-    record = BlockRecord.create(volumes[first].sidecar_dir(RECORD), settings)
-    others = [volume for name, volume in volumes.items() if name != first]
-    for volume in others:  # where their record is, for check_finished
-        where = os.path.relpath(record.directory, volume.sidecar_dir(RECORD).parent)
-        volume.update_attrs({META_KEY: {**volume.attrs.get(META_KEY, {}), "record": where}})
-    return PreparedOutputs(volumes, record)
+    main = prepared.specs[first]
+    if all(volume_exists(spec) and volume_complete(spec) for spec in specs.values()):
+        record = BlockRecord(open_volume(specs[first]).sidecar_dir(RECORD))
+        if not record.matches(settings):
+            raise UserError(f"output {main!r} is complete but was written with other settings; "
+                            "pass {overwrite} to replace it", options=("overwrite",))
+        prepared.record, prepared.done = record, True
+        return
+    prepared.volumes = {name: open_volume(spec, mode="r+") for name, spec in specs.items()}
+    prepared.record = BlockRecord.open(prepared.volumes[first].sidecar_dir(RECORD), settings, what=f"output {main!r}")
+    prepared.resumed = True
+
+
+def _point_to_record(volumes: Mapping[str, Any], first: str, record: BlockRecord) -> None:
+    """Tell the outputs other than ``first`` where their run's record is (for :func:`check_finished`)."""
+    from psc_seg.io import META_KEY
+
+    for name, volume in volumes.items():
+        if name != first:
+            where = os.path.relpath(record.directory, volume.sidecar_dir(RECORD).parent)
+            volume.update_attrs({META_KEY: {**volume.attrs.get(META_KEY, {}), "record": where}})
+
+
+def _swap_in(specs: Mapping[str, str], staged: Mapping[str, str]) -> None:
+    """Put the finished replacements ``staged`` (name -> spec) in the place of ``specs`` (the
+    record moves with the first; the others' pointers to it are only read while unfinished)."""
+    from psc_seg.io import parse_spec, replace_output
+
+    for name in staged:
+        replace_output(parse_spec(staged[name]), parse_spec(specs[name]))
 
 
 def check_finished(volume, role: str, *, allow_incomplete: bool = False) -> str | None:

@@ -74,6 +74,22 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
     raise UserError(f"unsupported volume {text!r}: use {SUPPORTED}")
 
 
+STAGED = "psc-seg-new"
+
+
+def staged_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
+    """Where a replacement of the output ``spec`` is written until it is complete
+    (``overwrite``), beside the output it replaces: ``out.zarr`` -> ``out.psc-seg-new.zarr``,
+    ``d.zarr/affs`` -> ``d.zarr/affs.psc-seg-new``, ``f.h5:/affs`` -> ``f.h5:/affs.psc-seg-new``,
+    ``seg.nii.gz`` -> ``seg.psc-seg-new.nii.gz``."""
+    s = parse_spec(spec)
+    if s.inner:
+        return parse_spec(f"{s.path}{':/' if s.format == 'hdf5' else '/'}{s.inner}.{STAGED}")
+    name = s.path.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else s.path.suffix
+    return parse_spec(str(s.path.with_name(f"{name[:len(name) - len(suffix)]}.{STAGED}{suffix}")))
+
+
 def _node(spec: VolumeSpec) -> tuple[Path, ...]:
     """Where ``spec`` lives, as path components: a zarr node is a folder, an HDF5 node is a
     path inside its file (the file counts as one more level), anything else is its file."""

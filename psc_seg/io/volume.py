@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -774,7 +775,7 @@ def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, un
     if affine is None:
         affine = np.diag([*reversed(voxel_size), 1.0])
     header = header.copy() if header is not None else None
-    img = nib.Nifti1Image(array, affine, header=header)
+    img = nib.Nifti1Image(array, affine, header=header, dtype=array.dtype)  # uint64 labels too
     img.set_data_dtype(array.dtype)
     if header is not None:  # keep the reference's qform/sform codes
         img.set_qform(affine, code=int(header["qform_code"]) or 1)
@@ -802,6 +803,44 @@ def new_buffered(spec: VolumeSpec, *, shape, dtype, voxel_size, offset, unit, at
             "affine": affine, "header": header}
     _partial_meta_path(spec.path).write_text(json.dumps(meta))
     return BufferedVolume(spec, mode="r+")
+
+
+def replace_output(new: VolumeSpec, target: VolumeSpec) -> None:
+    """Put the finished output ``new`` (a :func:`~psc_seg.io.spec.staged_spec` of ``target``)
+    in the place of ``target``, replacing the old output there, if any, with its bookkeeping
+    folders (:func:`sidecar_beside`; a zarr node holds its own).
+
+    zarr: the old node is renamed aside, the new one renamed into place, then the old one
+    deleted, so that no moment shows a partly deleted output under ``target``. HDF5: the old
+    dataset is deleted and the new one moved in (one file; HDF5 does not give the old one's
+    space back to the file system until the file is repacked). NIfTI, TIFF, npy: one atomic
+    rename.
+    """
+    import h5py
+
+    if new.format == "zarr":
+        source = new.path / new.inner if new.inner else new.path
+        destination = target.path / target.inner if target.inner else target.path
+        aside = destination.with_name(destination.name + ".psc-seg-old")
+        shutil.rmtree(aside, ignore_errors=True)
+        if destination.exists():
+            os.rename(destination, aside)
+        os.rename(source, destination)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    if new.format == "hdf5":
+        with _file_lock(new.path), h5py.File(new.path, "r+") as f:
+            if target.inner in f:
+                del f[target.inner]
+            f.move(new.inner, target.inner)
+    else:
+        os.replace(new.path, target.path)
+    prefix = sidecar_beside(new, "").name
+    for folder in sorted(new.path.parent.glob(glob.escape(prefix) + "*")):
+        destination = sidecar_beside(target, folder.name[len(prefix):])
+        if destination.is_dir():
+            shutil.rmtree(destination)
+        os.replace(folder, destination)
 
 
 def remove_output(spec: VolumeSpec) -> None:

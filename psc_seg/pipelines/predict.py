@@ -249,40 +249,38 @@ def predict(
 
     checkpoint = str(Path(checkpoint).resolve())
     blocks = geometry.blocks(shape)
-    prepared = prepare_outputs(
+    with prepare_outputs(
         specs, settings, resume=resume, overwrite=overwrite,
-        create=lambda: _create_outputs(specs, task, source=source, dtype=dtype, geometry=geometry, settings=settings,
-                                       checkpoint=checkpoint, overwrite=overwrite),
-    )
-    if prepared.done:
-        return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks), seconds=0.0, voxels=0)
-    outputs, record = prepared.volumes, prepared.record
-
-    parallel = bool(workers or scheduler)
-    # our LocalCluster's workers share this machine's cores; a user's --scheduler workers are left as they are
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
-    writer = PredictionWriter(outputs, kind=task["kind"], dtype=dtype)
-    predictor = BlockPredictor(
-        checkpoint=checkpoint, model=None if parallel else runner, device=device,
-        geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
-        threads=threads, precision=precision,
-    )
-    stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
-                          batch_size=batch_size if batch_size > 1 else None, record=record, progress=progress,
-                          desc="predict")
-    writer.finalize()
+        create=lambda where: _create_outputs(where, task, source=source, dtype=dtype, geometry=geometry,
+                                             settings=settings, checkpoint=checkpoint),
+    ) as prepared:
+        if prepared.done:
+            return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks), seconds=0.0, voxels=0)
+        parallel = bool(workers or scheduler)
+        # our LocalCluster's workers share this machine's cores; a user's --scheduler workers are left as they are
+        threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
+        writer = PredictionWriter(prepared.volumes, kind=task["kind"], dtype=dtype)
+        predictor = BlockPredictor(
+            checkpoint=checkpoint, model=None if parallel else runner, device=device,
+            geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
+            threads=threads, precision=precision,
+        )
+        stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
+                              batch_size=batch_size if batch_size > 1 else None, record=prepared.record,
+                              progress=progress, desc="predict")
+        prepared.finish(writer.finalize)
     return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped,
                     seconds=stats.seconds, voxels=stats.voxels)
 
 
 def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,
-                    geometry: BlockGeometry, settings: dict, checkpoint: str, overwrite: bool) -> dict[str, Volume]:
+                    geometry: BlockGeometry, settings: dict, checkpoint: str) -> dict[str, Volume]:
     shape = source.spatial_shape
     attrs: dict[str, Any] = {"task": task}
     if dtype == "uint8":
         attrs["value_scale"] = 1.0 / 255.0
     provenance = {"config": {"checkpoint": checkpoint, **settings, "block_geometry": asdict(geometry)}}
-    common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance, overwrite=overwrite)
+    common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance)
     outputs = {}
     if task["kind"] == "affinities":
         outputs["affinities"] = create_volume(specs["affinities"], shape=(len(task["offsets"]), *shape),

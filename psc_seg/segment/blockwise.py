@@ -275,7 +275,8 @@ def segment_blockwise(
         settings: what to compute; ``settings.block_shape`` is the write ROI ``(Z, Y, X)``.
         workers, scheduler: where blocks run (see :func:`psc_seg.engine.run_blockwise`).
         resume: continue an interrupted run with the same settings.
-        overwrite: replace existing outputs and bookkeeping.
+        overwrite: replace existing outputs and bookkeeping (the new outputs are written beside
+            the old ones and take their place once complete).
         progress: progress bars, one per step.
         context: voxels added on each side of a block for fragments and region graphs.
 
@@ -285,16 +286,24 @@ def segment_blockwise(
     from psc_seg.segment.outputs import open_outputs
 
     config = settings.as_dict()
-    thresholds = list(settings.thresholds)
     block_shape = settings.block_shape
     if block_shape is None:
         raise ValueError("segment_blockwise needs settings.block_shape")
     total = Roi((0, 0, 0), affs.spatial_shape)
     hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
-    prepared = open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,
-                            overwrite=overwrite)
-    if prepared.done:
-        return list(outputs)
+    with open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,
+                      overwrite=overwrite) as prepared:
+        if not prepared.done:
+            _run(affs, prepared, outputs, settings=settings, hashed=hashed, total=total, context=context,
+                 workers=workers, scheduler=scheduler, progress=progress)
+    return list(outputs)
+
+
+def _run(affs, prepared, outputs: Sequence[str], *, settings: SegmentSettings, hashed: dict[str, Any], total: Roi,
+         context: int, workers: int | None, scheduler: str | None, progress: bool) -> None:
+    """Every step of a blockwise run into the ``prepared`` outputs, then their completion."""
+    thresholds = list(settings.thresholds)
+    block_shape = settings.block_shape
     volumes = [prepared.volumes[spec] for spec in outputs]
     work = _work_dir(outputs[0])
     if not prepared.resumed:  # a new run: no step records of an old one
@@ -316,10 +325,8 @@ def segment_blockwise(
                                 blocks=blocks, stride=stride, total=total)
             run_steps(steps, work=step_work, settings={**hashed, "pass": group}, label=_label(group, passes),
                       run=run)
-    for volume in volumes:
-        volume.finalize()
+    prepared.finish()
     shutil.rmtree(work, ignore_errors=True)
-    return list(outputs)
 
 
 @contextlib.contextmanager

@@ -26,10 +26,10 @@ def open_outputs(affs, outputs: Sequence[str], *, settings: SegmentSettings, has
 
     config = settings.as_dict()
 
-    def create() -> dict[str, Any]:
+    def create(where: dict[str, str]) -> dict[str, Any]:
         return {
-            spec: create_volume(spec, shape=affs.spatial_shape, dtype=np.uint64, chunks=chunks, reference=affs,
-                                axis_names=("z", "y", "x"), overwrite=True,
+            spec: create_volume(where[spec], shape=affs.spatial_shape, dtype=np.uint64, chunks=chunks,
+                                reference=affs, axis_names=("z", "y", "x"),
                                 provenance={"config": {**config, "threshold": threshold}})
             for spec, threshold in zip(outputs, settings.thresholds)
         }

@@ -70,8 +70,8 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         outputs: output specs, one per ``settings.thresholds``.
         settings: what to compute (``settings.block_shape`` is not used).
         resume: keep outputs finished with the same settings (an unfinished run is redone).
-        overwrite: replace existing outputs, once the new segmentation is computed (a failure
-            before, e.g. NaNs in the affinities, leaves them as they were).
+        overwrite: replace existing outputs, once the new segmentation is computed and written
+            beside them (a failure before, e.g. NaNs in the affinities, leaves them as they were).
         progress: a progress bar over the three steps (read, decode, write).
 
     Returns:
@@ -89,31 +89,36 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     def prepare():
         return open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite)
 
-    # a finished run is kept without recomputing it; otherwise existing outputs are replaced
-    # only once the affinities have been read and checked (NaNs) and segmented
+    # a finished run is kept without recomputing it; otherwise the outputs are created (beside
+    # any old ones, which stay until the new ones are complete) only once the affinities have
+    # been read and checked (NaNs) and segmented, so a failure leaves nothing to clear away
     prepared = prepare() if resume else None
-    if prepared is not None and prepared.done:
-        return outputs
-    if prepared is None:  # refused before any work, but nothing touched yet
-        existing_outputs(outputs, resume=resume, overwrite=overwrite)
-    with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
-        bar.set_postfix_str("reading affinities")
-        data = _read_channels(affs, settings.channels)
-        if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
-            raise UserError(f"affinities {settings.affinities!r} contain NaNs; fix the prediction first")
-        bar.update()
-        bar.set_postfix_str(f"{settings.decoder} decoding")
-        segmentations = segment_affinities(
-            data, thresholds=settings.thresholds, decoder=settings.decoder, fragments=settings.fragments,
-            scoring=settings.scoring, min_size=settings.min_size,  # data: the channels of DEFAULT_OFFSETS
-        )
-        bar.update()
-        bar.set_postfix_str("writing")
-        prepared = prepared or prepare()
-        for spec, labels in zip(outputs, segmentations):
-            prepared.volumes[spec].write((slice(None),) * 3, labels)
-            prepared.volumes[spec].finalize()
-        bar.update()
+    try:
+        if prepared is not None and prepared.done:
+            return outputs
+        if prepared is None:  # refused before any work, but nothing touched yet
+            existing_outputs(outputs, resume=resume, overwrite=overwrite)
+        with tqdm(total=3, desc="segment", unit="step", disable=not progress) as bar:
+            bar.set_postfix_str("reading affinities")
+            data = _read_channels(affs, settings.channels)
+            if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
+                raise UserError(f"affinities {settings.affinities!r} contain NaNs; fix the prediction first")
+            bar.update()
+            bar.set_postfix_str(f"{settings.decoder} decoding")
+            segmentations = segment_affinities(
+                data, thresholds=settings.thresholds, decoder=settings.decoder, fragments=settings.fragments,
+                scoring=settings.scoring, min_size=settings.min_size,  # data: the channels of DEFAULT_OFFSETS
+            )
+            bar.update()
+            bar.set_postfix_str("writing")
+            prepared = prepared or prepare()
+            for spec, labels in zip(outputs, segmentations):
+                prepared.volumes[spec].write((slice(None),) * 3, labels)
+            prepared.finish()
+            bar.update()
+    finally:
+        if prepared is not None:
+            prepared.close()
     return outputs
 
 

@@ -129,8 +129,8 @@ def test_check_finished_names_the_fraction_and_the_command_for_every_output_of_a
     --overwrite; without a command the message says what to do."""
     monkeypatch.setattr(sys, "argv", ["psc-seg", "predict", "m.pt", "raw.zarr", "out.zarr", "--overwrite"])
     specs = {"probabilities": f"{tmp_path}/out.zarr/probabilities", "labels": f"{tmp_path}/out.zarr/labels"}
-    prepared = prepare_outputs(specs, {"run": 1}, create=lambda: {
-        name: create_volume(spec, shape=(6, 6, 6), dtype="uint8", chunks=(3, 3, 3)) for name, spec in specs.items()})
+    prepared = prepare_outputs(specs, {"run": 1}, create=lambda where: {
+        name: create_volume(spec, shape=(6, 6, 6), dtype="uint8", chunks=(3, 3, 3)) for name, spec in where.items()})
     blocks = block_grid(Roi((0, 0, 0), (6, 6, 6)), write_shape=3)
 
     def stopped_at_the_fourth(block):

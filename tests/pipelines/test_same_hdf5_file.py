@@ -31,7 +31,7 @@ def _unfinish(spec: str, keep: int) -> None:
     """The state a killed run leaves: the first ``keep`` recorded blocks, the rest zero, not complete."""
     volume = open_volume(spec, mode="r+")
     log = volume.sidecar_dir("blocks") / "done.log"
-    log.write_text("".join(line + "\n" for line in log.read_text().split()[:keep]))
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:keep]))
     volume.write(None, np.zeros(volume.shape, volume.dtype))
     volume.update_attrs({META_KEY: {**volume.attrs[META_KEY], "complete": False}})
 

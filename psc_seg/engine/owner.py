@@ -1,0 +1,129 @@
+"""One writer per output: an owner file held while a run writes it.
+
+The owner file (``.<file>[.<inner>].psc-seg-owner`` beside the output, see
+:func:`psc_seg.io.sidecar_beside`) holds the writer's host, pid, process start time, a random
+token and its command line. It is created atomically (written aside, then hard-linked into
+place, which fails if it exists), so two runs that start together cannot both own an output.
+
+* A second writer is refused, naming the first's host, pid and command.
+* An owner whose process is gone (a dead pid, or a pid now used by a later process, on this
+  host) is stale: a run that was killed. Only ``resume`` takes it over, since continuing that
+  run is what the owner file protects; to start again instead, the user deletes the file (the
+  message names it). An owner on another host cannot be checked and is never taken over.
+* Before a run marks its outputs complete it checks that the owner file still holds its token
+  (:meth:`OutputOwner.check`), so a run whose outputs were taken from it never reports success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import socket
+import sys
+import time
+from pathlib import Path
+
+from psc_seg.errors import UserError
+
+
+def _start_time(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, Linux), None if unknown or
+    there is no such process: with the pid it names one process, even after pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22 of stat; the name in (...) may hold spaces
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        pass
+    return started is None or _start_time(pid) in (None, started)
+
+
+class OutputOwner:
+    """The owner file at ``path`` of the output ``what`` (a spec, for messages), held by this
+    process once :meth:`acquire` succeeds, until :meth:`release`."""
+
+    def __init__(self, path: str | os.PathLike, what: str) -> None:
+        self.path, self.what = Path(path), what
+        self.token = secrets.token_hex(8)
+        self.held = False
+
+    def _mine(self) -> dict:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()),
+                "token": self.token, "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": shlex.join(["psc-seg", *sys.argv[1:]])}
+
+    def read(self) -> dict | None:
+        """The owner's record, None if there is none (an unreadable one counts as a live owner's
+        being written: ``{}``)."""
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self, *, resume: bool = False) -> None:
+        """Own the output; UserError if another run does (see the module docstring)."""
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{self.token}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self._mine()))
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                self._take_over(tmp, resume=resume)
+        except OSError as exc:
+            blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise UserError(f"cannot write output {self.what!r}: {str(blocker)!r} is a file, not a folder; "
+                                "choose another output") from None
+            raise UserError(f"cannot write output {self.what!r}: {exc.strerror or exc} ({exc.filename or self.path}); "
+                            "choose an output where you can write, or fix the folder's permissions") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        self.held = True
+
+    def _take_over(self, tmp: Path, *, resume: bool) -> None:
+        other = self.read()
+        if other is None:  # released meanwhile
+            os.link(tmp, self.path)
+            return
+        host, pid = other.get("host", "?"), other.get("pid")
+        who = f"pid {pid} on host {host}"
+        if host != socket.gethostname() or not isinstance(pid, int) or _alive(pid, other.get("started")):
+            command = f" (`{other['command']}`, since {other.get('since', '?')})" if other.get("command") else ""
+            raise UserError(f"output {self.what!r} is being written by another psc-seg run, {who}{command}; wait for "
+                            f"it to finish or stop it (if that run is gone, delete {str(self.path)!r})")
+        if not resume:
+            raise UserError(f"output {self.what!r} belongs to an interrupted run ({who}, no longer running); pass "
+                            f"{{resume}} to continue it, or delete {str(self.path)!r} to start again",
+                            options=("resume",))
+        os.replace(tmp, self.path)
+        if (self.read() or {}).get("token") != self.token:  # another run took it over at the same moment
+            raise UserError(f"output {self.what!r} was just taken over by another psc-seg run; wait for it to finish")
+
+    def check(self) -> None:
+        """UserError unless this process still owns the output (call before marking it complete)."""
+        current = self.read()
+        if current is None or current.get("token") != self.token:
+            who = f"pid {current.get('pid', '?')} on host {current.get('host', '?')}" if current else "another run"
+            raise UserError(f"output {self.what!r} was taken over by {who} while this run wrote it; this run's result "
+                            "is not marked complete")
+
+    def release(self) -> None:
+        """Give the output up (only if this process still owns it)."""
+        if self.held and (self.read() or {}).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+        self.held = False
