@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from collections.abc import Sequence
@@ -193,8 +194,13 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
         except Exception as exc:
             raise UserError(f"{str(s.path)!r} exists and is not a zarr group ({exc}); choose another output") from None
     if s.inner:
-        parent = zarr.open_group(str(s.path), mode="a", zarr_format=zarr_format)
         *parents, name = s.inner.split("/")
+        for depth in range(1, len(parents) + 1):
+            node = s.path.joinpath(*parents[:depth])
+            if _zarr_array_at(node):
+                raise UserError(f"output {str(s)!r} would lie inside the array {str(node)!r}, which holds data of its "
+                                "own; choose an output in a group or a new container")
+        parent = zarr.open_group(str(s.path), mode="a", zarr_format=zarr_format)
         for part in parents:
             parent = parent.require_group(part)
         group = parent.create_group(name, overwrite=True)
@@ -213,6 +219,16 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     else:  # labels, raw: zstd
         kwargs["compressors"] = ZstdCodec(level=3) if zarr_format == 3 else numcodecs.Zstd(level=3)
     group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs)
+
+
+def _zarr_array_at(node: Path) -> bool:
+    """Whether the folder ``node`` is a zarr array (v3 ``zarr.json`` of node type array, or v2)."""
+    if (node / ".zarray").is_file():
+        return True
+    try:
+        return json.loads((node / "zarr.json").read_text()).get("node_type") == "array"
+    except (OSError, ValueError):
+        return False
 
 
 def _create_hdf5(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
