@@ -54,3 +54,23 @@ def test_an_output_overlapping_its_input_is_refused_and_the_input_kept(container
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ") and "is the input volume" in line
     assert {name: _digest(container / name) for name in before} == before
+
+
+def test_the_same_hdf5_dataset_or_file_and_the_same_nifti_file_are_refused(tmp_path, checkpoint):
+    """One HDF5 file may hold input and output (other datasets), but not the input's dataset,
+    a dataset inside it, or the file itself; a NIfTI input is not its own output."""
+    import h5py
+
+    raw = np.random.default_rng(0).integers(0, 256, (16, 24, 24), dtype=np.uint8)
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["volumes/raw"] = raw
+    _write(str(tmp_path / "raw.nii.gz"), raw)
+    before = {name: (tmp_path / name).read_bytes() for name in ("f.h5", "raw.nii.gz")}
+    for output in (f"{tmp_path}/f.h5:/volumes/raw", f"{tmp_path}/f.h5:/volumes", f"{tmp_path}/f.h5:/volumes/raw/x"):
+        result = runner.invoke(app, ["predict", str(checkpoint), f"{tmp_path}/f.h5:/volumes/raw", output,
+                                     "--overwrite", "-q"])
+        assert result.exit_code == 2 and "is the input volume" in result.output, result.output
+    result = runner.invoke(app, ["predict", str(checkpoint), f"{tmp_path}/raw.nii.gz", f"{tmp_path}/raw.nii.gz",
+                                 "--overwrite", "-q"])
+    assert result.exit_code == 2 and "is the input volume" in result.output, result.output
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
