@@ -1,7 +1,9 @@
-"""Files written so that a reader never sees half of one."""
+"""Files written so that a reader never sees half of one, and the OS errors of reads and
+writes that a user can fix."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -23,3 +25,23 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ".tmp") -> Iterator[Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# how to fix an OS error of a write ("free space ..."), by errno; a read refused needs permission only
+_WRITE_FIXES = {
+    errno.ENOSPC: "free space on its disk",
+    errno.EDQUOT: "free space or raise your disk quota",
+    errno.EACCES: "make its folder writable for you",
+    errno.EPERM: "make its folder writable for you",
+    errno.EROFS: "remount its file system writable",
+}
+_READ_FIXES = {errno.EACCES: "make it readable for you", errno.EPERM: "make it readable for you"}
+
+
+def os_fault(exc: BaseException, *, write: bool = True) -> tuple[str, str] | None:
+    """``(reason, fix)`` for an OS error of a write (``write``) or read that the user can fix: a
+    full disk or quota, no permission, a read-only file system; e.g. ``("No space left on
+    device", "free space on its disk")``. None for any other error."""
+    number = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    fix = (_WRITE_FIXES if write else _READ_FIXES).get(number)  # type: ignore[arg-type]
+    return (os.strerror(number), fix) if fix else None

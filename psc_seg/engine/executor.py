@@ -168,9 +168,11 @@ def _run_dask(tasks: list, process: Callable, batched: bool, finish: Callable, *
 @contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[Any]:
     """A dask.distributed ``LocalCluster`` of ``workers`` single-threaded worker processes on
-    127.0.0.1, without a dashboard; closed on exit."""
+    127.0.0.1, without a dashboard; closed on exit. Its workers log nothing below CRITICAL: a
+    task's exception reaches the client, which raises it (a UserError as one line, anything
+    else with its traceback); a worker's own report of it would print that traceback too."""
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+                      dashboard_address=None, silence_logs=logging.CRITICAL) as cluster:
         yield cluster

@@ -24,10 +24,12 @@ import base64
 import contextlib
 import fcntl
 import glob
+import itertools
 import json
 import os
 import shutil
 import weakref
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from psc_seg.errors import UserError
+from psc_seg.files import os_fault
 from psc_seg.io.spec import VolumeSpec
 
 META_KEY = "psc_seg"  # our attribute namespace: {"complete": bool, "provenance": {...}, ...}
@@ -44,6 +47,19 @@ SPATIAL_AXES = ("z", "y", "x")
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def voxels(key: Sequence[slice]) -> str:
+    """The spatial part of a region, for messages: ``"voxels z 0:16, y 16:32, x 0:16"``."""
+    return "voxels " + ", ".join(f"{axis} {k.start}:{k.stop}" for axis, k in zip(SPATIAL_AXES, key[-3:]))
+
+
+def _unreadable(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a back end reading a region inside the array, says the stored
+    data cannot be read (a damaged chunk, a failed decompression, an OS error), not that the
+    code is wrong."""
+    return (isinstance(exc, (OSError, RuntimeError, ValueError, EOFError, zlib.error))
+            and not isinstance(exc, (UserError, NotImplementedError, RecursionError)))
 
 
 def check_dims(shape: Sequence[int], where: str) -> int | None:
@@ -176,8 +192,44 @@ class Volume:
         """The values in ``region`` (voxels) as a numpy array; integer indices drop their axis
         as in numpy; ``None`` reads everything (only for small volumes)."""
         key, drop = self._parse(region)
-        data = np.asarray(self._read(key))
+        try:
+            data = np.asarray(self._read(key))
+        except Exception as exc:
+            if not _unreadable(exc):
+                raise
+            raise self._read_error(key, exc) from exc
         return data.squeeze(axis=drop) if drop else data
+
+    def _read_error(self, key: tuple[slice, ...], exc: BaseException) -> UserError:
+        """The one-line error for data of ``key`` that cannot be read: naming the storage chunk
+        at fault where there are several, and what to do."""
+        key, exc = self._bad_chunk(key, exc)
+        where = f"{self.spec!r} at {voxels(key)}"
+        fault = os_fault(exc, write=False)
+        if fault is not None:
+            return UserError(f"cannot read {where} ({fault[0]}); {fault[1]}, then rerun")
+        return UserError(f"cannot read {where}: the data there are damaged ({_one_line(exc)}); "
+                         "restore the file from a copy or re-create the volume")
+
+    def _bad_chunk(self, key: tuple[slice, ...], exc: BaseException) -> tuple[tuple[slice, ...], BaseException]:
+        """The first storage chunk of ``key`` (clipped to it) that cannot be read, and its error;
+        ``key`` and ``exc`` themselves if it spans one chunk, or every chunk reads alone."""
+        if self.chunks is None:
+            return key, exc
+        lead, spatial = key[:-3], key[-3:]
+        steps = [range(k.start - k.start % c, k.stop, c) for k, c in zip(spatial, self.chunks[-3:])]
+        if all(len(r) <= 1 for r in steps):
+            return key, exc
+        for starts in itertools.product(*steps):
+            part = (*lead, *(slice(max(b, k.start), min(b + c, k.stop))
+                             for b, k, c in zip(starts, spatial, self.chunks[-3:])))
+            try:
+                self._read(part)
+            except Exception as error:
+                if _unreadable(error):
+                    return part, error
+                raise
+        return key, exc
 
     def write(self, region: Any, data: np.ndarray | float) -> None:
         """Write ``data`` (broadcast to the region's shape) into ``region`` (voxels); the volume
