@@ -6,9 +6,11 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from psc_seg.errors import UserError
 
 
 @contextmanager
@@ -45,3 +47,17 @@ def os_fault(exc: BaseException, *, write: bool = True) -> tuple[str, str] | Non
     number = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
     fix = (_WRITE_FIXES if write else _READ_FIXES).get(number)  # type: ignore[arg-type]
     return (os.strerror(number), fix) if fix else None
+
+
+@contextmanager
+def fixable_writes(what: str, *, then: str = "rerun", options: Sequence[str] = ()) -> Iterator[None]:
+    """Turn an OS error of the writes in the block that the user can fix (:func:`os_fault`)
+    into a one-line UserError: ``cannot {what} ({reason}); {fix}, then {then}``; ``then`` may
+    name parameters listed in ``options`` (see :class:`psc_seg.errors.UserError`)."""
+    try:
+        yield
+    except OSError as exc:
+        fault = os_fault(exc)
+        if fault is None:
+            raise
+        raise UserError(f"cannot {what} ({fault[0]}); {fault[1]}, then {then}", options=options) from exc

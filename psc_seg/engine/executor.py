@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from psc_seg.engine.blocks import Block, iter_batches
 from psc_seg.engine.resume import BlockRecord
 from psc_seg.errors import UserError, check_exclusive
+from psc_seg.files import fixable_writes
 
 CONNECT_TIMEOUT = "20s"  # for an existing scheduler
 
@@ -103,8 +104,14 @@ def run_blockwise(
     if batch_size is not None and batch_size < 1:
         raise UserError(f"{{batch_size}} must be >= 1, got {batch_size}", options=("batch_size",))
     start = time.perf_counter()
+
+    def kept():  # a full disk or a folder made read-only under the record: one line, and resumable
+        return fixable_writes(f"write the block record {str(record.directory)!r}",
+                              then="rerun with {resume}: what was written is kept", options=("resume",))
+
     if record is not None:
-        record.set_total(len(blocks))
+        with kept():
+            record.set_total(len(blocks))
     done = record.done_ids() if record is not None else set()
     pending = [b for b in blocks if b.block_id not in done]
     tasks = list(iter_batches(pending, batch_size or 1))
@@ -118,7 +125,8 @@ def run_blockwise(
     def finish(ids: list[int], result: Any) -> None:
         nonlocal finished
         if record is not None:
-            record.mark_done(ids)
+            with kept():
+                record.mark_done(ids)
         if on_result is not None:
             on_result(ids, result)
         finished += len(ids)

@@ -37,7 +37,7 @@ from typing import Any
 
 from psc_seg.engine.owner import OutputOwner
 from psc_seg.errors import UserError, check_exclusive
-from psc_seg.files import atomic_path
+from psc_seg.files import atomic_path, fixable_writes
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -283,9 +283,11 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
                 remove_output(parse_spec(spec))
             prepared.staged = staged
         where = staged if existing else specs
-        prepared.volumes = dict(create(where))
+        prepared.volumes = _resumable(dict(create(where)))
         first = next(iter(specs))
-        prepared.record = BlockRecord.create(prepared.volumes[first].sidecar_dir(RECORD), settings)
+        with fixable_writes(f"write the block record of output {specs[first]!r}", then="rerun with {overwrite}",
+                            options=("overwrite",)):
+            prepared.record = BlockRecord.create(prepared.volumes[first].sidecar_dir(RECORD), settings)
         _point_to_record(prepared.volumes, first, prepared.record)
         return prepared
     except BaseException:
@@ -307,7 +309,7 @@ def _open_existing(prepared: PreparedOutputs, specs: Mapping[str, str], settings
                             "pass {overwrite} to replace it", options=("overwrite",))
         prepared.record, prepared.done = record, True
         return
-    prepared.volumes = {name: open_volume(spec, mode="r+") for name, spec in specs.items()}
+    prepared.volumes = _resumable({name: open_volume(spec, mode="r+") for name, spec in specs.items()})
     prepared.record = BlockRecord.open(prepared.volumes[first].sidecar_dir(RECORD), settings, what=f"output {main!r}")
     prepared.resumed = True
 
@@ -329,6 +331,13 @@ def _swap_in(specs: Mapping[str, str], staged: Mapping[str, str]) -> None:
 
     for name in staged:
         replace_output(parse_spec(staged[name]), parse_spec(specs[name]))
+
+
+def _resumable(volumes: dict[str, Any]) -> dict[str, Any]:
+    """``volumes``, each marked as written by a run a rerun with ``resume`` continues."""
+    for volume in volumes.values():
+        volume.resumable = True
+    return volumes
 
 
 def check_finished(volume, role: str, *, allow_incomplete: bool = False) -> str | None:

@@ -13,10 +13,11 @@ import numpy as np
 
 from psc_seg import __version__
 from psc_seg.errors import UserError
+from psc_seg.files import fixable_writes
 from psc_seg.io.spec import VolumeSpec, parse_spec
 from psc_seg.io.volume import (
     META_KEY, SPATIAL_AXES, BufferedVolume, Hdf5Volume, NiftiVolume, NpyVolume, TiffVolume, Volume, ZarrVolume,
-    _file_lock, check_dims, h5_attr, new_buffered, partial_path, remove_output,
+    _file_lock, check_dims, check_hdf5_room, h5_attr, new_buffered, partial_path, remove_output,
 )
 
 DEFAULT_CHUNK = 64
@@ -170,16 +171,17 @@ def create_volume(
     user_attrs = {**(attrs or {}), **meta}
     dtype = np.dtype(dtype)
 
-    if s.format == "zarr":
-        _create_zarr(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
-                     unit=unit, axis_names=axis_names, attrs=user_attrs)
-        return ZarrVolume(s, mode="r+")
-    if s.format == "hdf5":
-        _create_hdf5(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
-                     unit=unit, axis_names=axis_names, attrs=user_attrs)
-        return Hdf5Volume(s, mode="r+")
-    return new_buffered(s, shape=shape, dtype=dtype, voxel_size=voxel_size, offset=offset, unit=unit,
-                        attrs=user_attrs, reference=reference)
+    with fixable_writes(f"create output {str(s)!r}"):  # an unwritable folder, a full disk: one line
+        if s.format == "zarr":
+            _create_zarr(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
+                         unit=unit, axis_names=axis_names, attrs=user_attrs)
+            return ZarrVolume(s, mode="r+")
+        if s.format == "hdf5":
+            _create_hdf5(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
+                         unit=unit, axis_names=axis_names, attrs=user_attrs)
+            return Hdf5Volume(s, mode="r+")
+        return new_buffered(s, shape=shape, dtype=dtype, voxel_size=voxel_size, offset=offset, unit=unit,
+                            attrs=user_attrs, reference=reference)
 
 
 def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
@@ -238,6 +240,7 @@ def _create_hdf5(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     if not s.inner:
         raise UserError(f"name the dataset of HDF5 output {str(s.path)!r}, e.g. {s.path}:/volumes/output")
     s.path.parent.mkdir(parents=True, exist_ok=True)
+    check_hdf5_room(s.path)
     with _file_lock(s.path), h5py.File(s.path, "a") as f:
         ds = f.create_dataset(s.inner, shape=shape, dtype=dtype, chunks=chunks, compression="gzip",
                               compression_opts=1, fillvalue=0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import glob
 import itertools
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from psc_seg.errors import UserError
-from psc_seg.files import os_fault
+from psc_seg.files import fixable_writes, os_fault
 from psc_seg.io.spec import VolumeSpec
 
 META_KEY = "psc_seg"  # our attribute namespace: {"complete": bool, "provenance": {...}, ...}
@@ -101,9 +102,13 @@ class Volume:
         chunks: storage chunk shape (same length as ``shape``), or None if unchunked.
         unit: spatial unit name ("nanometer", "millimeter") or None.
         attrs: user metadata (a copy; change it with :meth:`update_attrs`).
+        resumable: written by a run that a rerun with ``resume`` continues (set by
+            :func:`psc_seg.engine.prepare_outputs`); a write that fails for a reason the user
+            can fix (full disk, permissions) says to rerun so.
     """
 
     format = ""
+    resumable = False
 
     def __init__(
         self, spec: VolumeSpec, *, mode: str, shape: Sequence[int], dtype: Any,
@@ -245,7 +250,15 @@ class Volume:
             data = np.broadcast_to(data, want)
         except ValueError:
             raise ValueError(f"{self.spec}: data of shape {data.shape} written into region of shape {want}") from None
-        self._write(key, data.astype(self.dtype, copy=False))
+        with self._writing(f"write output {self.spec!r} at {voxels(key)}"):
+            self._write(key, data.astype(self.dtype, copy=False))
+
+    def _writing(self, what: str):
+        """:func:`~psc_seg.files.fixable_writes` for ``what`` this output does: a full disk or
+        missing permission is one line saying how to go on (``resume`` where it continues)."""
+        if self.resumable:
+            return fixable_writes(what, then="rerun with {resume}: what was written is kept", options=("resume",))
+        return fixable_writes(what)
 
     def __getitem__(self, region: Any) -> np.ndarray:
         return self.read(region)
@@ -256,7 +269,8 @@ class Volume:
     def update_attrs(self, values: dict) -> None:
         """Merge ``values`` into the stored metadata."""
         self._attrs.update(values)
-        self._store_attrs()
+        with self._writing(f"write the metadata of output {self.spec!r}"):
+            self._store_attrs()
 
     def sidecar_dir(self, name: str) -> Path:
         """A folder kept with this volume for bookkeeping (e.g. resume records): inside the
@@ -488,6 +502,19 @@ def _reading(path: Path):
     return _file_lock(path) if lock_path(path).exists() else contextlib.nullcontext()
 
 
+HDF5_HEADROOM = 1 << 20  # bytes left free beyond a write's data, for HDF5's own (chunk index, attributes)
+
+
+def check_hdf5_room(path: Path, nbytes: int = 0) -> None:
+    """OSError (ENOSPC) unless the disk of the HDF5 file ``path`` has room for ``nbytes`` of
+    data and :data:`HDF5_HEADROOM`. HDF5 cannot recover from a full disk in the middle of a
+    write (the file stays open half-written and the library crashes at exit), so writes into
+    HDF5 look before they leap."""
+    stat = os.statvfs(path if path.exists() else path.parent)
+    if stat.f_bavail * stat.f_frsize < nbytes + HDF5_HEADROOM:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def _h5_datasets(f) -> list[str]:
     import h5py
 
@@ -559,12 +586,16 @@ class Hdf5Volume(Volume):
     def _write(self, key, data):
         import h5py
 
+        check_hdf5_room(self.spec_obj.path, data.nbytes)
         with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r+") as f:
-            f[self.inner][key] = data
+            dataset = f[self.inner]
+            dataset[key] = data
+            dataset.flush()  # here, where a failed write raises: closing the dataset would only print it
 
     def _store_attrs(self) -> None:
         import h5py
 
+        check_hdf5_room(self.spec_obj.path)
         with _file_lock(self.spec_obj.path), h5py.File(self.spec_obj.path, "r+") as f:
             ds = f[self.inner]
             for k, v in self._attrs.items():
@@ -777,16 +808,22 @@ class BufferedVolume(Volume):
         data = self._data()
         data.flush()
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}{''.join(target.suffixes)}")
-        if self.format == "nifti":
-            _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size, unit=self.unit,
-                         kind=nifti_kind(data.dtype, self._attrs))
-        elif self.format == "tiff":
-            import tifffile
+        try:
+            with self._writing(f"finish output {self.spec!r}"):
+                if self.format == "nifti":
+                    _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size,
+                                 unit=self.unit, kind=nifti_kind(data.dtype, self._attrs))
+                elif self.format == "tiff":
+                    import tifffile
 
-            tifffile.imwrite(str(tmp), np.asarray(data), photometric="minisblack", metadata={"axes": "CZYX" if self.channels else "ZYX"})
-        else:
-            np.save(str(tmp), np.asarray(data))
-            tmp = tmp if tmp.exists() else tmp.with_name(tmp.name + ".npy")
+                    tifffile.imwrite(str(tmp), np.asarray(data), photometric="minisblack",
+                                     metadata={"axes": "CZYX" if self.channels else "ZYX"})
+                else:
+                    np.save(str(tmp), np.asarray(data))
+                    tmp = tmp if tmp.exists() else tmp.with_name(tmp.name + ".npy")
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the partial file stays: a rerun finishes it
+            raise
         os.replace(tmp, target)
         self._h_data = None
         partial_path(target).unlink(missing_ok=True)
@@ -850,7 +887,13 @@ def new_buffered(spec: VolumeSpec, *, shape, dtype, voxel_size, offset, unit, at
         if getattr(reference, "header", None) is not None:
             header = base64.b64encode(reference.header.binaryblock).decode()
     spec.path.parent.mkdir(parents=True, exist_ok=True)
-    np.lib.format.open_memmap(str(partial_path(spec.path)), mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
+    part = partial_path(spec.path)
+    np.lib.format.open_memmap(str(part), mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
+    try:
+        _allocate(part)
+    except OSError:
+        part.unlink()  # ours, just made: a rerun starts afresh
+        raise
     meta = {"voxel_size": list(voxel_size), "offset": list(offset), "unit": unit, "attrs": attrs,
             "affine": affine, "header": header}
     _partial_meta_path(spec.path).write_text(json.dumps(meta))
@@ -893,6 +936,20 @@ def replace_output(new: VolumeSpec, target: VolumeSpec) -> None:
         if destination.is_dir():
             shutil.rmtree(destination)
         os.replace(folder, destination)
+
+
+def _allocate(path: Path) -> None:
+    """Give the (sparse) file ``path`` its disk blocks now: a write through a memory map into
+    a file the disk has no room for kills the process (SIGBUS); this raises ENOSPC instead."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if os_fault(exc) is not None:
+                raise
+            # a file system that cannot allocate ahead (EOPNOTSUPP, EINVAL): as before
 
 
 def remove_output(spec: VolumeSpec) -> None:

@@ -45,7 +45,7 @@ import numpy as np
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise
 from psc_seg.engine.executor import local_cluster
 from psc_seg.errors import UserError
-from psc_seg.files import atomic_path
+from psc_seg.files import atomic_path, fixable_writes
 from psc_seg.segment.agglomerate import scored_edges
 from psc_seg.segment.components import affinity_components, joins, merge_fragments
 from psc_seg.segment.fragments import as_affinities, make_fragments
@@ -221,8 +221,16 @@ def run_steps(steps: Sequence[Step], *, work: Path, settings: dict[str, Any], la
     through its record ``work/<name>.record`` (kept while made for ``settings``), global
     ones unless their ``done`` says so. Progress bars read ``"<i>/<n> <name><label>"``.
 
-    ``run``: ``run_blockwise``'s ``workers``, ``scheduler`` and ``progress``.
+    ``run``: ``run_blockwise``'s ``workers``, ``scheduler`` and ``progress``. A full disk or
+    a folder made unwritable under ``work`` is one line saying to resume.
     """
+    with fixable_writes(f"write the work files in {str(work)!r}", then="rerun with {resume}: what was written is kept",
+                        options=("resume",)):
+        _run_steps(steps, work=work, settings=settings, label=label, run=run)
+
+
+def _run_steps(steps: Sequence[Step], *, work: Path, settings: dict[str, Any], label: str,
+               run: dict[str, Any]) -> None:
     seen: set[str] = set()
     for number, step in enumerate(steps, 1):
         if not seen.issuperset(step.upstream):
@@ -359,5 +367,8 @@ def _fragments_volume(work: Path, total: Roi, block_shape: Sequence[int]):
 
     path = work / "fragments.zarr"
     if path.exists():
-        return open_volume(str(path), mode="r+")
-    return create_volume(str(path), shape=total.shape, dtype=np.uint64, chunks=block_shape)
+        volume = open_volume(str(path), mode="r+")
+    else:
+        volume = create_volume(str(path), shape=total.shape, dtype=np.uint64, chunks=block_shape)
+    volume.resumable = True  # a rerun with resume continues it
+    return volume
