@@ -17,7 +17,7 @@ from psc_seg.files import fixable_writes
 from psc_seg.io.spec import VolumeSpec, parse_spec
 from psc_seg.io.volume import (
     META_KEY, SPATIAL_AXES, BufferedVolume, Hdf5Volume, NiftiVolume, NpyVolume, TiffVolume, Volume, ZarrVolume,
-    _file_lock, check_dims, check_hdf5_room, h5_attr, new_buffered, partial_path, remove_output,
+    _file_lock, check_affine, check_dims, check_hdf5_room, h5_attr, new_buffered, partial_path, remove_output,
 )
 
 DEFAULT_CHUNK = 64
@@ -147,6 +147,7 @@ def create_volume(
     channels = check_dims(shape, f"output {str(s)!r}")
     if min(shape) < 1:
         raise UserError(f"output {str(s)!r}: shape {shape} has an empty axis")
+    check_affine(s, reference)
     if volume_exists(s):
         if not overwrite:
             raise UserError(f"output {str(s)!r} already exists; pass {{overwrite}} to replace it", options=("overwrite",))

@@ -879,6 +879,33 @@ def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, un
     nib.save(img, str(path))
 
 
+def check_affine(spec: VolumeSpec, reference: Volume | None) -> None:
+    """UserError if the output ``spec`` is NIfTI and would copy an unusable affine from
+    ``reference`` (:func:`affine_problem`): said when the output is created, not when it is
+    written at the end of the run."""
+    problem = affine_problem(reference.affine) if getattr(reference, "affine", None) is not None else None
+    if problem and spec.format == "nifti":
+        raise UserError(f"NIfTI {reference.spec!r} has {problem}, which the NIfTI output {str(spec)!r} would "
+                        "copy; repair its sform / qform, or write a zarr output, which needs no affine")
+
+
+def affine_problem(affine: np.ndarray) -> str | None:
+    """What makes a NIfTI ``affine`` (4 x 4, voxels to world) unusable: ``"a non-finite
+    affine (...)"`` or ``"a singular affine (...)"`` (its voxel axes do not span 3D space);
+    None for a good one."""
+    matrix = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        return f"a non-finite affine ({_rows(matrix)})"
+    axes = matrix[:3, :3]
+    if abs(np.linalg.det(axes)) <= 1e-9 * np.prod(np.linalg.norm(axes, axis=0)):
+        return f"a singular affine ({_rows(matrix)}: its voxel axes do not span 3D space)"
+    return None
+
+
+def _rows(matrix: np.ndarray) -> str:
+    return "rows " + "; ".join(" ".join(f"{v:g}" for v in row) for row in matrix[:3])
+
+
 def new_buffered(spec: VolumeSpec, *, shape, dtype, voxel_size, offset, unit, attrs, reference) -> BufferedVolume:
     """Start a buffered output (see :class:`BufferedVolume`)."""
     affine = header = None
