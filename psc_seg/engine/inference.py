@@ -139,6 +139,22 @@ def default_block_shape(model, volume_shape: Sequence[int], *, exact: bool = Tru
     return round_up([min(DEFAULT_BLOCK, s) for s in volume_shape], step)
 
 
+def cap_block_shape(model, block_shape: Sequence[int], volume_shape: Sequence[int]) -> tuple[tuple[int, ...], str | None]:
+    """``block_shape`` capped on each axis to the volume's size rounded up to the model's
+    ``shape_step``, and a note saying so where it was (else None): a larger block computes
+    only mirrored voxels it then crops, in memory that grows with the cube of its size (4096^3
+    voxels: 65 GiB for the input alone). The blocks' output is the same either way."""
+    block_shape = tuple(int(b) for b in block_shape)
+    if len(block_shape) != 3:
+        return block_shape, None  # plan_geometry says what is wrong
+    cap = round_up(volume_shape, model.shape_step)
+    capped = tuple(min(b, c) for b, c in zip(block_shape, cap))
+    if capped == block_shape:
+        return block_shape, None
+    return capped, (f"block shape {' '.join(map(str, block_shape))} is larger than the "
+                    f"{'x'.join(map(str, volume_shape))} volume; capped to {' '.join(map(str, capped))}")
+
+
 def reads_receptive_field(model) -> bool:
     """Whether exact blockwise predict of ``model`` reads its whole receptive field
     (:class:`ClippedGeometry`): a same-padding network without a valid twin whose

@@ -34,8 +34,8 @@ from psc_seg.device import resolve_device
 from psc_seg.engine import file_hash, prepare_outputs, run_blockwise
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
-    DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, default_block_shape, exact_fits,
-    plan_geometry, prepare_model, reads_receptive_field, resolve_precision,
+    DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, cap_block_shape, default_block_shape,
+    exact_fits, plan_geometry, prepare_model, reads_receptive_field, resolve_precision,
 )
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.io import (
@@ -222,7 +222,11 @@ def predict(
     specs = output_specs(output, task)
     check_apart(input, specs.values())
     exact = exact_tiling or not reads_receptive_field(model) or exact_fits(model, shape)
-    block_shape = tuple(block_shape) if block_shape else default_block_shape(model, shape, exact=exact)
+    if block_shape:
+        block_shape, capped = cap_block_shape(model, block_shape, shape)
+        note(capped)
+    else:
+        block_shape = default_block_shape(model, shape, exact=exact)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
     geometry = plan_geometry(model, block_shape, twin=runner, exact=exact)
     if not exact:
