@@ -15,15 +15,16 @@ completeness. Example::
 """
 
 from psc_seg.io.normalize import (
-    check_value_range, default_normalization, normalize, resolve_normalization, sample_values,
+    check_image, check_value_range, default_normalization, normalize, resolve_normalization, sample_values,
 )
 from psc_seg.io.open import create_volume, default_provenance, open_volume, volume_complete, volume_exists
 from psc_seg.io.spec import VolumeSpec, check_apart, overlaps, parse_spec, staged_spec
 from psc_seg.io.volume import META_KEY, Volume, partial_path, remove_output, replace_output, sidecar_beside
 
 __all__ = [
-    "META_KEY", "Volume", "VolumeSpec", "check_apart", "check_value_range", "create_volume", "default_normalization", "default_provenance",
-    "normalize", "open_volume", "overlaps", "parse_spec", "partial_path", "resolve_normalization", "remove_output", "replace_output", "sample_values", "sidecar_beside",
-    "staged_spec", "volume_complete",
+    "META_KEY", "Volume", "VolumeSpec", "check_apart", "check_image", "check_value_range", "create_volume",
+    "default_normalization", "default_provenance", "normalize", "open_volume", "overlaps", "parse_spec", "partial_path",
+    "remove_output", "replace_output", "resolve_normalization", "sample_values", "sidecar_beside", "staged_spec",
+    "volume_complete",
     "volume_exists",
 ]

@@ -27,6 +27,21 @@ SAMPLE_VOXELS = 2_000_000
 SAMPLE_CUBE = 32
 
 
+def check_image(volume, role: str = "input") -> None:
+    """UserError unless ``volume`` holds real-valued intensities, integers or floats, that a
+    network can read: complex values are not (their imaginary part would be dropped), and bool
+    is a mask, not an image. ``role`` names it (``"input"``, ``"raw"``)."""
+    dtype, where = np.dtype(volume.dtype), f"{role} {volume.spec!r}"
+    if dtype == bool:
+        raise UserError(f"{where} holds bool values: a mask, not an image; pass the image it masks "
+                        "(intensities as integers or floats)")
+    if dtype.kind == "c":
+        raise UserError(f"{where} holds {dtype} values, not real-valued image data; store the magnitude "
+                        "(abs) or the part you mean as float32 and pass that")
+    if dtype.kind not in "iuf":
+        raise UserError(f"{where} holds {dtype} values, not image intensities; pass integers or floats")
+
+
 def default_normalization(dtype: Any) -> dict[str, Any]:
     """The normalisation used when a checkpoint records none: uint8 for uint8 data, else zscore."""
     return {"kind": "uint8"} if np.dtype(dtype) == np.uint8 else {"kind": "zscore"}

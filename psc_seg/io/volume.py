@@ -120,6 +120,8 @@ class Volume:
         self.mode = mode
         self.shape = tuple(int(s) for s in shape)
         self.channels = check_dims(self.shape, f"volume {self.spec!r}")
+        if min(self.shape) < 1:
+            raise UserError(f"volume {self.spec!r} is empty: shape {self.shape}; name a volume that holds voxels")
         self.dtype = np.dtype(dtype)
         self.voxel_size = tuple(float(v) for v in (voxel_size or (1.0, 1.0, 1.0)))
         self.offset = tuple(float(v) for v in (offset or (0.0, 0.0, 0.0)))

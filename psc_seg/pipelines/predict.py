@@ -39,7 +39,7 @@ from psc_seg.engine.inference import (
 )
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.io import (
-    check_apart, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
+    check_apart, check_image, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
 )
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume, known_voxel_size
@@ -214,6 +214,7 @@ def predict(
     model = ckpt.model
     task = resolve_task(ckpt)
     source = open_volume(input)
+    check_image(source)
     note(check_finished(source, "input", allow_incomplete=allow_incomplete))
     in_channels = getattr(model, "in_channels", 1)
     if (source.channels or 1) != in_channels:

@@ -16,7 +16,7 @@ from psc_seg.device import resolve_device
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
-from psc_seg.io import normalize, open_volume, resolve_normalization
+from psc_seg.io import check_image, normalize, open_volume, resolve_normalization
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
 from psc_seg.train.loop import Trainer
@@ -46,6 +46,7 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
             marked unfinished (:func:`~psc_seg.engine.resume.check_finished`).
     """
     raw = open_volume(volume_set.raw)
+    check_image(raw, "raw")
     labels = open_volume(volume_set.labels)
     mask = open_volume(volume_set.mask) if volume_set.mask else None
     for role, volume in (("raw", raw), ("labels", labels), ("mask", mask)):

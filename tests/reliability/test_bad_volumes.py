@@ -1,6 +1,8 @@
 """Inputs psc-seg cannot use as given (issue 13, "one line, not a traceback"): a NIfTI whose
 affine is singular or not finite (refused when a NIfTI output would copy it, before any block is
-computed, not when the output is assembled at the end), and a ``--block-shape`` larger than the volume (capped to it, with a note, instead of allocating the
+computed, not when the output is assembled at the end), an empty volume (refused as such
+wherever an input is opened), complex or bool raw data (refused with the reason), and a
+``--block-shape`` larger than the volume (capped to it, with a note, instead of allocating the
 oversized block)."""
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import zarr
 from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.io import create_volume, open_volume, volume_exists
 
-from .test_read_faults import RAW, fails_in_one_line
+from .test_read_faults import RAW, fails_in_one_line, train_args
 
 runner = CliRunner()
 OFFSETS = "[[-1, 0, 0], [0, -1, 0], [0, 0, -1]]"
@@ -91,3 +94,56 @@ def test_an_oversized_block_shape_is_capped_to_the_volume_with_a_note(tmp_path, 
     result = runner.invoke(app, ["predict", unet, raw.spec, str(tmp_path / "fits.zarr"), "--block-shape", "16",
                                  "16", "16", "-q"])
     assert result.exit_code == 0 and "capped" not in result.stderr
+
+
+def _zarr(path: Path, shape, dtype, data=None, **attrs) -> str:
+    """A zarr array written directly (create_volume refuses empty shapes), at 8 nm."""
+    array = zarr.create_array(str(path), shape=shape, chunks=tuple(max(1, min(s, 16)) for s in shape), dtype=dtype)
+    array.attrs.update({"voxel_size": [8, 8, 8], "unit": "nanometer", **attrs})
+    if data is not None:
+        array[...] = data
+    return str(path)
+
+
+def _labels(tmp_path: Path) -> str:
+    path = tmp_path / "labels.zarr"
+    return str(path) if path.exists() else _zarr(path, (32, 32, 32), "uint32", (RAW > 128).astype(np.uint32) + 1)
+
+
+def test_an_empty_volume_is_refused_as_such_by_every_stage(tmp_path, unet):
+    empty = _zarr(tmp_path / "empty.zarr", (0, 32, 32), "uint8")
+    empty_affs = _zarr(tmp_path / "empty_affs.zarr", (3, 32, 0, 32), "float32")
+    said = "is empty: shape (0, 32, 32); name a volume that holds voxels"
+    fails_in_one_line(["predict", unet, empty, str(tmp_path / "affs.zarr"), "-q"], f"volume '{empty}' {said}")
+    fails_in_one_line(["segment", empty_affs, str(tmp_path / "seg.zarr"), "--offsets", OFFSETS, "-q"],
+                      f"volume '{empty_affs}' is empty: shape (3, 32, 0, 32)")
+    fails_in_one_line(["evaluate", _labels(tmp_path), "--gt", empty, "-q"], f"volume '{empty}' {said}")
+    fails_in_one_line(train_args(tmp_path, empty, _labels(tmp_path)), f"volume '{empty}' {said}")
+    assert not volume_exists(str(tmp_path / "affs.zarr")) and not volume_exists(str(tmp_path / "seg.zarr"))
+
+
+RAW_DTYPES = {
+    "complex": (RAW.astype(np.complex64) * (1 + 1j), "holds complex64 values, not real-valued image data; "
+                                                      "store the magnitude (abs)"),
+    "bool": (RAW > 128, "holds bool values: a mask, not an image; pass the image it masks"),
+}
+
+
+@pytest.mark.parametrize("kind", list(RAW_DTYPES))
+def test_complex_or_bool_raw_is_refused_with_the_reason_by_predict_and_train(tmp_path, unet, kind):
+    data, said = RAW_DTYPES[kind]
+    raw = _zarr(tmp_path / "raw.zarr", data.shape, data.dtype, data)
+    fails_in_one_line(["predict", unet, raw, str(tmp_path / "affs.zarr"), "-q"], f"input '{raw}' {said}")
+    assert not volume_exists(str(tmp_path / "affs.zarr"))
+    fails_in_one_line(train_args(tmp_path, raw, _labels(tmp_path)), f"raw '{raw}' {said}")
+
+
+def test_complex_affinities_and_labels_are_refused_by_segment_evaluate_and_train(tmp_path):
+    affs = _zarr(tmp_path / "affs.zarr", (3, 16, 16, 16), "complex64", np.ones((3, 16, 16, 16)))
+    fails_in_one_line(["segment", affs, str(tmp_path / "seg.zarr"), "--offsets", OFFSETS, "-q"],
+                      f"affinities '{affs}' hold complex64; expected float in [0, 1] or uint8")
+    labels = _zarr(tmp_path / "cl.zarr", (32, 32, 32), "complex64", np.ones((32, 32, 32)))
+    fails_in_one_line(["evaluate", labels, "--gt", _labels(tmp_path), "-q"],
+                      f"prediction '{labels}' holds complex64 values; it must hold integers")
+    raw = _zarr(tmp_path / "raw.zarr", RAW.shape, RAW.dtype, RAW)
+    fails_in_one_line(train_args(tmp_path, raw, labels), f"labels '{labels}' are complex64; labels must be integers")
