@@ -511,9 +511,10 @@ def check_hdf5_room(path: Path, nbytes: int = 0) -> None:
     """OSError (ENOSPC) unless the disk of the HDF5 file ``path`` has room for ``nbytes`` of
     data and :data:`HDF5_HEADROOM`. HDF5 cannot recover from a full disk in the middle of a
     write (the file stays open half-written and the library crashes at exit), so writes into
-    HDF5 look before they leap."""
+    HDF5 look before they leap. A file system that reports no size (some network and FUSE
+    file systems say 0 blocks) is not judged."""
     stat = os.statvfs(path if path.exists() else path.parent)
-    if stat.f_bavail * stat.f_frsize < nbytes + HDF5_HEADROOM:
+    if stat.f_blocks and stat.f_bavail * stat.f_frsize < nbytes + HDF5_HEADROOM:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 

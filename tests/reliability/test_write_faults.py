@@ -301,3 +301,13 @@ def test_a_segment_write_that_fails_is_one_line_and_resumable(tmp_path, raw_zarr
     assert runner.invoke(app, [*args, "--resume"]).exit_code == 0
     assert runner.invoke(app, [*args[:2], reference, *args[3:]]).exit_code == 0
     np.testing.assert_array_equal(open_volume(out).read(), open_volume(reference).read())
+
+
+def test_hdf5_writes_go_ahead_on_a_file_system_that_reports_no_size(tmp_path, raw_zarr, unet, monkeypatch):
+    """Some network and FUSE file systems report 0 blocks, 0 free: that is not a full disk."""
+    import psc_seg.io.volume as volume_module
+
+    unknown = os.statvfs_result((4096, 4096, 0, 0, 0, 0, 0, 0, 0, 255))
+    monkeypatch.setattr(volume_module.os, "statvfs", lambda path: unknown)
+    out = f"{tmp_path / 'affs.h5'}:/affs"
+    assert _predict(unet, raw_zarr, out).exit_code == 0 and volume_complete(out)
