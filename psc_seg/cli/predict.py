@@ -15,7 +15,8 @@ def predict_command(
     block_shape: Annotated[
         tuple[int, int, int] | None,
         typer.Option("--block-shape", metavar="Z Y X",
-                     help="Write shape of a block in voxels; a multiple of the model's shape step. Default 64^3."),
+                     help="Write shape of a block in voxels; a multiple of the model's shape step, capped to the "
+                          "volume. Default 64^3."),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Local dask worker processes (0: in this process).")] = 0,
     scheduler: Annotated[

@@ -170,7 +170,8 @@ def predict(
         checkpoint: a psc-seg checkpoint (.pt).
         input: input volume spec, ``(Z, Y, X)`` or ``(C, Z, Y, X)``.
         output: output volume spec (see the module docstring for what is written where).
-        block_shape: write ROI shape ``(z, y, x)``, a multiple of the model's ``shape_step``;
+        block_shape: write ROI shape ``(z, y, x)``, a multiple of the model's ``shape_step``,
+            capped to the volume with a note (:func:`~psc_seg.engine.inference.cap_block_shape`);
             default 64 per axis; for a DenseNet the whole volume while it is small (see
             :func:`~psc_seg.engine.inference.default_block_shape`).
         workers: local dask worker processes (0: in this process).
