@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from psc_seg.errors import UserError
+from psc_seg.files import fixable_writes
 
 
 def _start_time(pid: int) -> str | None:
@@ -74,22 +75,21 @@ class OutputOwner:
             return {}
 
     def acquire(self, *, resume: bool = False) -> None:
-        """Own the output; UserError if another run does (see the module docstring)."""
+        """Own the output; UserError if another run does (see the module docstring), or if the
+        owner file cannot be written where the output goes (the first thing a run writes)."""
+        blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UserError(f"cannot create output {self.what!r}: {str(blocker)!r} is a file, not a folder; "
+                            "choose another output")
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}-{self.token}")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(self._mine()))
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                self._take_over(tmp, resume=resume)
-        except OSError as exc:
-            blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
-            if blocker is not None:
-                raise UserError(f"cannot write output {self.what!r}: {str(blocker)!r} is a file, not a folder; "
-                                "choose another output") from None
-            raise UserError(f"cannot write output {self.what!r}: {exc.strerror or exc} ({exc.filename or self.path}); "
-                            "choose an output where you can write, or fix the folder's permissions") from None
+            with fixable_writes(f"create output {self.what!r}"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(self._mine()))
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    self._take_over(tmp, resume=resume)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)

@@ -49,7 +49,7 @@ def test_an_output_folder_the_user_cannot_write_to(tmp_path, raw_zarr, checkpoin
 
     monkeypatch.setattr(os, "link", refused)
     line = _one_error(runner.invoke(app, ["predict", str(checkpoint), raw_zarr, f"{tmp_path}/ro/affs.zarr"]))
-    assert "cannot write output" in line and "Permission denied" in line and "fix the folder's permissions" in line
+    assert "cannot create output" in line and "(Permission denied); make its folder writable for you" in line
     assert not (tmp_path / "ro" / "affs.zarr").exists()
 
 
@@ -79,7 +79,7 @@ def test_a_read_only_output_folder(raw_zarr, checkpoint):
                                 env={**os.environ, "HOME": str(place), "MPLCONFIGDIR": str(place)})
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.strip().splitlines()
-        assert line.startswith("error: cannot write output") and "Permission denied" in line
+        assert line.startswith("error: cannot create output") and "Permission denied" in line
         assert list((place / "ro").iterdir()) == []
     finally:
         shutil.rmtree(place)
