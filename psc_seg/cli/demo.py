@@ -15,7 +15,11 @@ def demo(
         "psc-seg-demo"
     ),
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUT folder.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace the demo an earlier run wrote into OUT (only what it wrote; a "
+                                         "non-empty folder the demo did not write is refused)."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Synthesise data, train a PmSCn network, predict, segment and evaluate, printing the scores.

@@ -12,7 +12,8 @@ synth_app = typer.Typer(help="Write synthetic volumes with ground truth (seeded,
 
 Shape = Annotated[tuple[int, int, int], typer.Option("--shape", help="Volume shape Z Y X in voxels.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same volume.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs that psc-seg synth wrote "
+                                                             "(anything else there is refused, not replaced).")]
 
 
 @synth_app.command("em")

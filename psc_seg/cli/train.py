@@ -14,10 +14,19 @@ def train_command(
         typer.Argument(help="Config YAML file or preset name (e.g. em/unet-p2sc2; see --list-presets)."),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run folder (default runs/<config name>).")
+        Path | None,
+        typer.Option("--out", "-o", help="Run folder (default runs/<config name>): new, empty, or a run psc-seg "
+                                         "wrote (marked by its .psc-seg-run file)."),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from checkpoints/last.pt.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --out.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite",
+                     help="Start the run in --out again, once config and data have passed their checks: removes "
+                          "only what psc-seg wrote there (the entries its .psc-seg-run marker lists; in a run "
+                          "folder made before markers, checkpoints/, metrics.csv, config.yaml, curves.png, "
+                          "tensorboard/ and validation/). A non-empty folder that is not a run is refused."),
+    ] = False,
     iterations: Annotated[int | None, typer.Option("--iterations", "-n", min=1, help="Override train.iterations.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda (mixed precision on cuda).")] = "cpu",
     set_: Annotated[

@@ -14,7 +14,6 @@ a preview PNG is written after each stage.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from psc_seg.errors import UserError
+from psc_seg.owned import marked_entries, other_entries, remove_entries, write_marker
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEMO_KIND = "demo"  # the folder's marker: .psc-seg-demo (psc_seg.owned)
+# what the demo writes into OUT (the marker also lists what a finished or failed run left)
+DEMO_ENTRIES = ("data", "run", "previews", "affinities.zarr", "baseline-affinities.zarr",
+                "segmentation-learned.zarr", "segmentation-baseline.zarr", "tissue.nii.gz",
+                "tissue_probabilities.nii.gz")
 
 
 @dataclass(frozen=True)
@@ -83,9 +88,10 @@ def run_demo(
     Args:
         task: ``"em"`` (affinities, neurons, VI) or ``"mri"`` (tissue classes, Dice).
         quick: small volumes and a short training budget (a few minutes on a 2-core CPU).
-        out: output folder; an existing non-empty one is refused unless ``overwrite``.
+        out: output folder: new, empty, or one an earlier demo wrote (marked by its
+            ``.psc-seg-demo`` file, :mod:`psc_seg.owned`); any other non-empty folder is refused.
         device: ``"cpu"`` or ``"cuda"`` for training and prediction.
-        overwrite: replace ``out``.
+        overwrite: replace the earlier demo in ``out``: only what it wrote is removed.
         size: explicit volume shapes and training budget (tests use a tiny one).
         progress: show progress bars.
         log: where stage messages go.
@@ -97,16 +103,27 @@ def run_demo(
     if task not in ("em", "mri"):
         raise UserError(f"{{task}} must be 'em' or 'mri', got {task!r}", options=("task",))
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{{out}} {str(out)!r} is a file; give a folder for the demo", options=("out",))
+    ours = marked_entries(out, DEMO_KIND)
+    if other_entries(out):
+        if ours is None:
+            raise UserError(f"{{out}} {str(out)!r} is not empty and is not a folder psc-seg demo wrote (no "
+                            f".psc-seg-{DEMO_KIND}); choose an empty or new folder", options=("out",))
         if not overwrite:
-            raise UserError(f"{str(out)!r} exists and is not empty; pass {{overwrite}} or choose another {{out}}",
-                            options=("overwrite", "out"))
-        shutil.rmtree(out)
+            raise UserError(f"{str(out)!r} holds an earlier demo; pass {{overwrite}} to replace it or choose "
+                            "another {out}", options=("overwrite", "out"))
     out.mkdir(parents=True, exist_ok=True)
+    remove_entries(out, ours or ())
+    users = set(other_entries(out))  # what the user added to an earlier demo's folder stays theirs
+    write_marker(out, DEMO_KIND, DEMO_ENTRIES)
     size = size or SIZES[(task, quick)]
     started = time.perf_counter()
     runner = _run_em if task == "em" else _run_mri
-    result = runner(out, size=size, device=device, progress=progress, log=log)
+    try:
+        result = runner(out, size=size, device=device, progress=progress, log=log)
+    finally:  # all the folder holds now but the user's is the demo's (partial files, records...)
+        write_marker(out, DEMO_KIND, [*DEMO_ENTRIES, *(set(other_entries(out)) - users)])
     result.update(task=task, out=str(out), seconds=time.perf_counter() - started)
     return result
 

@@ -60,8 +60,9 @@ def synth_em(
         out: ``name.zarr`` (default format; a name without suffix gets ``.zarr``) or ``name.h5``.
         shape: ``(z, y, x)`` in voxels.
         seed: random seed.
-        overwrite: replace an existing ``out`` (the whole container); without it an existing
-            output is a UserError and nothing is written. The container is written under a
+        overwrite: replace an existing ``out`` (the whole container) that ``synth_em`` wrote
+            (its arrays only, each with its ``synth`` provenance); without it, or for any other
+            container, an existing output is a UserError and nothing is written. The container is written under a
             hidden partial name beside ``out`` and renamed when complete.
         options: further keyword arguments of :func:`psc_seg.synth.em_volume`.
 
@@ -72,6 +73,8 @@ def synth_em(
     path, fmt = em_container(out)
     if path.exists() and not overwrite:
         raise UserError(f"{str(path)!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
+    if path.exists():
+        _check_ours(path, _not_synth_em(path, fmt))
     volume = em_volume(shape, seed=seed, **options)
     params = {"kind": "em", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
     data = {"raw": volume["raw"], "labels": volume["labels"], "mask": volume["mask"].astype(np.uint8)}
@@ -106,8 +109,9 @@ def synth_mri(
     """Generate an MRI head phantom (:func:`psc_seg.synth.mri_volume`) and write
     ``out_dir/raw.nii.gz`` and ``out_dir/labels.nii.gz`` (1 mm voxels, identity affine).
 
-    ``overwrite`` replaces existing files; without it an existing one is a UserError and
-    nothing is written. ``options``: further keyword arguments of ``mri_volume``.
+    ``overwrite`` replaces existing files psc-seg wrote (their NIfTI description says so);
+    without it, or for another file of those names, an existing one is a UserError and nothing
+    is written. ``options``: further keyword arguments of ``mri_volume``.
 
     Returns:
         ``{"raw", "labels" (paths), "shape", "class_fractions": {name: fraction}}``.
@@ -121,6 +125,8 @@ def synth_mri(
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{existing[0]!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
+    for path in existing:
+        _check_ours(Path(path), _not_psc_seg_nifti(path))
     volume = mri_volume(shape, seed=seed, **options)
     params = {"kind": "mri", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
     for name, path in paths.items():
@@ -133,6 +139,59 @@ def synth_mri(
         "shape": params["shape"],
         "class_fractions": {CLASSES[k]: float((labels == k).mean()) for k in sorted(CLASSES)},
     }
+
+
+def _check_ours(path: Path, reason: str | None) -> None:
+    """UserError when ``reason`` says ``path`` is not what psc-seg synth wrote: ``overwrite``
+    replaces only that."""
+    if reason:
+        raise UserError(f"{str(path)!r} was not written by psc-seg synth ({reason}); {{overwrite}} replaces only "
+                        "what psc-seg wrote: choose another name, or move it away yourself", options=("overwrite",))
+
+
+def _not_synth_em(path: Path, fmt: str) -> str | None:
+    """Why the container ``path`` is not one :func:`synth_em` wrote (None if it is: the arrays
+    of :data:`EM_ARRAYS`, each with its ``synth`` provenance, and nothing else)."""
+    from psc_seg.io import META_KEY, open_volume
+
+    if fmt == "zarr":
+        if not path.is_dir():
+            return "it is a file"
+        members = {p.name for p in path.iterdir()} - {"zarr.json", ".zgroup", ".zattrs"}
+    else:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                members = set(f.keys())
+        except OSError:
+            return "it is not an HDF5 file"
+    if members - set(EM_ARRAYS) or not members:
+        shown = sorted(members - set(EM_ARRAYS)) or ["no raw, labels or mask"]
+        return f"it holds {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}"
+    for name, spec in em_specs(path, fmt).items():
+        if name not in members:
+            continue
+        try:
+            provenance = open_volume(spec).attrs.get(META_KEY, {}).get("provenance") or {}
+        except UserError:
+            return f"its {name} cannot be read as a volume"
+        if "synth" not in provenance:
+            return f"its {name} has no psc-seg synth provenance"
+    return None
+
+
+def _not_psc_seg_nifti(path: str) -> str | None:
+    """Why the NIfTI file ``path`` is not one psc-seg wrote (its description says so)."""
+    from psc_seg.io import open_volume
+
+    try:
+        header = open_volume(path).header
+    except UserError:
+        return "it is not a readable NIfTI file"
+    descrip = header["descrip"].item()
+    descrip = descrip.decode(errors="replace") if isinstance(descrip, bytes) else str(descrip)
+    return None if descrip.startswith("psc-seg") else "its NIfTI description is not psc-seg's"
 
 
 def _remove(path: Path) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
 from psc_seg.io import check_image, normalize, open_volume, resolve_normalization
+from psc_seg.owned import marked_entries, marker_path, other_entries, remove_entries, write_marker
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
 from psc_seg.train.loop import Trainer
@@ -25,7 +26,10 @@ from psc_seg.train.model import build_training_model, check_patch_shape
 # keys that may change when a run is resumed (longer training, other logging, other machine)
 RESUMABLE_CHANGES = ("train.iterations", "train.validate_every", "train.checkpoint_every", "train.log_every",
                      "train.num_workers", "train.max_seconds")
+# what a run writes into its folder: the entries --overwrite may remove (psc_seg.owned)
 RUN_FILES = ("checkpoints", "metrics.csv", "config.yaml", "curves.png", "tensorboard", "validation")
+RUN_KIND = "run"
+RUN_MARKER = marker_path(".", RUN_KIND).name  # .psc-seg-run
 
 
 def default_run_dir(config: str | Path) -> Path:
@@ -76,14 +80,46 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
     )
 
 
-def _check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
-    """The ``last.pt`` to resume from (or None); clears an old run under ``overwrite``, and the
-    leftovers of a run that failed before its first checkpoint."""
+@dataclass(frozen=True)
+class RunFolder:
+    """What :func:`check_run_dir` found in a run folder: the entries to remove before the run
+    starts (``clear``, psc-seg's own) and the ``last.pt`` to resume from (or None)."""
+
+    path: Path
+    clear: tuple[str, ...] = ()
+    resume_from: Path | None = None
+
+
+def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool,
+                  config_file: Path | None = None) -> RunFolder:
+    """Check the run folder ``run_dir`` for a run of ``config``, touching nothing.
+
+    A run folder is one psc-seg marked (:data:`RUN_MARKER`, see :mod:`psc_seg.owned`) or one
+    made before markers existed (``checkpoints/last.pt`` and ``config.yaml``); an empty or new
+    folder becomes one. ``overwrite`` clears only psc-seg's entries: those the marker lists,
+    or :data:`RUN_FILES` in an unmarked old run. ``config_file``: the config given, which may
+    lie in the folder.
+
+    Raises:
+        UserError: a file, or a non-empty folder that is not a run; a run there without
+            ``resume`` or ``overwrite``; nothing to resume; a config that differs from the
+            run's ``config.yaml`` in keys that must not change.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{{out}} {str(run_dir)!r} is a file; give a folder for the run", options=("out",))
     last = run_dir / "checkpoints" / "last.pt"
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    marked = marked_entries(run_dir, RUN_KIND, allowed=RUN_FILES)
+    old_run = marked is None and last.is_file() and (run_dir / "config.yaml").is_file()
+    others = other_entries(run_dir, ignore=[config_file] if config_file is not None else [])
+    if marked is None and not old_run and others:
+        shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+        raise UserError(f"{{out}} {str(run_dir)!r} is not empty ({shown}) and is not a psc-seg run folder (no "
+                        f"{RUN_MARKER}); choose an empty or new folder for the run", options=("out",))
+    owned = tuple(marked if marked is not None else RUN_FILES)
     if resume:
         if not last.is_file():
-            raise UserError(f"nothing to resume: {str(last)!r} does not exist; run without --resume to start")
+            raise UserError(f"nothing to resume: {str(last)!r} does not exist; run without {{resume}} to start",
+                            options=("resume",))
         saved_path = run_dir / "config.yaml"
         if saved_path.is_file():
             changed = _changed_keys(yaml.safe_load(saved_path.read_text()) or {}, config.as_dict())
@@ -91,19 +127,26 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrit
             if changed:
                 raise UserError(
                     f"the config differs from the run's config.yaml in {', '.join(changed)}; resume with the same "
-                    f"config (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new --out"
+                    f"config (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new {{out}}",
+                    options=("out",),
                 )
-        return last
-    if existing:
-        if not overwrite and (run_dir / "checkpoints").exists():
-            raise UserError(
-                f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass --resume to continue "
-                "it, --overwrite to start over, or choose another --out"
-            )
-        for name in existing:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    return None
+        return RunFolder(run_dir, resume_from=last)
+    if (run_dir / "checkpoints").exists() and not overwrite:
+        existing = [name for name in owned if (run_dir / name).exists()]
+        raise UserError(
+            f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass {{resume}} to continue "
+            "it, {overwrite} to start over, or choose another {out}", options=("resume", "overwrite", "out"),
+        )
+    # overwrite, or the leftovers of a run that failed before its first checkpoint
+    return RunFolder(run_dir, clear=owned)
+
+
+def start_run_dir(folder: RunFolder) -> None:
+    """Make the run folder, remove what :func:`check_run_dir` said to clear, and mark it as a
+    run (an old unmarked run that is resumed gets its marker too)."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    remove_entries(folder.path, folder.clear)
+    write_marker(folder.path, RUN_KIND, RUN_FILES)
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -154,7 +197,8 @@ def train(
         config: YAML file, preset name (``em/unet-p2sc2``) or parsed mapping.
         out: run folder (default ``runs/<config name>``).
         resume: continue the run in ``out`` from ``checkpoints/last.pt``.
-        overwrite: replace a run already in ``out``.
+        overwrite: start the run in ``out`` again, removing only what psc-seg wrote there (see
+            :func:`check_run_dir`), once the config, data and model have passed their checks.
         iterations: overrides ``train.iterations``.
         device: ``cpu`` or ``cuda`` (mixed precision on CUDA).
         overrides: ``key.path=value`` strings (``--set``).
@@ -174,8 +218,12 @@ def train(
     cfg = load_config(config, overrides)
     torch_device = resolve_device(device)
     run_dir = Path(out) if out is not None else default_run_dir(config if not isinstance(config, dict) else "config")
-    if not isinstance(config, dict) and Path(config).resolve() == (run_dir / "config.yaml").resolve():
-        raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another --out")
+    config_file = Path(config) if not isinstance(config, dict) and Path(config).is_file() else None
+    if config_file is not None and config_file.resolve() == (run_dir / "config.yaml").resolve():
+        raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another {{out}}",
+                        options=("out",))
+    # refusals first (a folder that is not a run, a run without resume / overwrite): before any work
+    folder = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, config_file=config_file)
     model, input_shape, train_volumes, validation_volumes = prepare(cfg, allow_incomplete=allow_incomplete)
     dataset = PatchDataset(
         train_volumes, input_shape=input_shape, output_shape=cfg.train.patch_shape, task=cfg.task,
@@ -187,9 +235,8 @@ def train(
         from psc_seg.pipelines.validate import make_validator
 
         validator = make_validator(cfg, validation_volumes, run_dir / "validation")
-    # only now, with everything checked, may an old run be cleared (overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = _check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
+    # only now, with everything checked, may psc-seg's entries of an old run be cleared (overwrite)
+    start_run_dir(folder)
     resolved = cfg.as_dict()
     _write_yaml(run_dir / "config.yaml", resolved)
     metadata = {
@@ -203,7 +250,7 @@ def train(
     }
     trainer = Trainer(config=cfg, model=model, dataset=dataset, run_dir=run_dir, metadata=metadata,
                       validator=validator, device=torch_device, quiet=quiet)
-    summary = trainer.fit(resume_from=resume_from)
+    summary = trainer.fit(resume_from=folder.resume_from)
     return {"run_dir": str(run_dir), "last": str(run_dir / "checkpoints" / "last.pt"),
             "best": str(run_dir / "checkpoints" / "best.pt"), **summary}
 

@@ -39,7 +39,7 @@ def test_demo_cli_refuses_existing_output_and_bad_task(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "full")])
-    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert result.exit_code == 2 and "choose an empty or new folder" in result.output
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     result = runner.invoke(app, ["demo", "--task", "video", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "em" in result.output
