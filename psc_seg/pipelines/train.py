@@ -20,7 +20,7 @@ from psc_seg.io import check_image, normalize, open_volume, resolve_normalizatio
 from psc_seg.owned import marked_entries, marker_path, other_entries, remove_entries, write_marker
 from psc_seg.train.config import TrainConfig, VolumeSet, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
-from psc_seg.train.loop import Trainer
+from psc_seg.train.loop import Trainer, check_resumable
 from psc_seg.train.model import build_training_model, check_patch_shape
 
 # keys that may change when a run is resumed (longer training, other logging, other machine)
@@ -47,7 +47,9 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
 
     Raises:
         UserError: shapes that disagree, labels that are not integers, a volume psc-seg
-            marked unfinished (:func:`~psc_seg.engine.resume.check_finished`).
+            marked unfinished (:func:`~psc_seg.engine.resume.check_finished`), raw that holds
+            NaN or infinite values (:func:`check_finite`; float raw read lazily is read once
+            for it).
     """
     raw = open_volume(volume_set.raw)
     check_image(raw, "raw")
@@ -66,14 +68,13 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
                 f"{name} {other.spec!r} has shape {other.spatial_shape} but raw {raw.spec!r} has {raw.spatial_shape}; "
                 "they must cover the same voxels"
             )
-    spec = resolve_normalization(config.data.normalize.metadata(), raw)
     if preload:
         raw_data, label_data = raw.read(), labels.read()
         mask_data = mask.read() if mask is not None else None
-        if raw_data.dtype.kind == "f" and not np.isfinite(raw_data).all():
-            raise UserError(f"raw {raw.spec!r} contains NaN or infinite values; clean it before training")
     else:
         raw_data, label_data, mask_data = raw, labels, mask
+    check_finite(raw_data, raw.spec)  # before the normalisation's statistics, which would fail on it too
+    spec = resolve_normalization(config.data.normalize.metadata(), raw)
     return LabelledVolume(
         name=raw.spec, raw=raw_data, labels=label_data, mask=mask_data, voxel_size=raw.voxel_size,
         normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "raw": volume_set.raw, "labels": volume_set.labels, "unit": raw.unit},
@@ -88,6 +89,28 @@ class RunFolder:
     path: Path
     clear: tuple[str, ...] = ()
     resume_from: Path | None = None
+
+
+def check_finite(raw, name: str, *, max_voxels: int = 2**24) -> None:
+    """UserError naming the volume ``name`` and the first voxel ``(z, y, x)`` (``(c, z, y, x)``)
+    that is NaN or infinite, if ``raw`` (an array, or a volume read lazily in z slabs of at most
+    ``max_voxels``) has one; integer volumes pass at once."""
+    if np.dtype(raw.dtype).kind not in "fc":
+        return
+    shape = tuple(raw.shape)
+    plane = int(np.prod(shape)) // max(shape[-3], 1)
+    step = max(1, max_voxels // max(plane, 1))
+    lead = (slice(None),) * (len(shape) - 3)
+    for z in range(0, shape[-3], step):
+        slab = np.asarray(raw[(*lead, slice(z, min(z + step, shape[-3])))])
+        bad = ~np.isfinite(slab)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            where = [int(i) for i in first]
+            where[-3] += z
+            axes = "(c, z, y, x)" if len(shape) == 4 else "(z, y, x)"
+            raise UserError(f"raw {name!r} holds NaN or infinite values (the first, {slab[tuple(first)]}, at "
+                            f"{axes} = {tuple(where)}); clean it before training")
 
 
 def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool,
@@ -225,6 +248,8 @@ def train(
     # refusals first (a folder that is not a run, a run without resume / overwrite): before any work
     folder = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, config_file=config_file)
     model, input_shape, train_volumes, validation_volumes = prepare(cfg, allow_incomplete=allow_incomplete)
+    if folder.resume_from is not None:
+        check_resumable(folder.resume_from, model, cfg)
     dataset = PatchDataset(
         train_volumes, input_shape=input_shape, output_shape=cfg.train.patch_shape, task=cfg.task,
         augment_config=cfg.augment, seed=cfg.train.seed, min_labelled=cfg.train.min_labelled,

@@ -220,3 +220,15 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed), persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
     )
+
+
+def worker_error(exc: UserError) -> UserError:
+    """The UserError a loader worker raised, as it was raised there: torch re-raises it in the
+    main process with its traceback as the message (``"Caught UserError in DataLoader worker
+    process 0.\nOriginal Traceback ..."``), which would reach the user as its first line."""
+    text = str(exc)
+    if not text.startswith("Caught "):
+        return exc
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    lines = [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+    return UserError(lines[-1]) if lines else exc

@@ -19,7 +19,9 @@ uninterrupted run would have drawn (see :mod:`psc_seg.train.data`).
 
 from __future__ import annotations
 
+import copy
 import csv
+import json
 import math
 import random
 import time
@@ -37,7 +39,7 @@ from psc_seg.errors import UserError
 from psc_seg.files import atomic_path
 from psc_seg.models import read_checkpoint, save_checkpoint
 from psc_seg.train.config import TrainConfig
-from psc_seg.train.data import PatchDataset, make_loader
+from psc_seg.train.data import PatchDataset, make_loader, worker_error
 from psc_seg.train.losses import affinity_loss, semantic_loss
 
 
@@ -87,6 +89,55 @@ def compute_loss(config: TrainConfig, prediction: torch.Tensor, batch: dict[str,
         return affinity_loss(prediction, batch["target"], batch["mask"], kind=config.train.loss,
                              balance=config.train.balance)
     return semantic_loss(prediction, batch["target"], batch["mask"], kind=config.train.loss)
+
+
+# ------------------------------------------------------------------ resuming
+
+RESUME_ENTRIES = ("optimizer", "iteration", "rng")  # what Trainer.save keeps for resuming besides the model
+
+
+def check_resumable(path: Path, model: nn.Module, config: TrainConfig) -> None:
+    """UserError unless ``path`` is a ``last.pt`` that :meth:`Trainer.save` wrote for ``model``
+    (the model ``config`` builds): the same architecture, and the optimizer, iteration and RNG
+    states resuming needs. Neither ``model`` nor anything on disk is changed."""
+    model = copy.deepcopy(model)
+    _load_states(path, read_checkpoint(path), model, make_optimizer(model, config))
+
+
+def _load_states(path: Path, payload: dict[str, Any], model: nn.Module,
+                 optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load a resume checkpoint's model and optimizer states; returns its ``extra`` entries."""
+    fix = "resume with the config the run was trained with, or pass {overwrite} to start the run again"
+    stored, built = payload.get("model") or {}, getattr(model, "build_config", None)
+    if built is not None:
+        differ = _differences({"model": stored.get("name"), **(stored.get("kwargs") or {})},
+                              {"model": built["name"], **built["kwargs"]})
+        if differ:
+            raise UserError(f"{str(path)!r} holds another network than the config builds ({differ}); {fix}",
+                            options=("overwrite",))
+    extra = payload.get("extra") or {}
+    missing = [key for key in RESUME_ENTRIES if key not in extra]
+    if missing:
+        raise UserError(f"{str(path)!r} has no {' / '.join(missing)} state to resume from (it is not a last.pt "
+                        "psc-seg train wrote); pass {overwrite} to start the run again", options=("overwrite",))
+    try:
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(extra["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        reason = " ".join(lines[:2])[:200].rstrip(":. ")
+        raise UserError(f"{str(path)!r} does not fit the config's network ({reason}); {fix}",
+                        options=("overwrite",)) from None
+    return extra
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``"conv 'psc(2,2)' in the checkpoint, 'conv3d' in the config; ..."`` for the keys that differ."""
+    def plain(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    keys = [k for k in dict.fromkeys([*old, *new]) if plain(old.get(k)) != plain(new.get(k))]
+    return "; ".join(f"{k} {old.get(k)!r} in the checkpoint, {new.get(k)!r} in the config" for k in keys)
 
 
 # ------------------------------------------------------------------ RNG states
@@ -238,12 +289,11 @@ class Trainer:
         return save_checkpoint(self.checkpoints / f"{name}.pt", self.model, metadata=self._metadata(), extra=extra)
 
     def restore(self, path: Path) -> None:
-        """Continue from a ``last.pt`` written by :meth:`save`."""
+        """Continue from a ``last.pt`` written by :meth:`save` (UserError for another one, see
+        :func:`check_resumable`)."""
         payload = read_checkpoint(path)
-        self.model.load_state_dict(payload["state_dict"])
+        extra = _load_states(path, payload, self.model, self.optimizer)
         self.model.to(self.device)
-        extra = payload.get("extra", {})
-        self.optimizer.load_state_dict(extra["optimizer"])
         if extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
         self.state = RunState(
@@ -351,6 +401,8 @@ class Trainer:
                     self.on_iteration(it, loss)
                 if out_of_time:
                     break
+        except UserError as exc:  # one raised in a loader worker comes wrapped in torch's traceback text
+            raise worker_error(exc) from None
         except KeyboardInterrupt:
             progress.close()
             path = self.save("last")

@@ -1,9 +1,10 @@
 """`psc-seg train`, `demo` and `synth` faults: folders and files psc-seg did not write are never
-removed; bad options (RELIABILITY.md)."""
+removed, a resume checkpoint that does not fit, NaN / Inf in raw, bad options (RELIABILITY.md)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.io import create_volume
+from psc_seg.models import build_model, save_checkpoint
 from tests.train.conftest import _one_thread, blob_labels, em_config
 
 pytestmark = pytest.mark.usefixtures(_one_thread.__name__)  # tiny tensors: one thread each
@@ -197,6 +199,66 @@ def test_synth_mri_overwrite_refuses_nifti_it_did_not_write(tmp_path):
         result = runner.invoke(app, ["synth", "mri", str(folder), "--shape", "24", "24", "24", "--seed", seed,
                                      "--overwrite"])
         assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------------ case 2: a last.pt that does not fit
+
+def test_resume_from_a_last_pt_of_another_network(tmp_path, em_volume):
+    config = _config(tmp_path, em_volume)
+    run = tmp_path / "run"
+    _train([config, "--out", str(run)])
+    (run / "config.yaml").unlink()  # nothing to compare the config with: the checkpoint tells
+    other = _config(tmp_path, em_volume, name="other.yaml")
+    other_run = tmp_path / "other"
+    _train([other, "--out", str(other_run), "--set", "model.conv=conv3d"])
+    shutil.copy(other_run / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+    before = _tree(run)
+    _fails(["train", config, "--out", str(run), "--resume", "-n", "3"], "another network",
+           "conv 'conv3d' in the checkpoint, 'psc(2,2)' in the config", "--overwrite")
+    assert _tree(run) == before
+
+
+def test_resume_from_a_last_pt_without_optimizer_state(tmp_path, em_volume):
+    config = _config(tmp_path, em_volume)
+    run = tmp_path / "run"
+    _train([config, "--out", str(run)])
+    last = run / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    model = build_model(payload["model"]["name"], **payload["model"]["kwargs"])
+    save_checkpoint(last, model, metadata=payload["metadata"])  # the model alone, as `models init` writes
+    before = _tree(run)
+    _fails(["train", config, "--out", str(run), "--resume", "-n", "3"], "no optimizer / iteration / rng state",
+           "--overwrite")
+    assert _tree(run) == before
+    _train([config, "--out", str(run), "--overwrite"])  # what the message says works
+
+
+# ------------------------------------------------------------------ case 3: NaN / Inf in raw
+
+@pytest.mark.parametrize("preload, normalize", [(False, "uint8"), (False, "zscore"), (True, "zscore")])
+def test_nan_or_inf_in_raw_is_refused_naming_the_volume_and_voxel(tmp_path, preload, normalize):
+    labels = blob_labels()
+    raw = np.where(labels == 0, 60.0, 180.0).astype(np.float32)
+    raw[5, 6, 7] = np.nan if not preload else np.inf
+    raw[9, 9, 9] = np.nan
+    path = tmp_path / "nan.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"], f["gt"] = raw, labels
+    volume = {"raw": f"{path}:/raw", "labels": f"{path}:/gt"}
+    config = _config(tmp_path, volume)
+    run = tmp_path / "run"
+    _fails(["train", config, "--out", str(run), "--set", f"data.preload={str(preload).lower()}",
+            "--set", f"data.normalize={{kind: {normalize}}}"],
+           f"raw '{path}:/raw' holds NaN or infinite values", "(z, y, x) = (5, 6, 7)", "clean it before training")
+    assert not run.exists()
+
+
+def test_a_data_fault_found_in_a_loader_worker_is_one_line(tmp_path):
+    path = tmp_path / "unlabelled.h5"
+    with h5py.File(path, "w") as f:  # labels all 0 (unlabelled): found when a worker draws patches
+        f["raw"], f["gt"] = np.full((16, 32, 32), 100, np.uint8), np.zeros((16, 32, 32), np.uint64)
+    config = _config(tmp_path, {"raw": f"{path}:/raw", "labels": f"{path}:/gt"}, num_workers=1)
+    _fails(["train", config, "--out", str(tmp_path / "run"), "-q"], "no training patch with labelled voxels")
 
 
 # ------------------------------------------------------------------ case 4: options checked before outputs
