@@ -147,6 +147,35 @@ def run_blockwise(
                     voxels=total_voxels, seconds=time.perf_counter() - start)
 
 
+def check_executor(workers: int = 0, scheduler: str | None = None, *, timeout: float = 5.0) -> None:
+    """UserError, before any output is made, for where blocks would run that cannot be used:
+    ``workers`` with ``scheduler``, negative ``workers``, a ``scheduler`` address that is not
+    one or (TCP / TLS) where nothing answers within ``timeout`` seconds."""
+    check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
+    if workers < 0:
+        raise UserError(f"{{workers}} must be >= 0, got {workers}", options=("workers",))
+    if not scheduler:
+        return
+    import socket
+
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        protocol, location = parse_address(scheduler)
+        host, port = parse_host_port(location) if protocol in ("tcp", "tls") else (None, None)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{{scheduler}} {scheduler!r} is not a dask scheduler address ({exc}); give e.g. "
+                        "tcp://host:8786", options=("scheduler",)) from None
+    if host is None:  # other protocols (ucx, inproc): the client finds out
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the dask scheduler at {scheduler!r} ({exc.strerror or exc}); check the "
+                        "address and that the scheduler runs", options=("scheduler",)) from None
+
+
 def _run_dask(tasks: list, process: Callable, batched: bool, finish: Callable, *, workers: int,
               scheduler: str | None) -> None:
     from distributed import Client, as_completed

@@ -32,6 +32,7 @@ import numpy as np
 from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
 from psc_seg.engine import file_hash, prepare_outputs, run_blockwise
+from psc_seg.engine.executor import check_executor
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, cap_block_shape, default_block_shape,
@@ -204,7 +205,7 @@ def predict(
     :class:`~psc_seg.errors.Note` warnings (the CLI prints them as ``note: ...``).
     """
     check_exclusive(resume=resume, overwrite=overwrite)
-    check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
+    check_executor(workers, scheduler)  # every option is checked before any output is made
     if dtype not in DTYPES:
         raise UserError(f"{{dtype}} must be one of {', '.join(DTYPES)}, got {dtype!r}", options=("dtype",))
     resolve_device(device)

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from psc_seg.affinities import EXAMPLE_OFFSETS, check_offsets, nearest_neighbour_channels
+from psc_seg.engine.executor import check_executor
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.segment.settings import DEFAULT_SCORING, DEFAULT_THRESHOLD, SegmentSettings
@@ -202,6 +203,10 @@ def segment(
                                fragments=fragments, decoder=decoder, min_size=min_size, block_shape=block_shape)
     check_exclusive(resume=resume, overwrite=overwrite)
     check_exclusive(workers=workers is not None, scheduler=scheduler is not None)
+    if settings.block_shape is None and (workers is not None or scheduler is not None):
+        raise UserError("{workers} / {scheduler} need {block_shape} (blockwise segmentation)",
+                        options=("workers", "scheduler", "block_shape"))
+    check_executor(workers or 0, scheduler)  # every option is checked before any output is made
     affs = open_affinities(affinities)
     note(check_finished(affs, "affinities", allow_incomplete=allow_incomplete))
     thresholds, scoring, chosen = _validated_defaults(affs, thresholds, scoring, decoder=decoder)
@@ -219,7 +224,4 @@ def segment(
             affs, outputs, settings=settings, workers=workers, scheduler=scheduler, resume=resume,
             overwrite=overwrite, progress=progress,
         )
-    if workers is not None or scheduler is not None:
-        raise UserError("{workers} / {scheduler} need {block_shape} (blockwise segmentation)",
-                        options=("workers", "scheduler", "block_shape"))
     return segment_whole(affs, outputs, settings=settings, resume=resume, overwrite=overwrite, progress=progress)
