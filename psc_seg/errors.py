@@ -50,3 +50,16 @@ def note(message: str | None) -> None:
     where a check returns a note or None)."""
     if message:
         warnings.warn(message, Note, stacklevel=2)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C in a command that keeps what it has written (a ``last.pt``, finished blocks).
+
+    ``kept`` says what, in one line (``"3 of 8 blocks of 'affs.zarr' written and kept"``);
+    ``resumable``: rerunning the command with ``--resume`` continues from it (else the command
+    starts again). The CLI prints ``interrupted: <kept>; continue with `<command> --resume```
+    on stderr and exits with status 130, without a traceback."""
+
+    def __init__(self, kept: str, *, resumable: bool = True) -> None:
+        super().__init__(kept)
+        self.kept, self.resumable = kept, resumable

@@ -3,11 +3,14 @@
 User mistakes (:class:`psc_seg.errors.UserError`) become one line ``error: ...`` on stderr and
 exit status 2, with the parameters they name spelled as the command's flags (``resume`` ->
 ``--resume``); ``psc-seg --debug COMMAND`` shows the traceback instead. Notes
-(:class:`psc_seg.errors.Note`) become one line ``note: ...`` on stderr each.
+(:class:`psc_seg.errors.Note`) become one line ``note: ...`` on stderr each. Ctrl-C ends a
+command with status 130 and one line: what it kept and the command that continues it
+(:class:`psc_seg.errors.Interrupted`), or ``interrupted``.
 """
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from typing import Annotated
 
@@ -17,12 +20,16 @@ from typer.core import TyperGroup
 
 from psc_seg import __version__
 from psc_seg.allocator import keep_freed_memory
-from psc_seg.errors import Note, UserError
+from psc_seg.errors import Interrupted, Note, UserError
 
 
 class PscGroup(TyperGroup):
     """Top-level group: turns a UserError raised anywhere below into a one-line error, and
     prints each Note as a one-line note."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["psc_seg.args"] = list(args)  # the command line, for the --resume command after Ctrl-C
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -37,6 +44,22 @@ class PscGroup(TyperGroup):
             message = text.splitlines()[0] if text else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt as exc:
+            if ctx.params.get("debug"):
+                raise
+            typer.echo(_interrupted(exc, ctx.meta.get("psc_seg.args", [])), err=True)
+            raise typer.Exit(code=130) from None
+
+
+def _interrupted(exc: KeyboardInterrupt, args: list[str]) -> str:
+    """What to tell after Ctrl-C: what was kept and the command that continues
+    (:class:`~psc_seg.errors.Interrupted`), or just that it stopped."""
+    if not isinstance(exc, Interrupted):
+        return "interrupted"
+    words = [w for w in args if w not in ("--resume", "--overwrite")]  # they exclude each other
+    if exc.resumable:
+        return f"interrupted: {exc.kept}; continue with `{shlex.join(['psc-seg', *words, '--resume'])}`"
+    return f"interrupted: {exc.kept}; run `{shlex.join(['psc-seg', *words])}` again to start over"
 
 
 def _show(show_other):

@@ -62,7 +62,8 @@ def predict_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict affinities (UNet) or class probabilities and labels (DenseNet) for INPUT, block by
-    block, with the network in CHECKPOINT; write them to OUTPUT."""
+    block, with the network in CHECKPOINT; write them to OUTPUT. Ctrl-C keeps the finished
+    blocks and prints the command that continues (--resume)."""
     from psc_seg.pipelines.predict import predict
 
     summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,

@@ -44,7 +44,8 @@ def segment_command(
         typer.Option("--allow-incomplete", help="Segment affinities that psc-seg marked unfinished (refused by default)."),
     ] = False,
 ) -> None:
-    """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background)."""
+    """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background). Ctrl-C says
+    what is kept (blockwise: the finished blocks of each step) and the command that continues."""
     from psc_seg.pipelines.segment import segment
 
     outputs = segment(

@@ -42,7 +42,8 @@ def train_command(
     ] = False,
 ) -> None:
     """Train a model on labelled volumes as CONFIG says; write checkpoints, metrics.csv and
-    curves into the run folder. Ctrl-C saves checkpoints/last.pt; --resume continues."""
+    curves into the run folder. Ctrl-C saves checkpoints/last.pt and prints the command that
+    continues (--resume)."""
     from psc_seg.errors import UserError
     from psc_seg.train.config import list_presets as presets
 
@@ -53,14 +54,9 @@ def train_command(
     if config is None:
         raise UserError("give a CONFIG file or preset name, e.g. `psc-seg train em/demo-small` (see --list-presets)")
     from psc_seg.pipelines.train import train
-    from psc_seg.train.loop import TrainingInterrupted
 
-    try:
-        summary = train(config, out=out, resume=resume, overwrite=overwrite, iterations=iterations, device=device,
-                        overrides=set_ or [], quiet=quiet, allow_incomplete=allow_incomplete)
-    except TrainingInterrupted as exc:
-        typer.echo(f"{exc}; continue with --resume", err=True)
-        raise typer.Exit(code=130) from None
+    summary = train(config, out=out, resume=resume, overwrite=overwrite, iterations=iterations, device=device,
+                    overrides=set_ or [], quiet=quiet, allow_incomplete=allow_incomplete)
     best = f", best {summary['best_value']:.4f} at iteration {summary['best_iteration']}" if summary["best_value"] is not None else ""
     typer.echo(f"trained to iteration {summary['iteration']} (loss {summary['loss']:.4f}{best}); "
                f"checkpoints in {summary['run_dir']}/checkpoints")

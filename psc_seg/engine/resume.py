@@ -207,6 +207,11 @@ class PreparedOutputs:
         _swap_in(self.specs, self.staged)
         self.close()
 
+    def written_to(self) -> str:
+        """Where the run writes, for messages: the outputs, or their replacements beside them."""
+        where = ", ".join(repr(self.staged.get(name, spec)) for name, spec in self.specs.items())
+        return f"{where} (beside the old output, which is unchanged)" if self.staged else where
+
     def close(self) -> None:
         """Give the outputs up (another run may write them)."""
         for owner in self.owners:

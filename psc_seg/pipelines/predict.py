@@ -38,7 +38,7 @@ from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, cap_block_shape, default_block_shape,
     exact_fits, plan_geometry, prepare_model, reads_receptive_field, resolve_precision,
 )
-from psc_seg.errors import UserError, check_exclusive, note
+from psc_seg.errors import Interrupted, UserError, check_exclusive, note
 from psc_seg.io import (
     check_apart, check_image, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
 )
@@ -201,6 +201,8 @@ def predict(
             otherwise a note says the result is not exact near block borders.
 
     Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second.
+    Ctrl-C raises :class:`~psc_seg.errors.Interrupted` saying how many blocks are kept (the
+    output stays unfinished; ``resume`` continues it).
     Checks skipped or overridden, and an unfinished input used, are told as
     :class:`~psc_seg.errors.Note` warnings (the CLI prints them as ``note: ...``).
     """
@@ -272,9 +274,13 @@ def predict(
             geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
             threads=threads, precision=precision,
         )
-        stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
-                              batch_size=batch_size if batch_size > 1 else None, record=prepared.record,
-                              progress=progress, desc="predict")
+        try:
+            stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
+                                  batch_size=batch_size if batch_size > 1 else None, record=prepared.record,
+                                  progress=progress, desc="predict")
+        except KeyboardInterrupt:
+            raise Interrupted(f"{len(prepared.record.done_ids())} of {len(blocks)} blocks written to "
+                              f"{prepared.written_to()} are kept") from None
         prepared.finish(writer.finalize)
     return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped,
                     seconds=stats.seconds, voxels=stats.voxels)
@@ -305,3 +311,4 @@ def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, 
              voxels: int) -> dict[str, Any]:
     return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "seconds": seconds,
             "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}
+

@@ -197,7 +197,8 @@ def segment(
             :func:`affinity_offsets`).
 
     Returns:
-        The output specs written, in the order of ``thresholds``.
+        The output specs written, in the order of ``thresholds``. Ctrl-C raises
+        :class:`~psc_seg.errors.Interrupted` saying what is kept.
     """
     settings = SegmentSettings(affinities, thresholds=thresholds, scoring=scoring or DEFAULT_SCORING,
                                fragments=fragments, decoder=decoder, min_size=min_size, block_shape=block_shape)

@@ -44,7 +44,7 @@ import numpy as np
 
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise
 from psc_seg.engine.executor import local_cluster
-from psc_seg.errors import UserError
+from psc_seg.errors import Interrupted, UserError
 from psc_seg.files import atomic_path, fixable_writes
 from psc_seg.segment.agglomerate import scored_edges
 from psc_seg.segment.components import affinity_components, joins, merge_fragments
@@ -219,7 +219,8 @@ def run_steps(steps: Sequence[Step], *, work: Path, settings: dict[str, Any], la
               run: dict[str, Any]) -> None:
     """Run ``steps`` in order: blockwise ones through :func:`run_blockwise`, each resumable
     through its record ``work/<name>.record`` (kept while made for ``settings``), global
-    ones unless their ``done`` says so. Progress bars read ``"<i>/<n> <name><label>"``.
+    ones unless their ``done`` says so. Progress bars read ``"<i>/<n> <name><label>"``. Ctrl-C
+    raises :class:`~psc_seg.errors.Interrupted` naming the step and the blocks it finished.
 
     ``run``: ``run_blockwise``'s ``workers``, ``scheduler`` and ``progress``. A full disk or
     a folder made unwritable under ``work`` is one line saying to resume.
@@ -236,13 +237,21 @@ def _run_steps(steps: Sequence[Step], *, work: Path, settings: dict[str, Any], l
         if not seen.issuperset(step.upstream):
             raise ValueError(f"step {step.name!r} runs before its upstream {sorted(set(step.upstream) - seen)}")
         seen.add(step.name)
+        where = f"step {number}/{len(steps)} ({step.name}{label})"
         if step.blocks is None:
             if step.done is None or not step.done():
-                step.process()
+                try:
+                    step.process()
+                except KeyboardInterrupt:
+                    raise Interrupted(f"stopped in {where}; the steps before it are kept") from None
             continue
         record = _record(work / f"{step.name}.record", {**settings, "step": step.name})
-        run_blockwise(step.blocks, step.process, record=record, desc=f"{number}/{len(steps)} {step.name}{label}",
-                      **run)
+        try:
+            run_blockwise(step.blocks, step.process, record=record, desc=f"{number}/{len(steps)} {step.name}{label}",
+                          **run)
+        except KeyboardInterrupt:
+            raise Interrupted(f"stopped in {where} with {len(record.done_ids())} of {len(step.blocks)} blocks done; "
+                              "they and the steps before are kept") from None
 
 
 def _pass_steps(affs, volumes: Sequence, work: Path, *, settings: SegmentSettings, group: Sequence[float],
@@ -331,8 +340,11 @@ def _run(affs, prepared, outputs: Sequence[str], *, settings: SegmentSettings, h
             targets = [volumes[thresholds.index(t)] for t in group]
             steps = _pass_steps(affs, targets, step_work, settings=settings, group=group, prefix=prefix,
                                 blocks=blocks, stride=stride, total=total)
-            run_steps(steps, work=step_work, settings={**hashed, "pass": group}, label=_label(group, passes),
-                      run=run)
+            try:
+                run_steps(steps, work=step_work, settings={**hashed, "pass": group}, label=_label(group, passes),
+                          run=run)
+            except Interrupted as exc:
+                raise Interrupted(f"{prepared.written_to()} unfinished, {exc.kept}") from None
     prepared.finish()
     shutil.rmtree(work, ignore_errors=True)
 

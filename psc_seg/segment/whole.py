@@ -75,12 +75,13 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         progress: a progress bar over the three steps (read, decode, write).
 
     Returns:
-        ``outputs``.
+        ``outputs``. Ctrl-C raises :class:`~psc_seg.errors.Interrupted`: resumable once writing
+        has started; before, nothing was written.
     """
     from tqdm.auto import tqdm
 
     from psc_seg.engine.resume import existing_outputs
-    from psc_seg.errors import UserError
+    from psc_seg.errors import Interrupted, UserError
     from psc_seg.segment.outputs import open_outputs
 
     outputs = list(outputs)
@@ -93,6 +94,7 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     # any old ones, which stay until the new ones are complete) only once the affinities have
     # been read and checked (NaNs) and segmented, so a failure leaves nothing to clear away
     prepared = prepare() if resume else None
+    writing = False
     try:
         if prepared is not None and prepared.done:
             return outputs
@@ -111,11 +113,18 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
             )
             bar.update()
             bar.set_postfix_str("writing")
+            writing = True
             prepared = prepared or prepare()
             for spec, labels in zip(outputs, segmentations):
                 prepared.volumes[spec].write((slice(None),) * 3, labels)
             prepared.finish()
             bar.update()
+    except KeyboardInterrupt:
+        if not writing:
+            raise Interrupted("stopped before writing; nothing was written and existing outputs are as they were",
+                              resumable=False) from None
+        where = prepared.written_to() if prepared is not None else ", ".join(outputs)
+        raise Interrupted(f"stopped while writing: {where} unfinished") from None
     finally:
         if prepared is not None:
             prepared.close()

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from psc_seg.errors import UserError
+from psc_seg.errors import Interrupted, UserError
 from psc_seg.files import atomic_path
 from psc_seg.models import read_checkpoint, save_checkpoint
 from psc_seg.train.config import TrainConfig
@@ -58,11 +58,11 @@ class Validator(Protocol):
         ...
 
 
-class TrainingInterrupted(KeyboardInterrupt):
+class TrainingInterrupted(Interrupted):
     """Ctrl-C during training, after ``last.pt`` was written (``checkpoint``, ``iteration``)."""
 
     def __init__(self, checkpoint: Path, iteration: int) -> None:
-        super().__init__(f"interrupted at iteration {iteration}; {checkpoint} saved")
+        super().__init__(f"training stopped at iteration {iteration}; {checkpoint} saved")
         self.checkpoint, self.iteration = checkpoint, iteration
 
 
