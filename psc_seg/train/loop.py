@@ -320,11 +320,13 @@ class Trainer:
                     f"{list(self.config.train.patch_shape)} leaves one voxel per channel at the model's coarsest "
                     "batch norm; raise train.batch_size or train.patch_shape"
                 ) from None
+        diverged = (f"at iteration {self.state.iteration + 1}: training diverged; lower train.lr "
+                    f"(now {self.config.train.lr:g}) and start again with {{overwrite}}, or check the data")
+        if not torch.isfinite(prediction).all():  # the losses would fail on it with their own traceback
+            raise UserError(f"the network's output is NaN or infinite {diverged}", options=("overwrite",))
         loss = compute_loss(self.config, prediction.float(), batch)  # losses in float32, outside autocast
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss is {loss.item()} at iteration {self.state.iteration + 1}; lower train.lr or check the data"
-            )
+            raise UserError(f"the loss is {loss.item()} {diverged}", options=("overwrite",))
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -261,6 +261,14 @@ def test_a_data_fault_found_in_a_loader_worker_is_one_line(tmp_path):
     _fails(["train", config, "--out", str(tmp_path / "run"), "-q"], "no training patch with labelled voxels")
 
 
+def test_training_that_diverges_is_one_line_and_overwrite_starts_again(tmp_path, em_volume):
+    config = _config(tmp_path, em_volume, checkpoint_every=1)
+    run = tmp_path / "run"
+    _fails(["train", config, "--out", str(run), "-q", "--set", "train.lr=1e8"], "at iteration 2: training diverged",
+           "lower train.lr (now 1e+08)", "--overwrite")
+    _train([config, "--out", str(run), "--overwrite"])
+
+
 # ------------------------------------------------------------------ case 4: options checked before outputs
 
 @pytest.mark.parametrize("args, words", [
