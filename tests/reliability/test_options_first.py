@@ -28,6 +28,16 @@ def _free_port() -> int:
 NOBODY = f"tcp://127.0.0.1:{_free_port()}"
 
 
+def _ids(cases) -> list[str]:
+    """Test ids from the options of each case: ``workers_-1``, ``scheduler_unreachable``."""
+    def word(option: str) -> str:
+        if option == NOBODY:
+            return "unreachable"
+        return option if option.lstrip("-").replace(".", "").isdigit() else option.lstrip("-")
+
+    return ["_".join(map(word, options)) for options, _ in cases]
+
+
 def _listing(folder):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -61,7 +71,7 @@ def affinities(tmp_path_factory, checkpoint):
     return str(folder / "affs.zarr")
 
 
-@pytest.mark.parametrize("options, words", [
+PREDICT_CASES = [
     (["--workers", "-1"], ["Invalid value for '--workers'"]),
     (["--batch-size", "0"], ["Invalid value for '--batch-size'"]),
     (["--block-shape", "5", "8", "8"], ["--block-shape 5 8 8 must be a multiple of the model's shape step"]),
@@ -73,7 +83,10 @@ def affinities(tmp_path_factory, checkpoint):
     (["--scheduler", NOBODY], [f"cannot reach the dask scheduler at '{NOBODY}'"]),
     (["--workers", "1", "--scheduler", NOBODY], ["--workers and --scheduler exclude each other"]),
     (["--resume", "--overwrite"], ["--resume and --overwrite exclude each other"]),
-])
+]
+
+
+@pytest.mark.parametrize("options, words", PREDICT_CASES, ids=_ids(PREDICT_CASES))
 def test_predict_bad_option_makes_no_output(tmp_path, raw_zarr, checkpoint, options, words):
     out = str(tmp_path / "pred.zarr")
     _refused(["predict", str(checkpoint), raw_zarr, out, "-q", *options], words, tmp_path)
@@ -82,9 +95,7 @@ def test_predict_bad_option_makes_no_output(tmp_path, raw_zarr, checkpoint, opti
 
 
 BLOCKS = ["--block-shape", "16", "16", "16"]
-
-
-@pytest.mark.parametrize("options, words", [
+SEGMENT_CASES = [
     (["--workers", "-1", *BLOCKS], ["--workers must be >= 0, got -1"]),
     (["--workers", "-1"], ["--workers / --scheduler need --block-shape"]),
     (["--scheduler", NOBODY, *BLOCKS], [f"cannot reach the dask scheduler at '{NOBODY}'"]),
@@ -99,7 +110,10 @@ BLOCKS = ["--block-shape", "16", "16", "16"]
     (["--offsets", "[[1]]"], ["--offsets must be a list of (dz, dy, dx) triples"]),
     (["-t", "0.5", "-t", "0.501"], ["give the same output name at two decimals"]),
     (["--resume", "--overwrite"], ["--resume and --overwrite exclude each other"]),
-])
+]
+
+
+@pytest.mark.parametrize("options, words", SEGMENT_CASES, ids=_ids(SEGMENT_CASES))
 def test_segment_bad_option_makes_no_output(tmp_path, affinities, options, words):
     out = str(tmp_path / "seg.zarr")
     _refused(["segment", affinities, out, "-q", *options], words, tmp_path)
@@ -143,7 +157,7 @@ def test_evaluate_json_that_is_a_folder_fails_before_scoring(tmp_path, labels, n
     ("missing/scores.json", ["is in a folder that does not exist"]),
     ("notes.txt", ["exists and is not an evaluate report"]),
     ("gt.zarr/scores.json", ["lies in the input"]),
-])
+], ids=["missing-folder", "not-a-report", "inside-an-input"])
 def test_evaluate_json_that_would_destroy_something_fails_before_scoring(tmp_path, labels, no_scoring, where,
                                                                           words):
     (tmp_path / "notes.txt").write_text("mine")

@@ -235,7 +235,8 @@ def test_resume_from_a_last_pt_without_optimizer_state(tmp_path, em_volume):
 
 # ------------------------------------------------------------------ case 3: NaN / Inf in raw
 
-@pytest.mark.parametrize("preload, normalize", [(False, "uint8"), (False, "zscore"), (True, "zscore")])
+@pytest.mark.parametrize("preload, normalize", [(False, "uint8"), (False, "zscore"), (True, "zscore")],
+                         ids=["lazy-uint8", "lazy-zscore", "preload-zscore"])
 def test_nan_or_inf_in_raw_is_refused_naming_the_volume_and_voxel(tmp_path, preload, normalize):
     labels = blob_labels()
     raw = np.where(labels == 0, 60.0, 180.0).astype(np.float32)
@@ -276,7 +277,7 @@ def test_training_that_diverges_is_one_line_and_overwrite_starts_again(tmp_path,
     (["--set", "train.batch_size=0"], ["train.batch_size"]),
     (["--set", "train.itertions=3"], ["did you mean 'train.iterations'"]),
     (["--resume"], ["nothing to resume"]),
-])
+], ids=["device", "batch_size-0", "misspelt-key", "resume-nothing"])
 def test_train_bad_option_leaves_no_run_folder(tmp_path, em_volume, args, words):
     run = tmp_path / "run"
     _fails(["train", _config(tmp_path, em_volume), "--out", str(run), *args], *words)
