@@ -209,7 +209,7 @@ class PreparedOutputs:
 
     def written_to(self) -> str:
         """Where the run writes, for messages: the outputs, or their replacements beside them."""
-        where = ", ".join(repr(self.staged.get(name, spec)) for name, spec in self.specs.items())
+        where = ", ".join(self.staged.get(name, spec) for name, spec in self.specs.items())
         return f"{where} (beside the old output, which is unchanged)" if self.staged else where
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from psc_seg.device import resolve_device
+from psc_seg.engine.owner import OutputOwner
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
@@ -245,6 +246,18 @@ def train(
     if config_file is not None and config_file.resolve() == (run_dir / "config.yaml").resolve():
         raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another {{out}}",
                         options=("out",))
+    # one trainer per run folder (a killed one's is taken over by resume); given up however this ends
+    owner = OutputOwner(run_dir.with_name(f".{run_dir.name}.psc-seg-owner"), str(run_dir))
+    owner.acquire(resume=resume)
+    try:
+        return _train(cfg, run_dir, config_file=config_file, resume=resume, overwrite=overwrite,
+                      device=torch_device, quiet=quiet, allow_incomplete=allow_incomplete)
+    finally:
+        owner.release()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, *, config_file: Path | None, resume: bool, overwrite: bool, device,
+           quiet: bool, allow_incomplete: bool) -> dict[str, Any]:
     # refusals first (a folder that is not a run, a run without resume / overwrite): before any work
     folder = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, config_file=config_file)
     model, input_shape, train_volumes, validation_volumes = prepare(cfg, allow_incomplete=allow_incomplete)
@@ -274,7 +287,7 @@ def train(
         "output_shape": list(cfg.train.patch_shape),
     }
     trainer = Trainer(config=cfg, model=model, dataset=dataset, run_dir=run_dir, metadata=metadata,
-                      validator=validator, device=torch_device, quiet=quiet)
+                      validator=validator, device=device, quiet=quiet)
     summary = trainer.fit(resume_from=folder.resume_from)
     return {"run_dir": str(run_dir), "last": str(run_dir / "checkpoints" / "last.pt"),
             "best": str(run_dir / "checkpoints" / "best.pt"), **summary}

@@ -124,7 +124,7 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
             raise Interrupted("stopped before writing; nothing was written and existing outputs are as they were",
                               resumable=False) from None
         where = prepared.written_to() if prepared is not None else ", ".join(outputs)
-        raise Interrupted(f"stopped while writing: {where} unfinished") from None
+        raise Interrupted(f"stopped while writing {where}, which the run has not finished") from None
     finally:
         if prepared is not None:
             prepared.close()

@@ -169,8 +169,8 @@ def test_ctrl_c_while_whole_volume_segment_writes_says_resume(tmp_path, affiniti
     finalize = interrupt_at_call(monkeypatch, ZarrVolume, "finalize", 2)
     args = ["segment", affinities, str(out), "-q", "-t", "0.3", "-t", "0.6"]
     assert_interrupted(args, (
-        f"interrupted: stopped while writing: 1 of 2 outputs finished, {out}/threshold_0.60 unfinished; continue "
-        f"with `psc-seg {' '.join(args)} --resume`"))
+        f"interrupted: stopped while writing {out}/threshold_0.30, {out}/threshold_0.60, which the run has not "
+        f"finished; continue with `psc-seg {' '.join(args)} --resume`"))
     monkeypatch.setattr(ZarrVolume, "finalize", finalize)
     assert runner.invoke(app, [*args, "--resume"]).exit_code == 0
     reference = tmp_path / "reference.zarr"

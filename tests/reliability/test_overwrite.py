@@ -138,3 +138,24 @@ def test_a_nifti_segmentation_is_replaced_in_one_rename(tmp_path):
     assert seg.read_bytes() != before and open_volume(str(seg)).complete
     left = sorted(p.name for p in tmp_path.iterdir() if "seg." in p.name)
     assert left == [".seg.nii.gz.psc-seg-blocks", "seg.nii.gz"]  # its record; no replacement, no owner left
+
+
+def test_ctrl_c_during_an_overwrite_says_the_old_output_is_unchanged(tmp_path, raw_zarr, checkpoint, monkeypatch):
+    out = str(tmp_path / "affs.zarr")
+    predict(checkpoint, raw_zarr, out, block_shape=(16, 16, 16), progress=False)
+    original, calls = BlockPredictor.__call__, itertools.count()
+
+    def ctrl_c_at_the_third_block(self, task):
+        if next(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, task)
+
+    monkeypatch.setattr(BlockPredictor, "__call__", ctrl_c_at_the_third_block)
+    args = ["predict", str(checkpoint), raw_zarr, out, "--block-shape", "16", "16", "16", "--dtype", "uint8",
+            "--overwrite", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"interrupted: 2 of 8 blocks written to {staged_spec(out)} (beside the old output, which is "
+                    f"unchanged) are kept; continue with `psc-seg {' '.join(args[:-2])} -q --resume`")
+    assert open_volume(out).complete and open_volume(out).dtype == np.float32

@@ -145,3 +145,36 @@ def test_two_runs_cannot_both_own_an_output(tmp_path):
         first.check()
     second.release()
     assert not path.exists()
+
+
+def test_two_trainers_of_one_run_folder(tmp_path):
+    """A second ``psc-seg train --out RUN`` while one runs is refused; once the first is gone,
+    its run is taken over by ``--resume`` only."""
+    import h5py
+    import json
+    import yaml
+
+    from tests.train.conftest import blob_labels, em_config
+
+    labels = blob_labels()
+    with h5py.File(tmp_path / "em.h5", "w") as f:
+        f["raw"], f["gt"] = np.where(labels == 0, 60, 180).astype(np.uint8), labels
+    config = em_config({"raw": f"{tmp_path}/em.h5:/raw", "labels": f"{tmp_path}/em.h5:/gt"}, iterations=2)
+    config["data"]["validation"] = []
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    args = ["train", str(tmp_path / "c.yaml"), "--out", str(run), "-q"]
+    first = OutputOwner(tmp_path / ".run.psc-seg-owner", str(run))  # a trainer of this (living) process
+    first.acquire()
+    line = _one_error(runner.invoke(app, args))
+    assert f"output '{run}' is being written by another psc-seg run, pid {os.getpid()}" in line
+    assert not run.exists()
+    first.release()
+    assert runner.invoke(app, args).exit_code == 0
+    gone = {"host": socket.gethostname(), "pid": 2 ** 22 + 1, "token": "killed"}  # no such process
+    (tmp_path / ".run.psc-seg-owner").write_text(json.dumps(gone))
+    line = _one_error(runner.invoke(app, [*args, "--overwrite"]))
+    assert "belongs to an interrupted run" in line and "pass --resume to continue it" in line
+    result = runner.invoke(app, [*args, "--resume", "--iterations", "3"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / ".run.psc-seg-owner").exists()
