@@ -17,9 +17,10 @@ from psc_seg.engine.owner import OutputOwner
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
-from psc_seg.io import check_image, normalize, open_volume, resolve_normalization
+from psc_seg.engine import Roi
+from psc_seg.io import Volume, check_image, normalize, open_volume, resolve_normalization
 from psc_seg.owned import marked_entries, marker_path, other_entries, remove_entries, write_marker
-from psc_seg.train.config import TrainConfig, VolumeSet, load_config
+from psc_seg.train.config import TrainConfig, VolumeSet, WorldRoi, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
 from psc_seg.train.loop import Trainer, check_resumable
 from psc_seg.train.model import build_training_model, check_patch_shape
@@ -46,8 +47,12 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
 
     ``allow_incomplete``: use volumes psc-seg marked unfinished (a note says so).
 
+    Labels and mask may cover a sub-region of the raw, placed by their world offsets
+    (:func:`place_in_raw`); ``volume_set.roi`` restricts the sampled region (:func:`roi_in_raw`).
+
     Raises:
-        UserError: shapes that disagree, labels that are not integers, a volume psc-seg
+        UserError: labels or mask that do not lie on the raw's voxel grid inside it, a ``roi``
+            outside the labels, labels that are not integers, a volume psc-seg
             marked unfinished (:func:`~psc_seg.engine.resume.check_finished`), raw that holds
             NaN or infinite values (:func:`check_finite`; float raw read lazily is read once
             for it).
@@ -63,12 +68,9 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
         raise UserError(f"labels {volume_set.labels!r} have {labels.channels} channels; give one (z, y, x) label volume")
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"labels {volume_set.labels!r} are {labels.dtype}; labels must be integers")
-    for other, name in ((labels, "labels"), (mask, "mask")):
-        if other is not None and other.spatial_shape != raw.spatial_shape:
-            raise UserError(
-                f"{name} {other.spec!r} has shape {other.spatial_shape} but raw {raw.spec!r} has {raw.spatial_shape}; "
-                "they must cover the same voxels"
-            )
+    labels_roi = place_in_raw(labels, raw, "labels")
+    mask_roi = place_in_raw(mask, raw, "mask") if mask is not None else None
+    roi = roi_in_raw(volume_set.roi, raw, labels, labels_roi) if volume_set.roi is not None else None
     if preload:
         raw_data, label_data = raw.read(), labels.read()
         mask_data = mask.read() if mask is not None else None
@@ -78,8 +80,85 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
     spec = resolve_normalization(config.data.normalize.metadata(), raw)
     return LabelledVolume(
         name=raw.spec, raw=raw_data, labels=label_data, mask=mask_data, voxel_size=raw.voxel_size,
+        labels_roi=labels_roi, mask_roi=mask_roi, roi=roi,
         normalize=functools.partial(normalize, spec=spec), meta={"normalize": spec, "raw": volume_set.raw, "labels": volume_set.labels, "unit": raw.unit},
     )
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def world_roi(volume: Volume) -> str:
+    """``volume``'s region in world units, for messages: ``"z 0:512, y 0:768, x 0:768 nanometer"``."""
+    ends = [o + s * v for o, s, v in zip(volume.offset, volume.spatial_shape, volume.voxel_size)]
+    text = ", ".join(f"{a} {b:g}:{e:g}" for a, b, e in zip("zyx", volume.offset, ends))
+    return f"{text} {volume.unit}" if volume.unit else text
+
+
+def place_in_raw(other: Volume, raw: Volume, role: str) -> Roi:
+    """Where ``other`` (the ``role`` volume: labels or mask) lies, in voxels of ``raw``:
+    ``(other.offset - raw.offset) / voxel_size``. A volume without a voxel size in its
+    metadata (or a raw without one) is aligned by index, so it must have the raw's shape.
+
+    Raises:
+        UserError: no voxel size and another shape; another voxel size than the raw's; an
+            offset difference that is not a multiple of the voxel size; not inside the raw.
+    """
+    shape = other.spatial_shape
+    if not (raw.has_voxel_size and other.has_voxel_size):
+        if shape != raw.spatial_shape:
+            missing = role if not other.has_voxel_size else "raw"
+            raise UserError(
+                f"{role} {other.spec!r} has shape {shape} but raw {raw.spec!r} has {raw.spatial_shape}, and without "
+                f"a voxel size in the metadata of the {missing} one cannot be placed within the other; give both voxel "
+                f"size and offset metadata (resolution / offset attributes or OME-Zarr scale / translation), or "
+                f"{role} of the raw's shape"
+            )
+        return Roi((0, 0, 0), shape)
+    if not np.allclose(other.voxel_size, raw.voxel_size, rtol=1e-4, atol=0):
+        raise UserError(
+            f"{role} {other.spec!r} has voxel size {_numbers(other.voxel_size)} but raw {raw.spec!r} has "
+            f"{_numbers(raw.voxel_size)}; resample the {role} to the raw's voxel size"
+        )
+    steps = np.subtract(other.offset, raw.offset) / np.asarray(raw.voxel_size)
+    if not np.allclose(steps, np.round(steps), atol=1e-3):
+        raise UserError(
+            f"{role} {other.spec!r} at offset {_numbers(other.offset)} is off the voxel grid of raw {raw.spec!r} "
+            f"(offset {_numbers(raw.offset)}, voxel size {_numbers(raw.voxel_size)}): the offsets differ by "
+            f"{_numbers(np.subtract(other.offset, raw.offset))}, not a multiple of the voxel size"
+        )
+    placed = Roi(np.round(steps).astype(int).tolist(), shape)
+    if not Roi((0, 0, 0), raw.spatial_shape).contains(placed):
+        raise UserError(
+            f"{role} {other.spec!r} ({world_roi(other)}) is not inside raw {raw.spec!r} ({world_roi(raw)}); "
+            f"give {role} that lie inside the raw"
+        )
+    return placed
+
+
+def roi_in_raw(roi: WorldRoi, raw: Volume, labels: Volume, labels_roi: Roi) -> Roi:
+    """A config ``roi`` (world units) in voxels of ``raw``.
+
+    Raises:
+        UserError: a ``roi`` off the raw's voxel grid or not inside the labels.
+    """
+    voxel_size = np.asarray(raw.voxel_size)
+    begin = np.subtract(roi.offset, raw.offset) / voxel_size
+    shape = np.asarray(roi.shape) / voxel_size
+    if not (np.allclose(begin, np.round(begin), atol=1e-3) and np.allclose(shape, np.round(shape), atol=1e-3)):
+        raise UserError(
+            f"roi (offset {_numbers(roi.offset)}, shape {_numbers(roi.shape)}) of labels {labels.spec!r} is off the "
+            f"voxel grid of raw {raw.spec!r} (offset {_numbers(raw.offset)}, voxel size {_numbers(raw.voxel_size)}); "
+            "give multiples of the voxel size from the raw's offset"
+        )
+    placed = Roi(np.round(begin).astype(int).tolist(), np.round(shape).astype(int).tolist())
+    if not labels_roi.contains(placed):
+        ends = [o + s for o, s in zip(roi.offset, roi.shape)]
+        text = ", ".join(f"{a} {b:g}:{e:g}" for a, b, e in zip("zyx", roi.offset, ends))
+        raise UserError(f"roi ({text}) is not inside labels {labels.spec!r}, which cover {world_roi(labels)}; "
+                        "give a roi inside the labels")
+    return placed
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ lives with the stages; :class:`psc_seg.train.loop.Trainer` calls it through its 
 protocol).
 
 The checkpoint just written (``last.pt``) goes through the blockwise ``predict`` pipeline on
-each validation volume (outputs kept in ``RUN_DIR/validation/``), then:
+each validation volume (outputs kept in ``RUN_DIR/validation/``), over the whole raw so that
+the labelled region has its true context; the scores are taken on the labelled region (labels,
+mask and ``roi``: the volume's ``sample_roi``), then:
 
 - EM (affinities): ``segment_affinities`` (waterz at ``validation.thresholds``) of the
   nearest-neighbour channels, picked by the offsets stored with the predicted affinities as
@@ -42,12 +44,15 @@ def _predict(checkpoint: Path, raw: str, output: Path, *, config: TrainConfig, d
                        device=str(device), overwrite=True, progress=False, allow_incomplete=True)
 
 
-def _labels_and_mask(volume: LabelledVolume) -> tuple[np.ndarray, np.ndarray | None]:
-    gt = np.asarray(volume.labels.read() if hasattr(volume.labels, "read") else volume.labels)
+def _scored(volume: LabelledVolume) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray | None]:
+    """The region scored, as slices of the raw (and so of the prediction, which covers the raw):
+    the volume's ``sample_roi`` (labels, mask and roi); and the labels and mask there."""
+    region = volume.sample_roi
+    gt = np.asarray(volume.labels[region.relative_to(volume.labels_roi).to_slices()])
     if volume.mask is None:
-        return gt, None
-    mask = np.asarray(volume.mask.read() if hasattr(volume.mask, "read") else volume.mask) != 0
-    return gt, mask
+        return region.to_slices(), gt, None
+    mask = np.asarray(volume.mask[region.relative_to(volume.mask_roi).to_slices()]) != 0
+    return region.to_slices(), gt, mask
 
 
 class AffinityValidator:
@@ -74,10 +79,10 @@ class AffinityValidator:
             output = self.folder / f"{index}-affinities.zarr"
             _predict(checkpoint, volume.meta["raw"], output, config=self.config, device=device)
             predicted = open_volume(str(output))
-            segmentations = segment_affinities(predicted.read(), thresholds=self.thresholds,
+            region, gt, mask = _scored(volume)
+            segmentations = segment_affinities(predicted.read(region), thresholds=self.thresholds,
                                                scoring=self.config.validation.scoring,
                                                offsets=affinity_offsets(predicted))
-            gt, mask = _labels_and_mask(volume)
             if mask is not None:  # voxels outside the mask count as unlabelled ground truth
                 gt = np.where(mask, gt, 0)
             result.append([instance_scores(contingency_table(gt, seg)) for seg in segmentations])
@@ -119,8 +124,8 @@ class SemanticValidator:
         for index, volume in enumerate(self.volumes):
             output = self.folder / f"{index}-classes.zarr"
             _predict(checkpoint, volume.meta["raw"], output, config=self.config, device=device)
-            prediction = open_volume(f"{output}/labels").read()
-            gt, mask = _labels_and_mask(volume)
+            region, gt, mask = _scored(volume)
+            prediction = open_volume(f"{output}/labels").read(region)
             if mask is not None:
                 gt, prediction = gt[mask], prediction[mask]
             dice, mean = dice_scores(gt.astype(np.int64), prediction.astype(np.int64))

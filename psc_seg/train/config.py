@@ -6,7 +6,7 @@ Shape of a config (every section but ``model``, ``task`` and ``data.train`` has 
             downsample_factors: [[2,2,2],[2,2,2]]}     # keys but name/conv go to the builder
     task: {kind: affinities, offsets: [[-1,0,0],[0,-1,0],[0,0,-1]]}  # or {kind: semantic, num_classes: 4}
     data:
-      train: [{raw: train-image.h5:/stack, labels: train-gt.lzf.h5:/stack}]  # optional mask:
+      train: [{raw: train-image.h5:/stack, labels: train-gt.lzf.h5:/stack}]  # optional mask, roi:
       validation: [{raw: test-image.h5:/stack, labels: test-gt.lzf.h5:/stack}]
       normalize: {kind: uint8}                            # or percentile / zscore (MRI)
       zero_label: ignore                                   # or boundary (label 0 = cell boundary)
@@ -19,6 +19,15 @@ Shape of a config (every section but ``model``, ``task`` and ``data.train`` has 
 :func:`list_presets`). ``--set key.path=value`` overrides any key by its dotted path, the value
 parsed as YAML. Volume paths are relative to the current directory. An unknown or misspelt key
 is a :class:`~psc_seg.errors.UserError` naming it, the allowed keys and the closest one.
+
+Labels (and a mask) may cover a sub-region of the raw, as in CREMI and daisy containers: they
+are placed by their world offsets and voxel sizes (the same as the raw's). Training patches are
+drawn so that the network's output lies inside the labels (and mask); its input reads the raw
+around them. ``roi: {offset: [z, y, x], shape: [z, y, x]}`` on a volume, in world units (nm for
+EM, mm for MRI, as the volume's offset), restricts training patches (and validation scores) to
+that region of the labels::
+
+    train: [{raw: c.zarr/raw, labels: c.zarr/gt, roi: {offset: [400, 800, 800], shape: [96, 192, 192]}}]
 """
 
 from __future__ import annotations
@@ -90,12 +99,30 @@ class TaskConfig(_Strict):
         return {"kind": "semantic", "num_classes": int(self.num_classes)}
 
 
+class WorldRoi(_Strict):
+    """A box in world units (the volumes' unit: nm for EM, mm for MRI): the world position of
+    its first corner and its size, each ``(z, y, x)``."""
+
+    offset: tuple[float, float, float]
+    shape: tuple[float, float, float]
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("roi shape must be positive on every axis")
+        return value
+
+
 class VolumeSet(_Strict):
-    """One labelled volume: raw intensities, labels, and an optional mask (non-zero = use)."""
+    """One labelled volume: raw intensities, labels, an optional mask (non-zero = use) and an
+    optional ``roi`` (world units) that restricts training patches and validation scores to a
+    region of the labels."""
 
     raw: str
     labels: str
     mask: str | None = None
+    roi: WorldRoi | None = None
 
 
 class NormalizeConfig(_Strict):

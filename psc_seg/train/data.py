@@ -10,11 +10,25 @@ each worker opening its own file handles.
 Geometry of one patch (valid networks; for "same" networks input = output)::
 
     input  ┌──────────────────────────┐   input_shape = output_shape + 2 * context,
-           │   context                │   read with mirroring where it leaves the volume;
+           │   context                │   read with mirroring where it leaves the raw;
            │     ┌──────────────┐     │   targets and loss mask on the output region only.
-           │     │    output    │     │   Labels outside the volume are unknown (no loss).
-           │     └──────────────┘     │
+           │     │    output    │     │   Labels outside the sampled region are unknown
+           │     └──────────────┘     │   (no loss).
            └──────────────────────────┘
+
+Labels (and mask) may cover a sub-region of the raw (CREMI, daisy containers). Positions are in
+voxels of the raw: the output region of every patch lies inside the volume's ``sample_roi``
+(labels, mask and the config's ``roi`` intersected), while its input reads the raw around it::
+
+    raw  ┌────────────────────────────────┐
+         │          labels                │
+         │    ┌───────────────────┐       │
+         │ ┌──┼─────┐             │       │   output: inside the labels (sample_roi)
+         │ │  │┌───┐│             │       │   input: the raw around it, real raw
+         │ │  │└───┘│ input       │       │   beyond the labels, mirrored only
+         │ └──┼─────┘             │       │   beyond the raw
+         │    └───────────────────┘       │
+         └────────────────────────────────┘
 """
 
 from __future__ import annotations
@@ -42,7 +56,11 @@ class LabelledVolume:
 
     ``raw`` is ``(Z, Y, X)`` or ``(C, Z, Y, X)``, ``labels`` and ``mask`` ``(Z, Y, X)``; each
     is a numpy array or anything with numpy slicing and ``shape`` (a lazily read
-    :class:`psc_seg.io.Volume`). ``normalize`` maps a raw patch to float32 network input."""
+    :class:`psc_seg.io.Volume`). ``normalize`` maps a raw patch to float32 network input.
+
+    ``labels_roi`` and ``mask_roi`` place the labels and the mask in voxels of the raw
+    (default: at voxel 0, covering the raw); ``roi`` (voxels of the raw, or None) restricts
+    the sampled region further. :attr:`sample_roi` is where output patches are drawn."""
 
     name: str
     raw: Any
@@ -51,10 +69,30 @@ class LabelledVolume:
     voxel_size: tuple[float, float, float]
     mask: Any = None
     meta: dict = field(default_factory=dict)
+    labels_roi: Roi | None = None
+    mask_roi: Roi | None = None
+    roi: Roi | None = None
+
+    def __post_init__(self) -> None:
+        if self.labels_roi is None:
+            self.labels_roi = Roi((0, 0, 0), self.labels.shape[-3:])
+        if self.mask is not None and self.mask_roi is None:
+            self.mask_roi = Roi(self.labels_roi.offset, self.mask.shape[-3:])
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """Shape of the labels, ``(Z, Y, X)``."""
         return tuple(self.labels.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def sample_roi(self) -> Roi:
+        """Where labels are known, in voxels of the raw: the labels' ROI, intersected with the
+        mask's and the ``roi`` where given."""
+        region = self.labels_roi
+        for other in (self.mask_roi, self.roi):
+            if other is not None:
+                region = region.intersect(other)
+        return region
 
     @property
     def in_channels(self) -> int:
@@ -95,17 +133,34 @@ def read_raw(volume: LabelledVolume, start: Sequence[int], shape: Sequence[int])
 
 
 def read_known(volume: LabelledVolume, start: Sequence[int], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and the ``known`` mask of a region: inside the volume and (if the volume has a
-    mask) inside the mask. Outside the volume labels are 0."""
-    labels = np.zeros(tuple(shape), dtype=np.uint64)
-    known = np.zeros(tuple(shape), dtype=bool)
-    full = volume.shape
-    src = tuple(slice(max(0, s), min(f, s + n)) for s, n, f in zip(start, shape, full))
-    dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start))
-    if all(a.start < a.stop for a in src):
-        labels[dst] = np.asarray(volume.labels[src])
-        known[dst] = True if volume.mask is None else np.asarray(volume.mask[src]) != 0
+    """Labels and the ``known`` mask of a region (``start`` in voxels of the raw): inside the
+    volume's :attr:`~LabelledVolume.sample_roi` and (if the volume has a mask) inside the
+    mask. Elsewhere labels are 0."""
+    region = Roi(start, shape)
+    labels = np.zeros(region.shape, dtype=np.uint64)
+    known = np.zeros(region.shape, dtype=bool)
+    inside = region.intersect(volume.sample_roi)
+    if not inside.empty:
+        dst = inside.relative_to(region).to_slices()
+        labels[dst] = np.asarray(volume.labels[inside.relative_to(volume.labels_roi).to_slices()])
+        known[dst] = True if volume.mask is None else (
+            np.asarray(volume.mask[inside.relative_to(volume.mask_roi).to_slices()]) != 0)
     return labels, known
+
+
+def check_room(volume: LabelledVolume, output_shape: Sequence[int]) -> None:
+    """UserError unless ``volume``'s :attr:`~LabelledVolume.sample_roi` holds one output patch."""
+    room = volume.sample_roi.shape
+    if any(r < o for r, o in zip(room, output_shape)):
+        what = "labels" if room == volume.labels_roi.shape else "labelled region (labels, mask and roi) of labels"
+        raise UserError(
+            f"the {what} {volume.meta.get('labels', volume.name)!r} ({_shape(room)} voxels) cannot hold one output patch of "
+            f"train.patch_shape {_shape(output_shape)}; lower train.patch_shape or give larger labels"
+        )
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
 
 
 class PatchDataset(Dataset):
@@ -128,7 +183,9 @@ class PatchDataset(Dataset):
         self.task, self.augment_config = task, augment_config
         self.seed, self.min_labelled, self.zero_label = int(seed), float(min_labelled), zero_label
         self.crop = tuple((i - o) // 2 for i, o in zip(self.input_shape, self.output_shape))
-        sizes = np.array([float(np.prod(v.shape)) for v in self.volumes])
+        for volume in self.volumes:
+            check_room(volume, self.output_shape)
+        sizes = np.array([float(v.sample_roi.size) for v in self.volumes])
         self.weights = sizes / sizes.sum()
         self.transpose_groups = [
             transposable_axes(v.voxel_size, self.input_shape, self.output_shape) for v in self.volumes
@@ -137,14 +194,22 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:  # the sampler decides which samples are drawn
         return 2**62
 
-    def _draw(self, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        """A patch whose output region is labelled enough: (volume index, raw, labels, known)."""
+    def output_roi(self, rng: np.random.Generator) -> tuple[int, Roi]:
+        """One random try: a volume index and an output region inside its
+        :attr:`~LabelledVolume.sample_roi` (voxels of the raw)."""
+        index = int(rng.choice(len(self.volumes), p=self.weights))
+        region = self.volumes[index].sample_roi
+        begin = [int(rng.integers(b, e - o + 1)) for b, e, o in zip(region.begin, region.end, self.output_shape)]
+        return index, Roi(begin, self.output_shape)
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, Roi, np.ndarray, np.ndarray, np.ndarray]:
+        """A patch whose output region is labelled enough: (volume index, input region in
+        voxels of the raw, raw, labels, known)."""
         best = None
         for _ in range(MAX_TRIES):
-            index = int(rng.choice(len(self.volumes), p=self.weights))
+            index, output = self.output_roi(rng)
             volume = self.volumes[index]
-            out_start = [int(rng.integers(0, max(f - o, 0) + 1)) for f, o in zip(volume.shape, self.output_shape)]
-            start = [s - c for s, c in zip(out_start, self.crop)]
+            start = [s - c for s, c in zip(output.begin, self.crop)]
             labels, known = read_known(volume, start, self.input_shape)
             inner = tuple(slice(c, c + o) for c, o in zip(self.crop, self.output_shape))
             fraction = float(np.mean(known[inner] & (labels[inner] != 0)))
@@ -159,11 +224,11 @@ class PatchDataset(Dataset):
                 "are not all 0 (unlabelled) and the mask covers them, or lower train.min_labelled"
             )
         raw = read_raw(self.volumes[index], start, self.input_shape)
-        return index, raw, labels, known
+        return index, Roi(start, self.input_shape), raw, labels, known
 
     def __getitem__(self, sample: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(sample)])
-        index, raw, labels, known = self._draw(rng)
+        index, _, raw, labels, known = self.draw(rng)
         if self.task.kind == "affinities" and self.zero_label == "ignore":
             known &= labels != 0
         raw, labels, known = augment(raw, labels, known, rng, self.augment_config,
