@@ -71,6 +71,9 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
     labels_roi = place_in_raw(labels, raw, "labels")
     mask_roi = place_in_raw(mask, raw, "mask") if mask is not None else None
     roi = roi_in_raw(volume_set.roi, raw, labels, labels_roi) if volume_set.roi is not None else None
+    if mask_roi is not None and labels_roi.intersect(mask_roi).empty:
+        raise UserError(f"mask {mask.spec!r} ({world_roi(mask)}) does not overlap labels {labels.spec!r} "
+                        f"({world_roi(labels)}); give a mask over the labels")
     if preload:
         raw_data, label_data = raw.read(), labels.read()
         mask_data = mask.read() if mask is not None else None

@@ -215,7 +215,7 @@ class PatchDataset(Dataset):
             fraction = float(np.mean(known[inner] & (labels[inner] != 0)))
             if best is None or fraction > best[0]:
                 best = (fraction, index, start, labels, known)
-            if fraction >= self.min_labelled:
+            if fraction >= self.min_labelled and fraction > 0:  # min_labelled 0: still some label
                 break
         fraction, index, start, labels, known = best
         if fraction == 0:

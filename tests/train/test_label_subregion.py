@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 
 from psc_seg.affinities import seg_to_affinities
 from psc_seg.cli.main import app
-from psc_seg.engine import Roi
+from psc_seg.engine import Roi, read_mirrored
 from psc_seg.io import create_volume
 from psc_seg.pipelines import validate
 from psc_seg.pipelines.train import open_labelled
 from psc_seg.train.config import AugmentConfig, TaskConfig, load_config
-from psc_seg.train.data import PatchDataset
+from psc_seg.train.data import ArrayView, PatchDataset
 
 from .conftest import blob_labels, em_config
 
@@ -117,6 +117,41 @@ def test_a_roi_in_world_units_restricts_the_sampled_region(layout):
     assert known.sum() == input_region.intersect(region).size  # labels outside the roi are not learnt
 
 
+def test_a_mask_with_its_own_offset_narrows_the_sampled_region(layout):
+    mask = np.zeros((16, 32, 32), dtype=np.uint8)
+    mask[:, :, 16:] = 1
+    spec = _labels(layout["path"], "mask", mask, offset=(208.0, 160.0, 224.0))  # voxels (26, 20, 28)
+    cfg = load_config(_config(layout, mask=spec))
+    volume = open_labelled(cfg.data.train[0], cfg, preload=False)
+    assert volume.mask_roi == Roi((26, 20, 28), (16, 32, 32))
+    region = Roi((26, 24, 28), (16, 28, 32))  # the part of the mask over the labels
+    assert volume.sample_roi == region
+    dataset = PatchDataset([volume], input_shape=(12, 40, 40), output_shape=(4, 8, 8), task=TaskConfig(),
+                           augment_config=NO_AUGMENT, seed=0, zero_label="boundary", min_labelled=0.0)
+    rng = np.random.default_rng(3)
+    assert all(region.contains(dataset.output_roi(rng)[1]) for _ in range(500))
+    _, input_region, _, _, known = dataset.draw(rng)
+    inside = input_region.intersect(region)
+    kept = mask[inside.relative_to(volume.mask_roi).to_slices()] != 0
+    assert np.array_equal(known[inside.relative_to(input_region).to_slices()], kept) and known.sum() == kept.sum()
+
+
+def test_the_input_is_mirrored_only_where_it_leaves_the_raw(layout):
+    spec = _labels(layout["path"], "corner", layout["full"][LABELLED.to_slices()], offset=(0.0, 0.0, 0.0))
+    cfg = load_config(_config(layout, labels=spec))
+    volume = open_labelled(cfg.data.train[0], cfg, preload=True)
+    dataset = PatchDataset([volume], input_shape=(12, 40, 40), output_shape=(4, 8, 8), task=TaskConfig(),
+                           augment_config=NO_AUGMENT, seed=0, zero_label="boundary", min_labelled=0.0)
+    rng = np.random.default_rng(4)
+    left = 0
+    for _ in range(20):
+        _, region, patch, _, _ = dataset.draw(rng)
+        expected = read_mirrored(ArrayView(layout["raw_data"]), region)
+        assert np.array_equal(patch, volume.normalize(expected).astype(np.float32))
+        left += min(region.begin) < 0
+    assert left > 0
+
+
 def test_validation_scores_the_labelled_region_of_a_prediction_over_the_raw(tmp_path, layout, monkeypatch):
     cfg = load_config(_config(layout))
     volumes = [open_labelled(v, cfg, preload=False) for v in cfg.data.validation]
@@ -175,6 +210,17 @@ def test_layouts_that_cannot_be_placed_are_one_line_errors(tmp_path, layout):
     cases[f"{path}:/bare"] = ("without a voxel size in the metadata of the labels",)
     for labels, words in cases.items():
         message = _refused(tmp_path, _config(layout, labels=labels))
+        assert all(w in message for w in words), message
+    masks = {
+        _labels(path, "far-mask", np.ones((8, 8, 8), np.uint8), offset=(0.0, 0.0, 640.0)):
+            ("does not overlap labels", "x 640:704"),
+        _labels(path, "out-mask", np.ones((8, 8, 8), np.uint8), offset=(480.0, 0.0, 0.0)):
+            ("mask", "(z 480:544, y 0:64, x 0:64) is not inside raw"),
+        _labels(path, "fine-mask", np.ones((8, 8, 8), np.uint8), offset=(160.0, 192.0, 192.0),
+                resolution=(8.0, 4.0, 4.0)): ("mask", "voxel size (8, 4, 4) but raw"),
+    }
+    for mask, words in masks.items():
+        message = _refused(tmp_path, _config(layout, mask=mask))
         assert all(w in message for w in words), message
 
 
