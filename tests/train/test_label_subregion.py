@@ -4,6 +4,8 @@ around them; `psc-seg train` on it; one-line refusals of layouts that cannot be 
 
 from __future__ import annotations
 
+import csv
+
 import h5py
 import numpy as np
 import pytest
@@ -15,13 +17,13 @@ from typer.testing import CliRunner
 from psc_seg.affinities import seg_to_affinities
 from psc_seg.cli.main import app
 from psc_seg.engine import Roi, read_mirrored
-from psc_seg.io import create_volume
+from psc_seg.io import create_volume, open_volume
 from psc_seg.pipelines import validate
 from psc_seg.pipelines.train import open_labelled
 from psc_seg.train.config import AugmentConfig, TaskConfig, load_config
 from psc_seg.train.data import ArrayView, PatchDataset
 
-from .conftest import blob_labels, em_config
+from .conftest import blob_labels, em_config, mri_config
 
 runner = CliRunner()
 NO_AUGMENT = AugmentConfig(flip=False, transpose=False, intensity_scale=(1, 1), intensity_shift=(0, 0))
@@ -172,6 +174,24 @@ def test_validation_scores_the_labelled_region_of_a_prediction_over_the_raw(tmp_
     assert validator(tmp_path / "unused.pt", torch.device("cpu"))["val_voi"] > 1
 
 
+def test_semantic_validation_scores_the_labelled_region_too(tmp_path, layout, monkeypatch):
+    classes = (layout["full"] % 3).astype(np.uint8)  # 0 outside the labels
+    spec = _labels(layout["path"], "classes", classes[LABELLED.to_slices()], offset=(160.0, 192.0, 192.0))
+    config = mri_config({"raw": layout["raw"], "labels": spec})
+    config["task"]["num_classes"] = 3
+    cfg = load_config(config)
+    volumes = [open_labelled(v, cfg, preload=False) for v in cfg.data.validation]
+
+    def perfect(checkpoint, raw, output, *, config, device):  # the classes over the whole raw
+        volume = create_volume(f"{output}/labels", shape=classes.shape, dtype="uint8", overwrite=True)
+        volume.write(None, np.where(np.arange(RAW_SHAPE[0])[:, None, None] < AT[0], 1, classes))
+        volume.finalize()
+
+    monkeypatch.setattr(validate, "_predict", perfect)
+    figures = validate.make_validator(cfg, volumes, tmp_path / "validation")(tmp_path / "unused.pt", torch.device("cpu"))
+    assert figures["val_dice"] == 1.0
+
+
 def test_train_cli_runs_on_labels_inside_a_larger_raw(tmp_path, layout):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(_config(layout)))
@@ -180,6 +200,11 @@ def test_train_cli_runs_on_labels_inside_a_larger_raw(tmp_path, layout):
     assert result.exit_code == 0, result.output
     assert "trained to iteration 2" in result.stdout
     assert (run / "checkpoints" / "best.pt").is_file()
+    # validation predicted over the whole raw (context for the labels) and scored the labels' region
+    assert open_volume(str(run / "validation" / "0-affinities.zarr")).shape == (3, *RAW_SHAPE)
+    with open(run / "metrics.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert int(last["iteration"]) == 2 and float(last["val_voi"]) >= 0
 
 
 def _refused(tmp_path, config) -> str:
