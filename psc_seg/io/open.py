@@ -14,6 +14,7 @@ import numpy as np
 from psc_seg import __version__
 from psc_seg.errors import UserError
 from psc_seg.files import fixable_writes
+from psc_seg.io.geometry import check_offset, moved_affine
 from psc_seg.io.spec import VolumeSpec, parse_spec
 from psc_seg.io.volume import (
     META_KEY, SPATIAL_AXES, BufferedVolume, Hdf5Volume, NiftiVolume, NpyVolume, TiffVolume, Volume, ZarrVolume,
@@ -137,7 +138,9 @@ def create_volume(
         provenance: extra provenance (e.g. ``{"config": {...}}``); the psc-seg version and the
             command line are added.
         reference: a volume whose voxel size / offset / unit (and, for NIfTI, affine and
-            header) the output copies.
+            header) the output copies. Its NIfTI affine (a NIfTI, or a volume made from one)
+            goes with the output, moved to the output's offset and voxel size: into a NIfTI
+            output's header, into ``psc_seg.affine`` of a zarr or HDF5 output.
         overwrite: replace an existing output; without it an existing one is a UserError.
 
     The output is marked incomplete (``psc_seg.complete = false``) until ``finalize()``.
@@ -158,6 +161,12 @@ def create_volume(
         unit = unit if unit is not None else reference.unit
     voxel_size = tuple(float(v) for v in (voxel_size if voxel_size is not None else (1.0, 1.0, 1.0)))
     offset = tuple(float(v) for v in (offset if offset is not None else (0.0, 0.0, 0.0)))
+    affine = None
+    if reference is not None and reference.affine is not None:
+        affine = moved_affine(reference.affine, voxel_size=reference.voxel_size, offset=reference.offset,
+                              new_voxel_size=voxel_size, new_offset=offset)
+    else:
+        check_offset(f"output {str(s)!r}", voxel_size, offset)
     if axis_names is None:
         axis_names = ("z", "y", "x") if channels is None else ("c", "z", "y", "x")
     axis_names = tuple(axis_names)
@@ -168,7 +177,8 @@ def create_volume(
     if len(chunks) != 3:
         raise ValueError(f"create_volume: chunks must be spatial (z, y, x), got {chunks}")
     full_chunks = chunks if channels is None else (channels, *chunks)
-    meta = {META_KEY: {"complete": False, "provenance": default_provenance(provenance)}}
+    meta = {META_KEY: {"complete": False, "provenance": default_provenance(provenance),
+                       **({"affine": affine.tolist()} if affine is not None else {})}}
     user_attrs = {**(attrs or {}), **meta}
     dtype = np.dtype(dtype)
 
@@ -182,7 +192,7 @@ def create_volume(
                          unit=unit, axis_names=axis_names, attrs=user_attrs)
             return Hdf5Volume(s, mode="r+")
         return new_buffered(s, shape=shape, dtype=dtype, voxel_size=voxel_size, offset=offset, unit=unit,
-                            attrs=user_attrs, reference=reference)
+                            attrs=user_attrs, reference=reference, affine=affine)
 
 
 def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:

@@ -2,15 +2,18 @@
 voxel size, offset and metadata, and its format back ends (zarr, HDF5, NIfTI, TIFF, NumPy).
 
 Coordinates: ``voxel_size`` and ``offset`` are ``(z, y, x)`` in world units (``unit``, e.g.
-nanometer for EM, millimeter for MRI); ``offset`` is the world position of voxel ``(0, 0, 0)``.
+nanometer for EM, millimeter for MRI); ``offset`` is the world position of voxel ``(0, 0, 0)``;
+``roi`` is the :class:`~psc_seg.io.geometry.WorldRoi` the volume covers (where each format
+keeps them: :mod:`psc_seg.io.geometry`).
 Regions passed to :meth:`Volume.read` / :meth:`Volume.write` are in voxels of the array
 (tuples of slices, or any object with ``to_slices()`` such as :class:`psc_seg.engine.Roi`);
 three slices address ``(z, y, x)`` of every channel.
 
 NIfTI stores ``(x, y, z[, c])``; a NIfTI volume is exposed as ``(z, y, x)`` / ``(c, z, y, x)``
-like every other volume (``voxel_size`` is the header's zooms reversed), and its ``affine``
-and ``header`` are kept unchanged, so outputs written with ``reference=`` land exactly on the
-input in any viewer.
+like every other volume (``voxel_size`` is the header's zooms reversed, ``offset`` the
+affine's translation reversed), and its ``affine`` and ``header`` are kept unchanged, so
+outputs written with ``reference=`` land exactly on the input in any viewer (zarr and HDF5
+outputs keep the affine in ``psc_seg.affine``).
 
 Written volumes are not *complete* until :meth:`Volume.finalize`: zarr and HDF5 outputs carry
 ``psc_seg.complete = false`` until then; NIfTI, TIFF and ``.npy`` outputs are assembled in a
@@ -39,6 +42,7 @@ import numpy as np
 
 from psc_seg.errors import UserError
 from psc_seg.files import fixable_writes, os_fault
+from psc_seg.io.geometry import WorldRoi, check_offset, funlib_geometry, nifti_offset, unit_name, world_roi
 from psc_seg.io.spec import VolumeSpec
 
 META_KEY = "psc_seg"  # our attribute namespace: {"complete": bool, "provenance": {...}, ...}
@@ -101,6 +105,10 @@ class Volume:
         channels: None for 3D volumes, C for ``(C, Z, Y, X)``.
         chunks: storage chunk shape (same length as ``shape``), or None if unchunked.
         unit: spatial unit name ("nanometer", "millimeter") or None.
+        roi: the :class:`~psc_seg.io.geometry.WorldRoi` covered, ``offset`` to
+            ``offset + spatial_shape * voxel_size``.
+        affine: NIfTI's 4 x 4 voxel-to-world matrix (``x, y, z``) of a NIfTI volume or of an
+            output made from one (``psc_seg.affine``), else None.
         attrs: user metadata (a copy; change it with :meth:`update_attrs`).
         resumable: written by a run that a rerun with ``resume`` continues (set by
             :func:`psc_seg.engine.prepare_outputs`); a write that fails for a reason the user
@@ -109,11 +117,13 @@ class Volume:
 
     format = ""
     resumable = False
+    affine: np.ndarray | None = None
 
     def __init__(
         self, spec: VolumeSpec, *, mode: str, shape: Sequence[int], dtype: Any,
         voxel_size: Sequence[float] | None = None, offset: Sequence[float] | None = None,
         chunks: Sequence[int] | None = None, unit: str | None = None, attrs: dict | None = None,
+        affine: Any = None,
     ) -> None:
         self.spec_obj = spec
         self.spec = str(spec)
@@ -130,6 +140,11 @@ class Volume:
         self.chunks = tuple(int(c) for c in chunks) if chunks else None
         self.unit = unit
         self._attrs = dict(attrs or {})
+        stored = self._attrs.get(META_KEY, {}).get("affine") if isinstance(self._attrs.get(META_KEY), dict) else None
+        affine = affine if affine is not None else stored
+        self.affine = np.asarray(affine, dtype=np.float64) if affine is not None else None
+        if self.affine is None:  # a NIfTI affine places voxels anywhere; metadata offsets are on the grid
+            check_offset(f"volume {self.spec!r}", self.voxel_size, self.offset)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -140,6 +155,11 @@ class Volume:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    @property
+    def roi(self) -> WorldRoi:
+        """The world ROI covered (:class:`~psc_seg.io.geometry.WorldRoi`, ``(z, y, x)``)."""
+        return world_roi(self.offset, self.voxel_size, self.spatial_shape, self.unit)
 
     @property
     def attrs(self) -> dict:
@@ -410,7 +430,7 @@ class ZarrVolume(Volume):
             voxel_size = [scale[i] for i in space]
             offset = [translation[i] for i in space]
             units = [axes[i].get("unit") for i in space] if axes and isinstance(axes[0], dict) else []
-            unit = units[0] if units else None
+            unit = unit_name(units)
             attrs = {k: v for k, v in group_attrs.items() if k not in ("ome", "multiscales")}
             # OME-Zarr from other tools is often (t, c, z, y, x) with t = 1 (and c = 1): drop those
             types = [ax.get("type") if isinstance(ax, dict) else None for ax in axes]
@@ -425,9 +445,7 @@ class ZarrVolume(Volume):
             array = node
             self.array_path = node_path
             attrs = dict(array.attrs)
-            voxel_size = attrs.get("voxel_size") or attrs.get("resolution")
-            offset = attrs.get("offset")
-            unit = attrs.get("unit")
+            voxel_size, offset, unit = funlib_geometry(attrs, array.ndim)
             squeeze = ()
         shape = tuple(s for i, s in enumerate(array.shape) if i not in squeeze)
         chunks = tuple(c for i, c in enumerate(array.chunks) if i not in squeeze)
@@ -527,8 +545,8 @@ def _h5_datasets(f) -> list[str]:
 
 
 class Hdf5Volume(Volume):
-    """An HDF5 dataset. Metadata: ``resolution`` (or ``voxel_size``) and ``offset`` attributes
-    (z, y, x), as gunpowder / funlib write them. Writes from several processes are serialised
+    """An HDF5 dataset. Metadata: ``resolution`` (or ``voxel_size``), ``offset``, ``units``
+    (or ``unit``) and ``axis_names`` attributes (z, y, x), as gunpowder / funlib write them. Writes from several processes are serialised
     by a lock file."""
 
     format = "hdf5"
@@ -561,9 +579,9 @@ class Hdf5Volume(Volume):
             check_dims(ds.shape, where)
             shape, dtype, chunks = ds.shape, ds.dtype, ds.chunks
         self.inner = inner
-        voxel_size = attrs.get("voxel_size") or attrs.get("resolution")
+        voxel_size, offset, unit = funlib_geometry(attrs, len(shape))
         super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=voxel_size,
-                         offset=attrs.get("offset"), chunks=chunks, unit=attrs.get("unit"),
+                         offset=offset, chunks=chunks, unit=unit,
                          attrs={k: _from_json(v) for k, v in attrs.items()})
         self._h_file = None
 
@@ -672,8 +690,8 @@ class NiftiVolume(Volume):
         # a class map psc-seg wrote says so (NIFTI_KINDS), as zarr and HDF5 outputs do in attributes
         classes = _header_text(img.header, "intent_name") == NIFTI_KINDS["classes"][2]
         super().__init__(spec, mode=mode, shape=shape, dtype=dtype, voxel_size=tuple(reversed(zooms)),
-                         unit=unit, attrs={"task": {"kind": "semantic"}} if classes else {})
-        self.affine = np.asarray(img.affine, dtype=np.float64)
+                         offset=nifti_offset(img.affine), unit=unit,
+                         attrs={"task": {"kind": "semantic"}} if classes else {}, affine=img.affine)
         self.header = img.header
         self._five_d = len(img.shape) == 5
         self._h_img = None
@@ -772,8 +790,8 @@ class BufferedVolume(Volume):
         data = np.load(str(part), mmap_mode="r")
         self.format = spec.format
         super().__init__(spec, mode=mode, shape=data.shape, dtype=data.dtype, voxel_size=meta["voxel_size"],
-                         offset=meta["offset"], unit=meta.get("unit"), attrs=meta.get("attrs", {}))
-        self.affine = np.asarray(meta["affine"]) if meta.get("affine") is not None else None
+                         offset=meta["offset"], unit=meta.get("unit"), attrs=meta.get("attrs", {}),
+                         affine=meta.get("affine"))
         self._header_block = meta.get("header")
         self._h_data = None
 
@@ -815,6 +833,7 @@ class BufferedVolume(Volume):
             with self._writing(f"finish output {self.spec!r}"):
                 if self.format == "nifti":
                     _write_nifti(tmp, data, affine=self.affine, header=self.header, voxel_size=self.voxel_size,
+                                 offset=self.offset,
                                  unit=self.unit, kind=nifti_kind(data.dtype, self._attrs))
                 elif self.format == "tiff":
                     import tifffile
@@ -856,16 +875,17 @@ def nifti_kind(dtype, attrs: dict) -> str:
     return "probabilities" if semantic else "values"
 
 
-def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, unit: str | None = None,
-                 kind: str = "values") -> None:
+def _write_nifti(path: Path, data: np.ndarray, *, affine, header, voxel_size, offset=(0.0, 0.0, 0.0),
+                 unit: str | None = None, kind: str = "values") -> None:
     """Write ``(z, y, x)`` / ``(c, z, y, x)`` ``data`` as NIfTI (x, y, z[, c]), described as
     :data:`NIFTI_KINDS` ``[kind]``."""
     import nibabel as nib
 
     array = np.asarray(data)
     array = array.transpose(2, 1, 0) if array.ndim == 3 else array.transpose(3, 2, 1, 0)
-    if affine is None:
+    if affine is None:  # axis-aligned, voxel 0 at the offset
         affine = np.diag([*reversed(voxel_size), 1.0])
+        affine[:3, 3] = list(reversed(offset))
     header = header.copy() if header is not None else None
     img = nib.Nifti1Image(array, affine, header=header, dtype=array.dtype)  # uint64 labels too
     img.set_data_dtype(array.dtype)
@@ -909,13 +929,14 @@ def _rows(matrix: np.ndarray) -> str:
     return "rows " + "; ".join(" ".join(f"{v:g}" for v in row) for row in matrix[:3])
 
 
-def new_buffered(spec: VolumeSpec, *, shape, dtype, voxel_size, offset, unit, attrs, reference) -> BufferedVolume:
-    """Start a buffered output (see :class:`BufferedVolume`)."""
-    affine = header = None
-    if reference is not None and getattr(reference, "affine", None) is not None:
-        affine = np.asarray(reference.affine).tolist()
-        if getattr(reference, "header", None) is not None:
-            header = base64.b64encode(reference.header.binaryblock).decode()
+def new_buffered(spec: VolumeSpec, *, shape, dtype, voxel_size, offset, unit, attrs, reference,
+                 affine=None) -> BufferedVolume:
+    """Start a buffered output (see :class:`BufferedVolume`) with the NIfTI ``affine`` (4 x 4,
+    or None) and ``reference``'s NIfTI header, if it has one."""
+    affine = None if affine is None else np.asarray(affine, dtype=np.float64).tolist()
+    header = None
+    if getattr(reference, "header", None) is not None:
+        header = base64.b64encode(reference.header.binaryblock).decode()
     spec.path.parent.mkdir(parents=True, exist_ok=True)
     part = partial_path(spec.path)
     np.lib.format.open_memmap(str(part), mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))

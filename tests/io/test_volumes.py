@@ -90,12 +90,12 @@ def test_read_zarr_v2_ome_04_and_plain_arrays(tmp_path):
     }]
     raw = root.create_array("raw", shape=data.shape, dtype="float32")
     raw[:] = data
-    raw.attrs.update({"resolution": [30, 6, 6], "offset": [3, 2, 1]})
+    raw.attrs.update({"resolution": [30, 6, 6], "offset": [30, 12, 6]})
     vol = open_volume(tmp_path / "v2.zarr" / "img")
     assert vol.voxel_size == (40, 4, 4) and vol.offset == (40, 8, 8) and vol.unit == "nanometer"
     np.testing.assert_array_equal(vol[1:3], data[1:3])
     plain = open_volume(f"{tmp_path}/v2.zarr:/raw")
-    assert plain.voxel_size == (30, 6, 6) and plain.offset == (3, 2, 1)
+    assert plain.voxel_size == (30, 6, 6) and plain.offset == (30, 12, 6)
     # a new output inside a v2 container stays v2, with OME 0.4 metadata
     create_volume(tmp_path / "v2.zarr" / "out", shape=(5, 6, 7), dtype="uint8").finalize()
     assert zarr.open_group(str(tmp_path / "v2.zarr" / "out")).attrs["multiscales"][0]["version"] == "0.4"
