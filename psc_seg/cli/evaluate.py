@@ -30,9 +30,11 @@ def evaluate_command(
     ] = False,
 ) -> None:
     """Score predictions against ground truth: VI split/merge (bits) and adapted Rand error
-    with ground-truth 0 ignored, or Dice with --semantic; one row per prediction."""
+    with ground-truth 0 ignored, or Dice with --semantic; one row per prediction. Volumes
+    are aligned by their offsets and voxel sizes: each prediction is scored on the
+    intersection of its region, the ground truth's and the mask's, printed in world units."""
     from psc_seg.errors import UserError
-    from psc_seg.pipelines.evaluate import evaluate, format_rows
+    from psc_seg.pipelines.evaluate import evaluate, format_regions, format_rows
 
     if gt is None:
         example = (f"psc-seg evaluate {' '.join(predictions[:-1])} --gt {predictions[-1]}" if len(predictions) > 1
@@ -41,6 +43,7 @@ def evaluate_command(
                         f"merge), e.g. {example}")
     rows = evaluate(predictions, gt, semantic=semantic, mask=mask, json_path=json_path, progress=not quiet,
                     allow_incomplete=allow_incomplete)
+    typer.echo(format_regions(rows))
     typer.echo(format_rows(rows))
     if json_path is not None:
         typer.echo(f"wrote {json_path}")

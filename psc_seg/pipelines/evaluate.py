@@ -1,4 +1,19 @@
-"""``psc-seg evaluate``: score predictions against ground truth, block by block."""
+"""``psc-seg evaluate``: score predictions against ground truth, block by block.
+
+Volumes are aligned by their world ROIs (:mod:`psc_seg.io.geometry`): each prediction is
+scored on the intersection of its ROI, the ground truth's and the mask's, as in CREMI, where
+the labels cover a crop of the raw placed by an offset in nanometres::
+
+    prediction  +-----------------------------+  offset 0
+                |      +------------+         |
+    ground truth|      |  scored    |         |  offset (400, 800, 800)
+                |      +------------+         |
+                +-----------------------------+
+
+Volumes of one shape at one offset are scored whole, as they are; volumes of different shapes
+without any geometry in their metadata (offset 0, no voxel size) are refused, since nothing
+says how they line up.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +41,73 @@ def _open_labels(spec: str, role: str, *, allow_incomplete: bool = False):
         hint = "store the mask as 0/1 integers" if role == "mask" else "segment affinities first with `psc-seg segment`"
         raise UserError(f"{role} {spec!r} holds {volume.dtype} values; it must hold integers ({hint})")
     return volume
+
+
+class _Crop:
+    """The voxels ``key`` (``(z, y, x)`` slices) of a volume as an array-like cut in z slabs
+    (what :func:`~psc_seg.evaluate.contingency_tables_blockwise` reads)."""
+
+    def __init__(self, volume, key: tuple[slice, ...]) -> None:
+        self.volume, self.key = volume, key
+        self.shape = tuple(k.stop - k.start for k in key)
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        z = self.key[0]
+        return self.volume.read((slice(z.start + window.start, z.start + window.stop), *self.key[1:]))
+
+
+def _geometry_known(volume) -> bool:
+    return volume.has_voxel_size or any(volume.offset)
+
+
+def _same_size(a, b) -> bool:
+    return all(abs(u / v - 1) <= 1e-6 for u, v in zip(a.voxel_size, b.voxel_size))
+
+
+def scored_region(gt, others: Sequence[tuple[str, Any]]):
+    """Where a prediction is scored against ground truth ``gt``: ``(roi, crops)``, the
+    :class:`~psc_seg.io.geometry.WorldRoi` common to ``gt`` and ``others`` (``(role, volume)``:
+    the prediction, the mask) and, for ``gt`` then each of ``others``, the voxels of it there
+    (a :class:`_Crop`, or the volume itself when it is all of it). UserError for volumes of
+    different voxel sizes, volumes that do not overlap or do not share a voxel grid, and
+    volumes of different shapes without geometry."""
+    from psc_seg.io.geometry import voxel_slices
+
+    volumes = [("ground truth", gt), *others]
+    same_place = all(v.spatial_shape == gt.spatial_shape and v.offset == gt.offset for _, v in volumes)
+    for role, volume in others:
+        if not same_place and not (_geometry_known(volume) or _geometry_known(gt)):
+            raise UserError(
+                f"{role} {volume.spec!r} has shape {volume.shape} but the ground truth {gt.spec!r} has {gt.shape}, and "
+                "neither has a voxel size or offset that places it; score volumes of the same shape (crop one of "
+                "them), or give them an offset in their metadata")
+        if not _same_size(volume, gt) and (not same_place or (volume.has_voxel_size and gt.has_voxel_size)):
+            raise UserError(
+                f"{role} {volume.spec!r} (ROI {volume.roi}, voxel size {_size(volume.voxel_size)}) and the ground "
+                f"truth {gt.spec!r} (ROI {gt.roi}, voxel size {_size(gt.voxel_size)}) differ in voxel size; score "
+                "volumes of one voxel size (resample one of them)")
+    if same_place:
+        return gt.roi, [v for _, v in volumes]
+    roi = gt.roi
+    for role, volume in others:
+        roi = roi.intersect(volume.roi)
+        if roi.empty:
+            raise UserError(f"{role} {volume.spec!r} (ROI {volume.roi}) and the ground truth {gt.spec!r} (ROI {gt.roi})"
+                            + (" and the other volumes" if len(others) > 1 else "")
+                            + " do not overlap; nothing to score: check their offsets")
+    crops = []
+    for role, volume in volumes:
+        key = voxel_slices(roi, volume.offset, volume.voxel_size)
+        if key is None:
+            raise UserError(f"{role} {volume.spec!r} (ROI {volume.roi}) and the ground truth {gt.spec!r} "
+                            f"(ROI {gt.roi}) do not share a voxel grid: their offsets differ by a fraction of a "
+                            "voxel; fix the offset in the metadata of one of them")
+        crops.append(volume if key == tuple(slice(0, n) for n in volume.spatial_shape) else _Crop(volume, key))
+    return roi, crops
+
+
+def _size(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _check_report_path(path: Path, inputs: Sequence[str]) -> None:
@@ -89,8 +171,9 @@ def evaluate(
 
     Returns:
         One row per prediction: ``{"prediction", "voi_split", "voi_merge", "voi", "arand",
-        "arand_precision", "arand_recall", "n_segments"}`` or, semantic,
-        ``{"prediction", "dice": {class: dice}, "mean_dice"}``.
+        "arand_precision", "arand_recall", "n_segments", "roi"}`` or, semantic,
+        ``{"prediction", "dice": {class: dice}, "mean_dice", "roi"}``; ``roi``: the world ROI
+        scored (:func:`scored_region`), ``{"begin", "end", "shape", "unit"}`` ``(z, y, x)``.
     """
     if not predictions:
         raise UserError("give at least one prediction to score")
@@ -104,20 +187,26 @@ def evaluate(
                 raise UserError(f"prediction {spec!r} is a class map (its metadata says semantic task); score it with "
                                 "{semantic} (Dice per class), or give an instance segmentation", options=("semantic",))
     mask_volume = _open_labels(mask, "mask", allow_incomplete=allow_incomplete) if mask else None
-    for spec, volume in [*zip(predictions, preds), *([(mask, mask_volume)] if mask_volume else [])]:
-        if volume.shape != gt.shape:
-            raise UserError(
-                f"{spec!r} has shape {volume.shape} but the ground truth {ground_truth!r} has {gt.shape}; "
-                "score volumes of the same shape (crop one of them)"
-            )
-    tables = contingency_tables_blockwise(gt, preds, mask=mask_volume, max_voxels=max_voxels, progress=progress)
+    extra = [("mask", mask_volume)] if mask_volume else []
+    scored = [scored_region(gt, [("prediction", volume), *extra]) for volume in preds]
+    regions = [roi for roi, _ in scored]
+    tables: list = [None] * len(preds)
+    for roi in dict.fromkeys(regions):  # predictions scored on one region share one pass over the ground truth
+        group = [i for i, r in enumerate(regions) if r == roi]
+        gt_part, _, *mask_part = scored[group[0]][1]
+        found = contingency_tables_blockwise(gt_part, [scored[i][1][1] for i in group],
+                                             mask=mask_part[0] if mask_part else None,
+                                             max_voxels=max_voxels, progress=progress)
+        for i, table in zip(group, found):
+            tables[i] = table
     rows = []
-    for spec, table in zip(predictions, tables):
+    for spec, table, roi in zip(predictions, tables, regions):
         if semantic:
             if table.n_voxels == 0:
                 raise UserError(f"nothing to score: the mask {mask!r} selects no voxel")
             dice, mean = dice_scores(table=table)
-            rows.append({"prediction": spec, "dice": {str(k): v for k, v in dice.items()}, "mean_dice": mean})
+            rows.append({"prediction": spec, "dice": {str(k): v for k, v in dice.items()}, "mean_dice": mean,
+                         "roi": roi.as_dict()})
             continue
         if table.drop_gt([0]).n_voxels == 0:
             raise UserError(
@@ -125,7 +214,7 @@ def evaluate(
                 + (" inside the mask" if mask else "")
                 + " (all 0); nothing to score"
             )
-        rows.append({"prediction": spec, **instance_scores(table)})
+        rows.append({"prediction": spec, **instance_scores(table), "roi": roi.as_dict()})
     if json_path is not None:
         report = {
             "ground_truth": ground_truth,
@@ -156,3 +245,18 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"{r['prediction']:<{width}}" + "".join(f"  {r[n]:>9.4f}" for n in names) + f"  {r['n_segments']:>10}")
     return "\n".join(lines)
+
+
+def format_regions(rows: Sequence[dict[str, Any]]) -> str:
+    """Where the rows were scored, in world units: one line ``scored on [z 400:592, ...]
+    nanometer`` when they share the region, else one line per prediction."""
+    from psc_seg.io.geometry import WorldRoi
+
+    def text(row):
+        roi = row["roi"]
+        return str(WorldRoi(roi["begin"], roi["shape"], roi["unit"]))
+
+    regions = [text(r) for r in rows if "roi" in r]
+    if len(set(regions)) == 1:
+        return f"scored on {regions[0]}"
+    return "\n".join(f"scored {r['prediction']} on {region}" for r, region in zip(rows, regions))
