@@ -47,7 +47,7 @@ def unit_name(unit) -> str | None:
         unit = next((u for u in unit if u), None)
     if not unit:
         return None
-    unit = str(unit)
+    unit = unit.decode(errors="replace") if isinstance(unit, bytes) else str(unit)
     return UNIT_NAMES.get(unit.lower(), unit)
 
 
