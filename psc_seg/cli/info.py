@@ -13,7 +13,7 @@ def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Describe VOLUME: shape, dtype, chunks, voxel size, value range of a sample, metadata."""
-    from psc_seg.pipelines.info import volume_info
+    from psc_seg.pipelines.info import roi_text, volume_info
 
     info = volume_info(volume)
     if as_json:
@@ -28,6 +28,7 @@ def info_command(
         f"chunks      {tuple(info['chunks']) if info['chunks'] else 'none'}",
         f"voxel size  {tuple(info['voxel_size'])} {info['unit'] or ''}".rstrip(),
         f"offset      {tuple(info['offset'])}",
+        f"roi         {roi_text(info)}",
         f"values      min {sample['min']:g}  max {sample['max']:g}  mean {sample['mean']:.4g}  ({where})"
         if sample["min"] is not None else f"values      no finite values ({where})",
         f"complete    {'yes' if info['complete'] else 'NO (unfinished output)'}",

@@ -2,7 +2,8 @@
 
 Formats: zarr v2/v3 (OME-Zarr image groups), HDF5, NIfTI, TIFF stacks, ``.npy``; see
 :mod:`psc_seg.io.spec` for the spec strings and :mod:`psc_seg.io.volume` for axes, units and
-completeness. Example::
+completeness, :mod:`psc_seg.io.geometry` for world units (``Volume.roi``, a
+:class:`WorldRoi`; where each format keeps voxel size, offset and a NIfTI affine). Example::
 
     from psc_seg.io import create_volume, open_volume
 
@@ -14,6 +15,7 @@ completeness. Example::
     out.finalize()                                        # now it is complete
 """
 
+from psc_seg.io.geometry import WorldRoi, world_roi
 from psc_seg.io.normalize import (
     check_image, check_value_range, default_normalization, normalize, resolve_normalization, sample_values,
 )
@@ -22,9 +24,9 @@ from psc_seg.io.spec import VolumeSpec, check_apart, overlaps, parse_spec, stage
 from psc_seg.io.volume import META_KEY, Volume, partial_path, remove_output, replace_output, sidecar_beside
 
 __all__ = [
-    "META_KEY", "Volume", "VolumeSpec", "check_apart", "check_image", "check_value_range", "create_volume",
+    "META_KEY", "Volume", "VolumeSpec", "WorldRoi", "check_apart", "check_image", "check_value_range", "create_volume",
     "default_normalization", "default_provenance", "normalize", "open_volume", "overlaps", "parse_spec", "partial_path",
     "remove_output", "replace_output", "resolve_normalization", "sample_values", "sidecar_beside", "staged_spec",
     "volume_complete",
-    "volume_exists",
+    "volume_exists", "world_roi",
 ]

@@ -84,6 +84,11 @@ class WorldRoi:
         """``{"begin", "end", "shape", "unit"}`` for JSON reports."""
         return {"begin": list(self.begin), "end": list(self.end), "shape": list(self.shape), "unit": self.unit}
 
+    @classmethod
+    def from_dict(cls, values: dict) -> WorldRoi:
+        """The ROI :meth:`as_dict` wrote."""
+        return cls(values["begin"], values["shape"], values.get("unit"))
+
     def __str__(self) -> str:
         axes = ", ".join(f"{a} {_num(b)}:{_num(e)}" for a, b, e in zip(AXES, self.begin, self.end))
         return f"[{axes}]" + (f" {self.unit}" if self.unit else "")

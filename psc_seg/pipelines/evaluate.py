@@ -252,11 +252,7 @@ def format_regions(rows: Sequence[dict[str, Any]]) -> str:
     nanometer`` when they share the region, else one line per prediction."""
     from psc_seg.io.geometry import WorldRoi
 
-    def text(row):
-        roi = row["roi"]
-        return str(WorldRoi(roi["begin"], roi["shape"], roi["unit"]))
-
-    regions = [text(r) for r in rows if "roi" in r]
+    regions = [str(WorldRoi.from_dict(r["roi"])) for r in rows if "roi" in r]
     if len(set(regions)) == 1:
         return f"scored on {regions[0]}"
     return "\n".join(f"scored {r['prediction']} on {region}" for r, region in zip(rows, regions))

@@ -12,7 +12,7 @@ INFO_SAMPLE_VOXELS = 1_000_000
 
 
 def volume_info(spec: str) -> dict[str, Any]:
-    """Shape, dtype, chunks, voxel size, offset, unit, completeness, metadata and the value
+    """Shape, dtype, chunks, voxel size, offset, unit, world ROI, completeness, metadata and the value
     range of a sample (at most about a million voxels) of the volume ``spec``."""
     vol = open_volume(spec)
     values = sample_values(vol, max_voxels=INFO_SAMPLE_VOXELS)
@@ -27,6 +27,7 @@ def volume_info(spec: str) -> dict[str, Any]:
         "voxel_size": list(vol.voxel_size),
         "offset": list(vol.offset),
         "unit": vol.unit,
+        "roi": vol.roi.as_dict(),
         "complete": vol.complete,
         "sample": {
             "voxels": int(values.size),
@@ -41,3 +42,10 @@ def volume_info(spec: str) -> dict[str, Any]:
     if getattr(vol, "affine", None) is not None:
         info["affine"] = np.asarray(vol.affine).tolist()
     return info
+
+
+def roi_text(info: dict[str, Any]) -> str:
+    """The world ROI of a :func:`volume_info` as text: ``[z 0:512, y 0:768, x 0:768] nanometer``."""
+    from psc_seg.io.geometry import WorldRoi
+
+    return str(WorldRoi.from_dict(info["roi"]))

@@ -75,6 +75,8 @@ def test_ome_zarr_translation_is_the_offset(tmp_path):
                         offset=(16, 40, 4), unit="nanometer")
     out.finalize()
     assert open_volume(tmp_path / "o.zarr").roi == WorldRoi((16, 40, 4), (32, 20, 24), "nanometer")
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "o.zarr")])
+    assert "roi         [z 16:48, y 40:60, x 4:28] nanometer" in result.output, result.output
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
