@@ -150,8 +150,9 @@ def funlib_geometry(attrs: dict, ndim: int) -> tuple[list | None, list | None, s
 
 
 def nifti_offset(affine: np.ndarray) -> tuple[float, float, float]:
-    """The world position of voxel 0 of a NIfTI ``affine`` as ``(z, y, x)``."""
-    return tuple(float(v) for v in np.asarray(affine, dtype=np.float64)[:3, 3][::-1])
+    """The world position of voxel 0 of a NIfTI ``affine`` as ``(z, y, x)`` (0 on an axis where
+    a damaged affine has no finite translation)."""
+    return tuple(float(v) if np.isfinite(v) else 0.0 for v in np.asarray(affine, dtype=np.float64)[:3, 3][::-1])
 
 
 def moved_affine(affine: np.ndarray, *, voxel_size: Sequence[float], offset: Sequence[float],

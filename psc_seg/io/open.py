@@ -163,8 +163,10 @@ def create_volume(
     offset = tuple(float(v) for v in (offset if offset is not None else (0.0, 0.0, 0.0)))
     affine = None
     if reference is not None and reference.affine is not None:
-        affine = moved_affine(reference.affine, voxel_size=reference.voxel_size, offset=reference.offset,
-                              new_voxel_size=voxel_size, new_offset=offset)
+        # a non-finite affine is not carried (check_affine refuses it for NIfTI outputs)
+        if np.isfinite(reference.affine).all():
+            affine = moved_affine(reference.affine, voxel_size=reference.voxel_size, offset=reference.offset,
+                                  new_voxel_size=voxel_size, new_offset=offset)
     else:
         check_offset(f"output {str(s)!r}", voxel_size, offset)
     if axis_names is None:

@@ -546,8 +546,9 @@ def _h5_datasets(f) -> list[str]:
 
 class Hdf5Volume(Volume):
     """An HDF5 dataset. Metadata: ``resolution`` (or ``voxel_size``), ``offset``, ``units``
-    (or ``unit``) and ``axis_names`` attributes (z, y, x), as gunpowder / funlib write them. Writes from several processes are serialised
-    by a lock file."""
+    (or ``unit``) and ``axis_names`` attributes (z, y, x), as gunpowder / funlib write them
+    (:func:`~psc_seg.io.geometry.funlib_geometry`). Writes from several processes are
+    serialised by a lock file."""
 
     format = "hdf5"
 

@@ -186,3 +186,16 @@ def test_a_rotated_nifti_round_trips_through_predict(tmp_path, output):
     seg = nib.load(tmp_path / "seg.nii.gz")
     np.testing.assert_allclose(seg.affine, ROTATED, atol=1e-5)
     assert seg.shape == shape
+
+
+def test_a_damaged_affine_is_not_carried_into_a_zarr_output(tmp_path):
+    path = _nifti(tmp_path / "bad.nii", np.eye(4))
+    with open(path, "r+b") as f:  # srow_x[3] (x translation) = NaN, as a damaged file holds it
+        f.seek(280 + 12)
+        f.write(np.float32(np.nan).tobytes())
+    scan = open_volume(path)
+    assert not np.isfinite(scan.affine).all() and scan.offset == (0.0, 0.0, 0.0)
+    out = create_volume(tmp_path / "o.zarr", shape=scan.shape, dtype="uint8", reference=scan)
+    out.finalize()
+    back = open_volume(tmp_path / "o.zarr")
+    assert back.affine is None and back.offset == (0, 0, 0)
