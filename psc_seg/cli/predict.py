@@ -7,6 +7,12 @@ from typing import Annotated
 
 import typer
 
+from psc_seg.cli.options import RoiOption, RoiVoxelsOption
+
+MASK_HELP = ("Compute only the blocks whose region touches a nonzero voxel of this 3D volume, read at its own voxel "
+             "size (an integer multiple of the input's, e.g. a tissue mask downsampled 4x) and offset; the other "
+             "blocks stay 0 and count as done.")
+
 
 def predict_command(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt) written by psc-seg train / models init.")],
@@ -59,21 +65,27 @@ def predict_command(
                           "tiling is exact where the padded volume has at most 192^3 voxels, else a note says it "
                           "is not."),
     ] = False,
+    roi: RoiOption = None,
+    roi_voxels: RoiVoxelsOption = None,
+    mask: Annotated[str | None, typer.Option("--mask", metavar="VOLUME", help=MASK_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Predict affinities (UNet) or class probabilities and labels (DenseNet) for INPUT, block by
-    block, with the network in CHECKPOINT; write them to OUTPUT. Ctrl-C keeps the finished
-    blocks and prints the command that continues (--resume)."""
+    block, with the network in CHECKPOINT; write them to OUTPUT. With --roi, blocks read their
+    context from the input around the region (mirrored only outside the input): the output
+    equals that region of a whole prediction. Ctrl-C keeps the finished blocks and prints the
+    command that continues (--resume)."""
     from psc_seg.pipelines.predict import predict
 
     summary = predict(checkpoint, input, output, block_shape=block_shape, workers=workers, scheduler=scheduler,
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
                       overwrite=overwrite, progress=not quiet, normalize=normalize,
                       ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete,
-                      exact_tiling=exact_tiling)
+                      exact_tiling=exact_tiling, roi=roi, roi_voxels=roi_voxels, mask=mask)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
+    masked = f", {summary['masked']} outside the mask" if mask else ""
     typer.echo(
-        f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done "
+        f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done{masked} "
         f"(of {summary['blocks']}), {summary['seconds']:.1f} s, {summary['voxels_per_second']:,.0f} voxels/s"
     )
 

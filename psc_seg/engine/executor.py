@@ -40,7 +40,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -83,6 +83,7 @@ def run_blockwise(
     on_result: Callable[[list[int], Any], None] | None = None,
     progress: bool = True,
     desc: str = "blocks",
+    skip: Collection[int] = (),
 ) -> RunStats:
     """Run ``process`` on every block not yet finished in ``record``.
 
@@ -99,6 +100,8 @@ def run_blockwise(
         on_result: called on the client as ``on_result(block_ids, return_value)`` for each task.
         progress: show a tqdm bar over voxels (rate in voxels/s, ETA) on stderr.
         desc: label of the progress bar.
+        skip: ids of blocks with nothing to compute (outside a mask; their output keeps its
+            fill value): recorded as done without running, counted as skipped.
     """
     check_exclusive(workers=bool(workers), scheduler=bool(scheduler))
     if workers < 0:
@@ -115,6 +118,10 @@ def run_blockwise(
         with kept():
             record.set_total(len(blocks))
     done = record.done_ids() if record is not None else set()
+    if skip and record is not None:
+        with kept():
+            record.mark_done(sorted(set(skip) - done))
+    done |= set(skip)
     pending = [b for b in blocks if b.block_id not in done]
     tasks = list(iter_batches(pending, batch_size or 1))
     batched = batch_size is not None

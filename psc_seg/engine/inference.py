@@ -83,10 +83,12 @@ class BlockGeometry:
     context: tuple[int, int, int]
     crop: tuple[int, int, int]
 
-    def blocks(self, volume_shape: Sequence[int]) -> list[Block]:
-        """The blocks tiling a volume of ``volume_shape`` voxels, in C order."""
-        return block_grid(Roi((0, 0, 0), tuple(volume_shape)), write_shape=self.write_shape, context=self.context,
-                          read_shape=self.read_shape)
+    def blocks(self, volume_shape: Sequence[int], roi: Roi | None = None) -> list[Block]:
+        """The blocks tiling ``roi`` (default: the whole volume of ``volume_shape`` voxels), in
+        C order; for an ``roi`` that does not start at voxel 0, plan the geometry with its
+        ``origin`` (:func:`plan_geometry`)."""
+        total = roi if roi is not None else Roi((0, 0, 0), tuple(volume_shape))
+        return block_grid(total, write_shape=self.write_shape, context=self.context, read_shape=self.read_shape)
 
     def crop_of(self, block: Block) -> tuple[int, int, int]:
         """Where ``block``'s write ROI starts in the network's output of its read ROI."""
@@ -104,14 +106,15 @@ class ClippedGeometry(BlockGeometry):
     halo: tuple[int, int, int]
     step: tuple[int, int, int]
 
-    def blocks(self, volume_shape: Sequence[int]) -> list[Block]:
-        total = Roi((0, 0, 0), tuple(volume_shape))
+    def blocks(self, volume_shape: Sequence[int], roi: Roi | None = None) -> list[Block]:
+        total = roi if roi is not None else Roi((0, 0, 0), tuple(volume_shape))
         low = tuple(-h for h in self.halo)
         high = tuple(p - h for p, h in zip(padded_extent(volume_shape, self.halo, self.step), self.halo))
         blocks = []
         for block in block_grid(total, write_shape=self.write_shape, context=self.context):
-            begin = tuple(max(b, lo) for b, lo in zip(block.read_roi.begin, low))
-            end = tuple(min(e, hi) for e, hi in zip(block.read_roi.end, high))
+            # on the padded volume's step lattice (write ROIs of an roi need not start on it)
+            begin = tuple(max(lo + (b - lo) // s * s, lo) for b, lo, s in zip(block.read_roi.begin, low, self.step))
+            end = tuple(min(lo - (lo - e) // s * s, hi) for e, lo, hi, s in zip(block.read_roi.end, low, high, self.step))
             read = Roi(begin, tuple(e - b for b, e in zip(begin, end)))
             blocks.append(Block(block.block_id, read, block.write_roi))
         return blocks
@@ -172,14 +175,19 @@ def exact_fits(model, volume_shape: Sequence[int]) -> bool:
     return bool(np.prod(padded, dtype=np.int64) <= WHOLE_VOLUME_VOXELS)
 
 
-def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool = True) -> BlockGeometry:
+def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool = True,
+                  origin: Sequence[int] = (0, 0, 0)) -> BlockGeometry:
     """The :class:`BlockGeometry` of ``model`` for ``block_shape``; UserError naming the
     model's ``shape_step`` if the block shape is not a positive multiple of it. ``twin``: the
     valid twin of a same-padding UNet if the caller has built it (:func:`prepare_model`).
     ``exact=False``: a network that :func:`reads_receptive_field` reads only its ``context``
-    halo around each block instead (not exact near block borders; bounded memory)."""
+    halo around each block instead (not exact near block borders; bounded memory).
+    ``origin``: the first voxel of the region tiled (an ROI's begin; write ROIs start at
+    ``origin + k * block_shape``); valid-padding inputs still start on the whole volume's
+    ``shape_step`` lattice, so an ROI's output equals that region of the whole volume's."""
     block_shape = tuple(int(b) for b in block_shape)
     step = tuple(model.shape_step)
+    shift = tuple(int(o) % s for o, s in zip(origin, step))
     if len(block_shape) != 3 or min(block_shape) < 1 or any(b % s for b, s in zip(block_shape, step)):
         axis = next((i for i, (b, s) in enumerate(zip(block_shape, step)) if b < 1 or b % s), 0)
         raise UserError(
@@ -189,12 +197,12 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool =
             options=("block_shape",),
         )
     if model.padding == "valid":
-        return _valid_geometry(model, block_shape, crop=(0, 0, 0))
+        return _valid_geometry(model, block_shape, crop=shift)
     if getattr(model, "has_valid_twin", False):
         # prepare_model runs the valid twin: its input starts `crop` voxels earlier than a valid
         # model's would, so that its pooling windows are those of the same-padding network
         # on tiles that start on multiples of shape_step
-        crop = tuple((p - c) % s for p, c, s in zip(model.pooling_offset, model.context, step))
+        crop = tuple((p - c + o) % s for p, c, o, s in zip(model.pooling_offset, model.context, shift, step))
         return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
     halo = round_up(model.context, step)
     clipped = exact and reads_receptive_field(model)
@@ -250,21 +258,27 @@ class PredictionWriter:
     ``outputs``: ``{"affinities": volume}`` for ``kind="affinities"``, ``{"probabilities":
     volume, "labels": volume}`` for ``kind="semantic"`` (labels: the argmax over classes).
     ``dtype``: ``"float32"``, or ``"uint8"`` storing ``round(255 * clip(p, 0, 1))``.
+    ``origin``: the input voxel at which the outputs start (an ROI's begin; ``roi`` of
+    :meth:`aggregate` is in the input's voxels).
     Picklable for dask workers (volumes pickle); workers aggregate, the caller finalizes.
     """
 
-    def __init__(self, outputs: dict[str, Volume], *, kind: str, dtype: str) -> None:
+    def __init__(self, outputs: dict[str, Volume], *, kind: str, dtype: str,
+                 origin: Sequence[int] = (0, 0, 0)) -> None:
         if kind not in ("affinities", "semantic"):
             raise ValueError(f"kind must be affinities or semantic, got {kind!r}")
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self.outputs, self.kind, self.dtype = outputs, kind, dtype
+        self._to_output = tuple(-int(o) for o in origin)
         self.is_finalized = False
 
     def aggregate(self, values: np.ndarray, roi: Roi) -> None:
-        """Write ``values`` ``(C, Z, Y, X)``, the activated network output over ``roi`` exactly."""
+        """Write ``values`` ``(C, Z, Y, X)``, the activated network output over ``roi`` (the
+        input's voxels) exactly."""
         if self.is_finalized:
             raise RuntimeError("aggregate after finalize: the outputs are already complete")
+        roi = roi.shift(self._to_output)
         if self.kind == "semantic":
             self.outputs["labels"].write(roi, values.argmax(axis=0))
             self.outputs["probabilities"].write(roi, self._cast(values))

@@ -33,6 +33,8 @@ from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
 from psc_seg.engine import file_hash, prepare_outputs, run_blockwise
 from psc_seg.engine.executor import check_executor
+from psc_seg.engine.region import check_mask, mask_blocks, mask_identity, resolve_roi
+from psc_seg.engine.roi import Roi
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, cap_block_shape, default_block_shape,
@@ -42,6 +44,7 @@ from psc_seg.errors import Interrupted, UserError, check_exclusive, note
 from psc_seg.io import (
     check_apart, check_image, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
 )
+from psc_seg.io.crop import CroppedVolume
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
 from psc_seg.io.volume import Volume, known_voxel_size
 from psc_seg.models import load_checkpoint
@@ -164,6 +167,9 @@ def predict(
     ignore_voxel_size: bool = False,
     allow_incomplete: bool = False,
     exact_tiling: bool = False,
+    roi: str | None = None,
+    roi_voxels: str | None = None,
+    mask: str | None = None,
 ) -> dict[str, Any]:
     """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
 
@@ -199,8 +205,20 @@ def predict(
             is too large for one block (exact, costly); by default that is done only where the
             whole volume fits one block (:func:`~psc_seg.engine.inference.exact_fits`), and
             otherwise a note says the result is not exact near block borders.
+        roi: compute only this region, ``"z0:z1,y0:y1,x0:x1"`` in the input's world units
+            (e.g. nm; ends exclusive, on voxel borders); the output covers exactly it and is
+            placed where it lies (offset = input offset + ROI begin). Blocks read their
+            context from the input around it (mirrored only outside the input), so the
+            output equals that region of a whole-volume prediction
+            (:func:`~psc_seg.engine.region.resolve_roi`).
+        roi_voxels: the same in voxel indices; excludes ``roi``.
+        mask: a 3D volume, nonzero where to predict, at its own voxel size (an integer
+            multiple of the input's, or a divisor) and offset: only the blocks whose write ROI
+            touches its nonzero voxels are computed; the others stay 0 and are recorded as
+            done (:func:`~psc_seg.engine.region.mask_blocks`).
 
-    Returns a summary: outputs, blocks total / computed / skipped, seconds, voxels per second.
+    Returns a summary: outputs, blocks total / computed / skipped (done before) / masked
+    (outside ``mask``, left at 0), seconds, voxels per second.
     Ctrl-C raises :class:`~psc_seg.errors.Interrupted` saying how many blocks are kept (the
     output stays unfinished; ``resume`` continues it).
     Checks skipped or overridden, and an unfinished input used, are told as
@@ -224,21 +242,28 @@ def predict(
     if (source.channels or 1) != in_channels:
         raise UserError(f"input {input!r} has {source.channels or 1} channel(s) but the model expects {in_channels}")
     shape = source.spatial_shape
+    region = resolve_roi(source, roi=roi, roi_voxels=roi_voxels)
+    total = region or Roi((0, 0, 0), shape)  # the input voxels the output covers
     specs = output_specs(output, task)
     check_apart(input, specs.values())
-    exact = exact_tiling or not reads_receptive_field(model) or exact_fits(model, shape)
+    mask_volume = None
+    if mask is not None:
+        check_apart(mask, specs.values())
+        mask_volume = open_volume(mask)
+        check_mask(mask_volume, source, total)
+    exact = exact_tiling or not reads_receptive_field(model) or exact_fits(model, total.shape)
     if block_shape:
-        block_shape, capped = cap_block_shape(model, block_shape, shape)
+        block_shape, capped = cap_block_shape(model, block_shape, total.shape)
         note(capped)
     else:
-        block_shape = default_block_shape(model, shape, exact=exact)
+        block_shape = default_block_shape(model, total.shape, exact=exact)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
-    geometry = plan_geometry(model, block_shape, twin=runner, exact=exact)
+    geometry = plan_geometry(model, block_shape, twin=runner, exact=exact, origin=total.begin)
     if not exact:
         reach = 2 * max(round_up(model.receptive_radius, model.shape_step))
         note(f"not exact near block borders: the {type(model).__name__}'s receptive field "
              f"({max(model.receptive_radius)} voxels) is wider than the {max(geometry.context)}-voxel halo each block "
-             f"reads, because exact tiling of a {'x'.join(map(str, shape))} volume would read up to (block + {reach})^3 "
+             f"reads, because exact tiling of a {'x'.join(map(str, total.shape))} volume would read up to (block + {reach})^3 "
              "voxels per block; set exact_tiling (psc-seg predict --exact-tiling) for the exact result")
     norm = check_input(source, ckpt.metadata, normalize=normalize, ignore_voxel_size=ignore_voxel_size)
     source_spec = parse_spec(input)
@@ -255,20 +280,30 @@ def predict(
         settings["geometry"] = "clipped-receptive-field"
     if precision != "float32":  # float32 runs keep the settings (and resume records) they had
         settings["precision"] = precision
+    if region is not None:
+        settings["roi"] = {"offset": list(region.begin), "shape": list(region.shape)}  # input voxels
 
     checkpoint = str(Path(checkpoint).resolve())
-    blocks = geometry.blocks(shape)
+    blocks = geometry.blocks(shape, total)
+    masked: list[int] = []
+    if mask_volume is not None:
+        chosen = mask_blocks(mask_volume, source, blocks)
+        masked = sorted(set(b.block_id for b in blocks) - set(chosen))
+        mask_spec = parse_spec(mask)
+        settings["mask"] = mask_identity(mask_volume, str(mask_spec.path.resolve()) + ":" + mask_spec.inner, chosen)
+    reference = source if region is None else CroppedVolume(source, region.begin, region.shape)
     with prepare_outputs(
         specs, settings, resume=resume, overwrite=overwrite,
-        create=lambda where: _create_outputs(where, task, source=source, dtype=dtype, geometry=geometry,
+        create=lambda where: _create_outputs(where, task, source=reference, dtype=dtype, geometry=geometry,
                                              settings=settings, checkpoint=checkpoint),
     ) as prepared:
         if prepared.done:
-            return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks), seconds=0.0, voxels=0)
+            return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks) - len(masked),
+                            masked=len(masked), seconds=0.0, voxels=0)
         parallel = bool(workers or scheduler)
         # our LocalCluster's workers share this machine's cores; a user's --scheduler workers are left as they are
         threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
-        writer = PredictionWriter(prepared.volumes, kind=task["kind"], dtype=dtype)
+        writer = PredictionWriter(prepared.volumes, kind=task["kind"], dtype=dtype, origin=total.begin)
         predictor = BlockPredictor(
             checkpoint=checkpoint, model=None if parallel else runner, device=device,
             geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
@@ -277,13 +312,13 @@ def predict(
         try:
             stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
                                   batch_size=batch_size if batch_size > 1 else None, record=prepared.record,
-                                  progress=progress, desc="predict")
+                                  progress=progress, desc="predict", skip=masked)
         except KeyboardInterrupt:
             raise Interrupted(f"{len(prepared.record.done_ids())} of {len(blocks)} blocks written to "
                               f"{prepared.written_to()} are kept") from None
         prepared.finish(writer.finalize)
-    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped,
-                    seconds=stats.seconds, voxels=stats.voxels)
+    return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped - len(masked),
+                    masked=len(masked), seconds=stats.seconds, voxels=stats.voxels)
 
 
 def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,
@@ -307,8 +342,8 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
     return outputs
 
 
-def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, seconds: float,
+def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, masked: int, seconds: float,
              voxels: int) -> dict[str, Any]:
-    return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "seconds": seconds,
-            "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}
+    return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "masked": masked,
+            "seconds": seconds, "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}
 
