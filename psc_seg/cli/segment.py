@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from psc_seg.cli.options import RoiOption, RoiVoxelsOption
+
 OFFSETS_HELP = ("Offsets of the affinity channels, for affinities whose metadata names none (psc-seg predict stores "
                 "them), in the config's form: \"[[-1,0,0],[0,-1,0],[0,0,-1]]\". The channels of these three nearest "
                 "neighbours are segmented, wherever they are; others are left out.")
@@ -38,20 +40,25 @@ def segment_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same settings (a killed run's, or an unfinished --overwrite replacement); takes over from a run that is no longer running.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs. The new ones are written beside them (OUT.psc-seg-new) and take their place only once complete: a run that fails or is killed leaves the old ones as they were.")] = False,
     offsets: Annotated[str | None, typer.Option("--offsets", metavar="YAML", help=OFFSETS_HELP)] = None,
+    roi: RoiOption = None,
+    roi_voxels: RoiVoxelsOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     allow_incomplete: Annotated[
         bool,
         typer.Option("--allow-incomplete", help="Segment affinities that psc-seg marked unfinished (refused by default)."),
     ] = False,
 ) -> None:
-    """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background). Ctrl-C says
-    what is kept (blockwise: the finished blocks of each step) and the command that continues."""
+    """Segment AFFINITIES into instance labels in OUTPUT (uint64, 0 = background), placed where
+    the affinities lie (their offset). With --roi, only that region, as if the affinities were
+    cropped to it. Ctrl-C says what is kept (blockwise: the finished blocks of each step) and
+    the command that continues."""
     from psc_seg.pipelines.segment import segment
 
     outputs = segment(
         affinities, output, thresholds=threshold, scoring=scoring, fragments=fragments, decoder=decoder,
         min_size=min_size, block_shape=block_shape, workers=workers, scheduler=scheduler, resume=resume,
         overwrite=overwrite, progress=not quiet, allow_incomplete=allow_incomplete, offsets=offsets,
+        roi=roi, roi_voxels=roi_voxels,
     )
     for spec in outputs:
         typer.echo(f"wrote {spec}")

@@ -18,8 +18,10 @@ import yaml
 
 from psc_seg.affinities import EXAMPLE_OFFSETS, check_offsets, nearest_neighbour_channels
 from psc_seg.engine.executor import check_executor
+from psc_seg.engine.region import resolve_roi
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, check_exclusive, note
+from psc_seg.io.crop import CroppedVolume
 from psc_seg.segment.settings import DEFAULT_SCORING, DEFAULT_THRESHOLD, SegmentSettings
 from psc_seg.segment.whole import segment_whole
 
@@ -168,6 +170,8 @@ def segment(
     progress: bool = True,
     allow_incomplete: bool = False,
     offsets: str | Sequence[Sequence[int]] | None = None,
+    roi: str | None = None,
+    roi_voxels: str | None = None,
 ) -> list[str]:
     """Segment the affinity volume ``affinities`` into ``output`` (one volume per threshold).
 
@@ -195,6 +199,10 @@ def segment(
             without it they are refused (:func:`~psc_seg.engine.resume.check_finished`).
         offsets: the offsets of affinities whose metadata has none (see
             :func:`affinity_offsets`).
+        roi: segment only this region, ``"z0:z1,y0:y1,x0:x1"`` in the affinities' world units
+            (e.g. nm), as if they were cropped to it; the outputs cover exactly it, placed
+            where it lies (:func:`~psc_seg.engine.region.resolve_roi`).
+        roi_voxels: the same in voxel indices; excludes ``roi``.
 
     Returns:
         The output specs written, in the order of ``thresholds``. Ctrl-C raises
@@ -210,6 +218,10 @@ def segment(
     check_executor(workers or 0, scheduler)  # every option is checked before any output is made
     affs = open_affinities(affinities)
     note(check_finished(affs, "affinities", allow_incomplete=allow_incomplete))
+    region = resolve_roi(affs, roi=roi, roi_voxels=roi_voxels)
+    if region is not None:
+        affs = CroppedVolume(affs, region.begin, region.shape)
+        settings = replace(settings, roi=(region.begin, region.shape))
     thresholds, scoring, chosen = _validated_defaults(affs, thresholds, scoring, decoder=decoder)
     settings = replace(settings, thresholds=thresholds, scoring=scoring, offsets=affinity_offsets(affs, offsets))
     note(nearest_neighbour_channels(settings.offsets)[1])

@@ -32,6 +32,8 @@ class SegmentSettings:
             segments the whole volume in memory.
         offsets: one ``(dz, dy, dx)`` per channel of the affinities (as stored with them);
             the nearest-neighbour channels are segmented (:attr:`channels`), others left out.
+        roi: the region segmented, ``(begin, shape)`` ``(z, y, x)`` in voxels of the
+            affinities, as if they were cropped to it; None: all of them.
 
     Raises:
         UserError: an unknown scoring, fragments method or decoder, a negative ``min_size``,
@@ -46,6 +48,7 @@ class SegmentSettings:
     min_size: int = 0
     block_shape: Sequence[int] | None = None
     offsets: Sequence[Sequence[int]] = DEFAULT_OFFSETS
+    roi: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -78,7 +81,9 @@ class SegmentSettings:
         return nearest_neighbour_channels(self.offsets)[0]
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON values, in a fixed order: what resume hashes and provenance stores."""
+        """Plain JSON values, in a fixed order: what resume hashes and provenance stores (the
+        ROI only when one is given, so that earlier runs keep their hashes)."""
+        region = {"roi": {"offset": list(self.roi[0]), "shape": list(self.roi[1])}} if self.roi else {}
         return {
             "affinities": self.affinities,
             "thresholds": list(self.thresholds),
@@ -88,4 +93,5 @@ class SegmentSettings:
             "min_size": self.min_size,
             "block_shape": list(self.block_shape) if self.block_shape else None,
             "offsets": [list(o) for o in self.offsets],
+            **region,
         }
