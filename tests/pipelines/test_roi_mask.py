@@ -172,9 +172,42 @@ def test_a_densenet_roi_is_that_region_of_the_whole_prediction(tmp_path, vivid):
     predict(ckpt, spec, str(tmp_path / "whole.zarr"), progress=False)
     whole = open_volume(str(tmp_path / "whole.zarr/probabilities")).read()
     assert whole.std() > 0.05
-    for block in [(8, 8, 8), (28, 28, 32)]:
-        out = tmp_path / f"roi{block[0]}.zarr"
-        predict(ckpt, spec, str(out), block_shape=block, progress=False, roi_voxels="5:27,7:23,3:30")
-        got = open_volume(str(out / "probabilities"))
-        assert got.offset == (440.0, 856.0, 1624.0)
-        assert np.abs(got.read() - whole[:, 5:27, 7:23, 3:30]).max() <= 1e-5, block
+    out = tmp_path / "roi.zarr"
+    predict(ckpt, spec, str(out), block_shape=(12, 8, 16), progress=False, roi_voxels="5:27,7:23,3:30")
+    got = open_volume(str(out / "probabilities"))
+    assert got.offset == (440.0, 856.0, 1624.0)
+    assert np.abs(got.read() - whole[:, 5:27, 7:23, 3:30]).max() <= 1e-5
+
+
+def test_a_same_padding_unet_roi_is_that_region_of_the_whole_prediction(tmp_path, raw):
+    # a same-padding UNet runs as its valid twin, whose inputs start on the same-padding
+    # network's pooling lattice: an ROI off that lattice shifts them by its begin
+    torch.manual_seed(1)
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]],
+                        padding="same")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    ckpt = save_checkpoint(tmp_path / "same.pt", model, metadata={
+        "task": {"kind": "affinities", "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]},
+        "normalize": {"kind": "uint8"}, "voxel_size": list(VOXEL)})
+    predict(ckpt, raw, str(tmp_path / "whole.zarr"), block_shape=(16, 16, 16), progress=False)
+    predict(ckpt, raw, str(tmp_path / "roi.zarr"), block_shape=(8, 12, 8), progress=False,
+            roi_voxels="3:29,6:31,9:42")
+    whole = open_volume(str(tmp_path / "whole.zarr")).read()
+    np.testing.assert_array_equal(open_volume(str(tmp_path / "roi.zarr")).read(), whole[:, 3:29, 6:31, 9:42])
+
+
+def test_a_cropped_nifti_moves_its_affine_with_the_region(tmp_path):
+    import nibabel as nib
+
+    from psc_seg.io.crop import CroppedVolume
+
+    data = np.arange(6 * 7 * 8, dtype=np.float32).reshape(8, 7, 6)  # NIfTI (x, y, z)
+    affine = np.array([[0, -2.0, 0, 10], [1.5, 0, 0, 20], [0, 0, 3.0, 30], [0, 0, 0, 1]])  # rotated axes
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "scan.nii.gz")
+    scan = open_volume(str(tmp_path / "scan.nii.gz"))
+    crop = CroppedVolume(scan, (1, 2, 3), (4, 3, 2))  # (z, y, x)
+    np.testing.assert_array_equal(crop.read(), scan.read()[1:5, 2:5, 3:5])
+    np.testing.assert_allclose(crop.affine[:, 3], affine @ [3, 2, 1, 1])  # voxel 0 of the crop, in the world
+    np.testing.assert_array_equal(crop.affine[:3, :3], affine[:3, :3])
