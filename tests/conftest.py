@@ -5,6 +5,7 @@ LocalCluster worker unpickling a function defined there must import that module 
 project root goes on the path of this process and, through PYTHONPATH, of the workers.
 """
 
+import http.server
 import os
 import sys
 import warnings
@@ -61,3 +62,88 @@ def _vivid(model):
 def vivid():
     """:func:`_vivid`: larger weights and running statistics for a tiny network."""
     return _vivid
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server on 127.0.0.1 (moto's server mode, in a thread of this process), named by
+    ``AWS_ENDPOINT_URL`` and dummy credentials in the environment of this process and of the
+    commands it starts; yields its endpoint URL. Offline: nothing leaves the machine."""
+    import socket
+
+    try:
+        from moto.moto_server import threaded_moto_server
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        pytest.fail("the S3 tests need moto's server: pip install 'moto[server]' (or pip install '.[test]')")
+
+    class Handler(threaded_moto_server.MotoRequestHandler):
+        def setup(self):  # replies go out at once, not after the client's delayed ACK (40 ms a request)
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    threaded_moto_server.MotoRequestHandler = Handler
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in (*env, "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN")}
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A new, empty bucket on :func:`s3_server`, named after the test; yields ``s3://<name>``."""
+    import re
+
+    try:
+        import s3fs
+    except ImportError:
+        pytest.fail("the S3 tests need s3fs: pip install s3fs (or pip install '.[test]')")
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    if fs.exists(name):
+        fs.rm(name, recursive=True)
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    return f"s3://{name}"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """``serve(folder) -> "http://127.0.0.1:<port>"``: python's HTTP server on ``folder``, in a
+    thread, stopped after the test (a stand-in for an https:// store, offline)."""
+    import functools
+    import threading
+
+    servers = []
+
+    def serve(folder) -> str:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

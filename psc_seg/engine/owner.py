@@ -4,6 +4,8 @@ The owner file (``.<file>[.<inner>].psc-seg-owner`` beside the output, see
 :func:`psc_seg.io.sidecar_beside`) holds the writer's host, pid, process start time, a random
 token and its command line. It is created atomically (written aside, then hard-linked into
 place, which fails if it exists), so two runs that start together cannot both own an output.
+For an output in an object store (``s3://``) the owner is an object beside the output, created
+with a conditional write (S3's ``If-None-Match``), which fails as well if it exists.
 
 * A second writer is refused, naming the first's host, pid and command.
 * An owner whose process is gone (a dead pid, or a pid now used by a later process, on this
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from psc_seg.errors import UserError
 from psc_seg.files import fixable_writes
+from psc_seg.io import stores
 
 
 def _start_time(pid: int) -> str | None:
@@ -55,7 +58,8 @@ class OutputOwner:
     process once :meth:`acquire` succeeds, until :meth:`release`."""
 
     def __init__(self, path: str | os.PathLike, what: str) -> None:
-        self.path, self.what = Path(path), what
+        self.remote = stores.is_url(path)
+        self.path, self.what = (str(path) if self.remote else Path(path)), what
         self.token = secrets.token_hex(8)
         self.held = False
 
@@ -68,15 +72,26 @@ class OutputOwner:
         """The owner's record, None if there is none (an unreadable one counts as a live owner's
         being written: ``{}``)."""
         try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
+            data = stores.read_bytes(self.path)
+            return None if data is None else json.loads(data)
         except (OSError, ValueError):
             return {}
 
     def acquire(self, *, resume: bool = False) -> None:
         """Own the output; UserError if another run does (see the module docstring), or if the
         owner file cannot be written where the output goes (the first thing a run writes)."""
+        if self.remote:
+            stores.check_writable(self.path)
+            mine = json.dumps(self._mine()).encode()
+
+            def put(exclusive: bool) -> None:
+                stores.write_bytes(self.path, mine, exclusive=exclusive)
+            try:
+                put(True)
+            except FileExistsError:
+                self._take_over(put, resume=resume)
+            self.held = True
+            return
         blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise UserError(f"cannot create output {self.what!r}: {str(blocker)!r} is a file, not a folder; "
@@ -89,16 +104,18 @@ class OutputOwner:
                 try:
                     os.link(tmp, self.path)
                 except FileExistsError:
-                    self._take_over(tmp, resume=resume)
+                    self._take_over(lambda exclusive: (os.link if exclusive else os.replace)(tmp, self.path),
+                                    resume=resume)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         self.held = True
 
-    def _take_over(self, tmp: Path, *, resume: bool) -> None:
+    def _take_over(self, put, *, resume: bool) -> None:
+        """``put(exclusive)`` writes this run's owner record (``exclusive``: only if there is none)."""
         other = self.read()
         if other is None:  # released meanwhile
-            os.link(tmp, self.path)
+            put(True)
             return
         host, pid = other.get("host", "?"), other.get("pid")
         who = f"pid {pid} on host {host}"
@@ -110,7 +127,7 @@ class OutputOwner:
             raise UserError(f"output {self.what!r} belongs to an interrupted run ({who}, no longer running); pass "
                             f"{{resume}} to continue it, or delete {str(self.path)!r} to start again",
                             options=("resume",))
-        os.replace(tmp, self.path)
+        put(False)
         if (self.read() or {}).get("token") != self.token:  # another run took it over at the same moment
             raise UserError(f"output {self.what!r} was just taken over by another psc-seg run; wait for it to finish")
 
@@ -125,5 +142,5 @@ class OutputOwner:
     def release(self) -> None:
         """Give the output up (only if this process still owns it)."""
         if self.held and (self.read() or {}).get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+            stores.remove(self.path)
         self.held = False

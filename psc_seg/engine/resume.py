@@ -7,6 +7,11 @@ A record is a folder kept with the output (``Volume.sidecar_dir("blocks")``)::
     done.log        finished blocks, one line each, appended (and flushed) as blocks finish:
                     ``<id> <crc32 of the id, 8 hex digits>``
 
+In an object store (an output at an ``s3://`` or ``gs://`` URL), where nothing can be appended,
+the record is a prefix of objects under the same name: ``settings.json``, ``total``, and one
+empty object ``done/<id>`` per finished block (:class:`ObjectBlockRecord`); each is written
+whole, so the same rules hold.
+
 A block is appended only after its output has been written, so a run killed at any moment
 (even SIGKILL) leaves a record that lists only blocks whose data are on disk. Each line checks
 itself: a torn last line (``"2"`` of ``"250 …"``), or one that a later append ran into
@@ -38,6 +43,7 @@ from typing import Any
 from psc_seg.engine.owner import OutputOwner
 from psc_seg.errors import UserError, check_exclusive
 from psc_seg.files import atomic_path, fixable_writes
+from psc_seg.io import stores
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -58,9 +64,20 @@ def file_hash(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
 class BlockRecord:
     """The finished-block record in ``directory`` (see the module docstring)."""
 
+    def __new__(cls, directory: str | os.PathLike | None = None):
+        if cls is BlockRecord and directory is not None and stores.is_url(directory):
+            return super().__new__(ObjectBlockRecord)
+        return super().__new__(cls)
+
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self._log = None
+
+    def stored_settings(self) -> dict[str, Any] | None:
+        """``{"hash", "settings"}`` as stored, None if the record has none."""
+        if not self.settings_file.is_file():
+            return None
+        return json.loads(self.settings_file.read_text())
 
     @property
     def settings_file(self) -> Path:
@@ -89,6 +106,8 @@ class BlockRecord:
     @classmethod
     def create(cls, directory: str | os.PathLike, settings: dict[str, Any]) -> BlockRecord:
         """A new, empty record for ``settings`` (replacing any record in ``directory``)."""
+        if stores.is_url(directory):
+            return ObjectBlockRecord.create(directory, settings)
         record = cls(directory)
         if record.directory.exists():
             shutil.rmtree(record.directory)
@@ -103,10 +122,10 @@ class BlockRecord:
         """The existing record in ``directory``; UserError if there is none or it was written
         with other settings."""
         record = cls(directory)
-        if not record.settings_file.is_file():
+        stored = record.stored_settings()
+        if stored is None:
             raise UserError(f"{what} has no block record to resume from; pass {{overwrite}} to start again",
                             options=("overwrite",))
-        stored = json.loads(record.settings_file.read_text())
         if stored.get("hash") != settings_hash(settings):
             differ = sorted(k for k in set(settings) | set(stored.get("settings", {}))
                             if json.dumps(settings.get(k), sort_keys=True, default=str)
@@ -117,9 +136,7 @@ class BlockRecord:
 
     def matches(self, settings: dict[str, Any]) -> bool:
         """Whether the record exists and was made for ``settings``."""
-        if not self.settings_file.is_file():
-            return False
-        return json.loads(self.settings_file.read_text()).get("hash") == settings_hash(settings)
+        return (self.stored_settings() or {}).get("hash") == settings_hash(settings)
 
     def done_ids(self) -> set[int]:
         """Ids of the finished blocks: those on a whole line whose checksum matches."""
@@ -145,6 +162,46 @@ class BlockRecord:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class ObjectBlockRecord(BlockRecord):
+    """A block record under a URL prefix (see the module docstring): ``settings.json``,
+    ``total`` and ``done/<id>``, each object written whole."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = str(directory).rstrip("/")
+        self._log = None
+
+    def stored_settings(self) -> dict[str, Any] | None:
+        data = stores.read_bytes(stores.join(self.directory, "settings.json"))
+        return None if data is None else json.loads(data)
+
+    def set_total(self, n_blocks: int) -> None:
+        stores.write_bytes(stores.join(self.directory, "total"), f"{int(n_blocks)}\n".encode())
+
+    def total(self) -> int | None:
+        try:
+            return int(stores.read_bytes(stores.join(self.directory, "total")) or b"")
+        except ValueError:
+            return None
+
+    @classmethod
+    def create(cls, directory: str, settings: dict[str, Any]) -> ObjectBlockRecord:
+        record = cls(directory)
+        stores.remove(record.directory)
+        text = json.dumps({"hash": settings_hash(settings), "settings": settings}, indent=1, default=str)
+        stores.write_bytes(stores.join(record.directory, "settings.json"), text.encode())
+        return record
+
+    def done_ids(self) -> set[int]:
+        return {int(name) for name in stores.list_names(stores.join(self.directory, "done")) if name.isdigit()}
+
+    def mark_done(self, block_ids: Iterable[int]) -> None:
+        for block_id in block_ids:
+            stores.write_bytes(stores.join(self.directory, "done", str(int(block_id))), b"")
+
+    def close(self) -> None:
+        pass
 
 
 def _line(block_id: int) -> bytes:
@@ -325,7 +382,8 @@ def _point_to_record(volumes: Mapping[str, Any], first: str, record: BlockRecord
 
     for name, volume in volumes.items():
         if name != first:
-            where = os.path.relpath(record.directory, volume.sidecar_dir(RECORD).parent)
+            own = volume.sidecar_dir(RECORD)
+            where = record.directory if stores.is_url(own) else os.path.relpath(record.directory, own.parent)
             volume.update_attrs({META_KEY: {**volume.attrs.get(META_KEY, {}), "record": where}})
 
 
@@ -389,9 +447,12 @@ def _record_of(volume, meta: dict[str, Any]) -> BlockRecord | None:
     """The block record of the run that writes ``volume``: kept with it, or with the run's first
     output (``meta["record"]``, relative to where the volume's own would be); None if none."""
     own = volume.sidecar_dir(RECORD)
-    for directory in (own, *([own.parent / meta["record"]] if meta.get("record") else [])):
+    pointed = meta.get("record")
+    if pointed and not stores.is_url(pointed):
+        pointed = own.parent / pointed
+    for directory in (own, *([pointed] if pointed else [])):
         record = BlockRecord(directory)
-        if record.settings_file.is_file():
+        if record.stored_settings() is not None:
             return record
     return None
 

@@ -14,6 +14,8 @@ import numpy as np
 from psc_seg import __version__
 from psc_seg.errors import UserError
 from psc_seg.files import fixable_writes
+from psc_seg.io import stores
+from psc_seg.io.n5 import N5Volume
 from psc_seg.io.geometry import check_offset, moved_affine
 from psc_seg.io.spec import VolumeSpec, parse_spec
 from psc_seg.io.volume import (
@@ -22,7 +24,7 @@ from psc_seg.io.volume import (
 )
 
 DEFAULT_CHUNK = 64
-_READERS = {"zarr": ZarrVolume, "hdf5": Hdf5Volume, "nifti": NiftiVolume, "tiff": TiffVolume, "npy": NpyVolume}
+_READERS = {"zarr": ZarrVolume, "n5": N5Volume, "hdf5": Hdf5Volume, "nifti": NiftiVolume, "tiff": TiffVolume, "npy": NpyVolume}
 
 
 def open_volume(spec: str | Path | VolumeSpec, mode: str = "r") -> Volume:
@@ -36,6 +38,8 @@ def open_volume(spec: str | Path | VolumeSpec, mode: str = "r") -> Volume:
     if mode not in ("r", "r+"):
         raise ValueError(f"open_volume: mode must be 'r' or 'r+', got {mode!r}")
     s = parse_spec(spec)
+    if mode == "r+" and s.url:
+        stores.check_writable(s.url)
     if s.format in ("nifti", "tiff", "npy"):
         if mode == "r+":
             return BufferedVolume(s, mode="r+")
@@ -48,8 +52,8 @@ def open_volume(spec: str | Path | VolumeSpec, mode: str = "r") -> Volume:
 def volume_exists(spec: str | Path | VolumeSpec) -> bool:
     """Whether something (finished or not) already exists where ``spec`` points."""
     s = parse_spec(spec)
-    if s.format == "zarr":
-        return (s.path / s.inner).exists() if s.inner else s.path.exists()
+    if s.format in ("zarr", "n5"):
+        return stores.exists(stores.join(s.url or s.path, s.inner))
     if s.format == "hdf5":
         if not s.path.is_file():
             return False
@@ -151,6 +155,11 @@ def create_volume(
     if min(shape) < 1:
         raise UserError(f"output {str(s)!r}: shape {shape} has an empty axis")
     check_affine(s, reference)
+    if s.format == "n5":
+        raise UserError(f"output {str(s)!r}: psc-seg reads N5 but does not write it; write a zarr output "
+                        "(e.g. out.zarr), which the same tools read")
+    if s.url:
+        stores.check_writable(s.url)
     if volume_exists(s):
         if not overwrite:
             raise UserError(f"output {str(s)!r} already exists; pass {{overwrite}} to replace it", options=("overwrite",))
@@ -203,25 +212,26 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     from zarr.codecs import BloscCodec, ZstdCodec
 
     zarr_format = 3
-    if s.path.exists():
+    root = s.url or s.path
+    if stores.exists(root):
         try:
-            zarr_format = zarr.open_group(str(s.path), mode="r").metadata.zarr_format
+            zarr_format = zarr.open_group(stores.zarr_store(root), mode="r").metadata.zarr_format
         except Exception as exc:
             raise UserError(f"{str(s.path)!r} exists and is not a zarr group ({exc}); choose another output") from None
     if s.inner:
         *parents, name = s.inner.split("/")
         for depth in range(1, len(parents) + 1):
-            node = s.path.joinpath(*parents[:depth])
+            node = stores.join(root, *parents[:depth])
             if _zarr_array_at(node):
                 raise UserError(f"output {str(s)!r} would lie inside the array {str(node)!r}, which holds data of its "
                                 "own; choose an output in a group or a new container")
-        parent = zarr.open_group(str(s.path), mode="a", zarr_format=zarr_format)
+        parent = zarr.open_group(stores.zarr_store(root, mode="a"), mode="a", zarr_format=zarr_format)
         for part in parents:
             parent = parent.require_group(part)
         group = parent.create_group(name, overwrite=True)
     else:
         name = s.path.stem
-        group = zarr.open_group(str(s.path), mode="w", zarr_format=zarr_format)
+        group = zarr.open_group(stores.zarr_store(root, mode="w"), mode="w", zarr_format=zarr_format)
     version = "0.5" if zarr_format == 3 else "0.4"
     ms = ome_multiscales(name=name, axis_names=axis_names, voxel_size=voxel_size, offset=offset, unit=unit,
                          version=version)
@@ -236,12 +246,12 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs)
 
 
-def _zarr_array_at(node: Path) -> bool:
-    """Whether the folder ``node`` is a zarr array (v3 ``zarr.json`` of node type array, or v2)."""
-    if (node / ".zarray").is_file():
+def _zarr_array_at(node: Path | str) -> bool:
+    """Whether the folder (or URL) ``node`` is a zarr array (v3 ``zarr.json`` of node type array, or v2)."""
+    if stores.read_bytes(stores.join(node, ".zarray")) is not None:
         return True
     try:
-        return json.loads((node / "zarr.json").read_text()).get("node_type") == "array"
+        return json.loads(stores.read_bytes(stores.join(node, "zarr.json")) or b"{}").get("node_type") == "array"
     except (OSError, ValueError):
         return False
 

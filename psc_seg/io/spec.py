@@ -11,13 +11,23 @@ spec                                       volume
 ``scan.nii``, ``scan.nii.gz``              NIfTI (stored x, y, z; exposed as z, y, x)
 ``stack.tif``, ``stack.tiff``              TIFF stack (z, y, x)
 ``vol.npy``                                NumPy array file
+``vol.n5/group/dataset``                   N5 dataset (read only; raw, gzip, bzip2, xz, blosc)
+``folder/array``                           a zarr folder without the ``.zarr`` suffix, when it
+                                           holds zarr metadata (``zarr.json``, ``.zgroup``,
+                                           ``.zarray``)
+``s3://bucket/vol.zarr/group/array``       zarr (or N5) through fsspec: ``s3://``, ``gs://``,
+                                           ``http(s)://`` (read only); ``file:///abs/vol.zarr``
+                                           is the local path
 =========================================  ======================================================
+
+A URL stays a URL (``VolumeSpec.url``): it is never turned into a local path. Remote
+containers without a ``.zarr`` / ``.n5`` component are taken as zarr, container = the URL.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from psc_seg.errors import UserError
 
@@ -26,21 +36,73 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
 ZARR_SUFFIXES = (".zarr",)
-SUPPORTED = "a .zarr container (vol.zarr or vol.zarr/group/array), vol.h5:/dataset, .nii/.nii.gz, .tif or .npy"
+N5_SUFFIXES = (".n5",)
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "http", "https")
+SUPPORTED = ("a .zarr container (vol.zarr or vol.zarr/group/array) or a folder holding zarr metadata, vol.n5/dataset, "
+             "vol.h5:/dataset, .nii/.nii.gz, .tif, .npy, or s3:// gs:// http(s):// URLs of zarr or N5")
 
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    """A parsed spec: ``format`` in {"zarr", "hdf5", "nifti", "tiff", "npy"}, the file or
-    container ``path`` and the ``inner`` path of a node inside a container ("" for the root)."""
+    """A parsed spec: ``format`` in {"zarr", "n5", "hdf5", "nifti", "tiff", "npy"}, the file or
+    container ``path`` and the ``inner`` path of a node inside a container ("" for the root).
+
+    ``url``: the container's URL for remote stores (``s3://bucket/vol.zarr``), "" for local
+    ones; ``path`` is then the URL's bucket and key as a ``PurePosixPath`` (names only: it is
+    not a local file)."""
 
     format: str
-    path: Path
+    path: Path | PurePosixPath
     inner: str = ""
     text: str = ""
+    url: str = ""
+
+    @property
+    def container(self) -> str:
+        """The container or file as a spec string: the URL for remote stores, else the path."""
+        return self.url or str(self.path)
+
+    @property
+    def node(self) -> str:
+        """The named node (container and inner path joined with "/"; for zarr and N5)."""
+        return f"{self.container}/{self.inner}" if self.inner else self.container
 
     def __str__(self) -> str:
-        return self.text or (f"{self.path}/{self.inner}" if self.inner else str(self.path))
+        return self.text or self.node
+
+
+def url_scheme(text: str) -> str | None:
+    """The scheme of a URL (``"s3"``), None for a local path."""
+    head, sep, _ = text.partition("://")
+    return head.lower() if sep and head.isalnum() else None
+
+
+def _parse_url(text: str) -> VolumeSpec:
+    scheme = url_scheme(text)
+    if scheme not in REMOTE_SCHEMES:
+        raise UserError(f"unsupported URL {text!r}: use s3://, gs://, http(s):// or file:// (local) URLs of zarr or N5")
+    head, rest = text.split("://", 1)
+    parts = rest.rstrip("/").split("/")
+    if len(parts) < 2 or not parts[1]:
+        raise UserError(f"URL {text!r} names no container; name one, e.g. {head}://{parts[0]}/vol.zarr")
+    fmt, i = "zarr", len(parts) - 1
+    for j, part in enumerate(parts[1:], start=1):
+        if part.lower().endswith(ZARR_SUFFIXES + N5_SUFFIXES):
+            fmt, i = ("n5" if part.lower().endswith(N5_SUFFIXES) else "zarr"), j
+            break
+    container = f"{head}://" + "/".join(parts[: i + 1])
+    return VolumeSpec(fmt, PurePosixPath("/".join(parts[: i + 1])), "/".join(p for p in parts[i + 1:] if p),
+                      text, container)
+
+
+def _zarr_folder(parts: list[str]) -> int | None:
+    """The index of the first leading path of ``parts`` that is a folder holding zarr metadata."""
+    for i in range(len(parts)):
+        folder = Path("/".join(parts[: i + 1]) or "/")
+        if folder.is_dir() and any((folder / name).is_file() for name in ZARR_METADATA):
+            return i
+    return None
 
 
 def _lower_name(path: str) -> str:
@@ -52,6 +114,12 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
     if isinstance(spec, VolumeSpec):
         return spec
     text = str(spec)
+    if text.lower().startswith("file://"):
+        text = text[len("file://"):]
+        if not text.startswith("/"):
+            raise UserError(f"file URL {str(spec)!r} must name an absolute path (file:///abs/vol.zarr)")
+    elif url_scheme(text):
+        return _parse_url(text)
     # HDF5: "file.h5:/inner" or "file.h5"
     for suffix in HDF5_SUFFIXES:
         marker = suffix + ":"
@@ -63,14 +131,17 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
     # zarr: the first path component ending in .zarr is the container
     parts = text.replace(":/", "/").split("/")
     for i, part in enumerate(parts):
-        if part.lower().endswith(ZARR_SUFFIXES):
+        if part.lower().endswith(ZARR_SUFFIXES + N5_SUFFIXES):
             container = "/".join(parts[: i + 1]) or "/"
             inner = "/".join(p for p in parts[i + 1:] if p)
-            return VolumeSpec("zarr", Path(container), inner, text)
+            return VolumeSpec("n5" if part.lower().endswith(N5_SUFFIXES) else "zarr", Path(container), inner, text)
     name = _lower_name(text)
     for fmt, suffixes in (("nifti", NIFTI_SUFFIXES), ("tiff", TIFF_SUFFIXES), ("npy", NPY_SUFFIXES)):
         if name.endswith(suffixes):
             return VolumeSpec(fmt, Path(text), "", text)
+    i = _zarr_folder(parts)  # a zarr folder without the suffix
+    if i is not None:
+        return VolumeSpec("zarr", Path("/".join(parts[: i + 1]) or "/"), "/".join(p for p in parts[i + 1:] if p), text)
     raise UserError(f"unsupported volume {text!r}: use {SUPPORTED}")
 
 
@@ -84,18 +155,24 @@ def staged_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
     ``seg.nii.gz`` -> ``seg.psc-seg-new.nii.gz``."""
     s = parse_spec(spec)
     if s.inner:
-        return parse_spec(f"{s.path}{':/' if s.format == 'hdf5' else '/'}{s.inner}.{STAGED}")
+        return parse_spec(f"{s.container}{':/' if s.format == 'hdf5' else '/'}{s.inner}.{STAGED}")
     name = s.path.name
     suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else s.path.suffix
-    return parse_spec(str(s.path.with_name(f"{name[:len(name) - len(suffix)]}.{STAGED}{suffix}")))
+    staged = f"{name[:len(name) - len(suffix)]}.{STAGED}{suffix}"
+    if s.url:
+        return parse_spec(f"{s.url.rsplit('/', 1)[0]}/{staged}")
+    return parse_spec(str(s.path.with_name(staged)))
 
 
 def _node(spec: VolumeSpec) -> tuple[Path, ...]:
     """Where ``spec`` lives, as path components: a zarr node is a folder, an HDF5 node is a
-    path inside its file (the file counts as one more level), anything else is its file."""
-    parts = spec.path.resolve().parts
+    path inside its file (the file counts as one more level), anything else is its file. A
+    remote node is its URL's scheme, bucket and keys (two URLs of one bucket meet only by name)."""
     inner = tuple(p for p in spec.inner.split("/") if p)
-    if spec.format == "zarr":
+    if spec.url:
+        return (url_scheme(spec.url) + "://", *spec.path.parts, *inner)
+    parts = spec.path.resolve().parts
+    if spec.format in ("zarr", "n5"):
         return (*parts, *inner)
     if spec.format == "hdf5":
         return (*parts, ":", *inner)

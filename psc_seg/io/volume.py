@@ -42,6 +42,7 @@ import numpy as np
 
 from psc_seg.errors import UserError
 from psc_seg.files import fixable_writes, os_fault
+from psc_seg.io import stores
 from psc_seg.io.geometry import WorldRoi, check_offset, funlib_geometry, nifti_offset, unit_name, world_roi
 from psc_seg.io.spec import VolumeSpec
 
@@ -79,11 +80,12 @@ def check_dims(shape: Sequence[int], where: str) -> int | None:
 
 
 
-def sidecar_beside(spec: VolumeSpec, name: str) -> Path:
+def sidecar_beside(spec: VolumeSpec, name: str) -> Path | str:
     """A hidden bookkeeping folder beside the file or container of ``spec``:
-    ``.<file>[.<inner path>].psc-seg-<name>``."""
+    ``.<file>[.<inner path>].psc-seg-<name>`` (a URL beside a remote container)."""
     inner = f".{spec.inner.replace('/', '_')}" if spec.inner else ""
-    return spec.path.with_name(f".{spec.path.name}{inner}.psc-seg-{name}")
+    hidden = f".{spec.path.name}{inner}.psc-seg-{name}"
+    return stores.join(stores.parent(spec.url), hidden) if spec.url else spec.path.with_name(hidden)
 
 def known_voxel_size(voxel_size: Sequence[float], unit: str | None) -> bool:
     """Whether ``voxel_size`` (in ``unit``) was set by someone: not the ``(1, 1, 1)`` without a
@@ -294,11 +296,12 @@ class Volume:
         with self._writing(f"write the metadata of output {self.spec!r}"):
             self._store_attrs()
 
-    def sidecar_dir(self, name: str) -> Path:
+    def sidecar_dir(self, name: str) -> Path | str:
         """A folder kept with this volume for bookkeeping (e.g. resume records): inside the
-        array folder for zarr (zarr ignores it), else a hidden folder beside the file."""
+        array folder for zarr (zarr ignores it; objects under the array's prefix in an object
+        store), else a hidden folder beside the file."""
         if self.format == "zarr":
-            return self.array_path / f".psc-seg-{name}"
+            return stores.join(self.array_path, f".psc-seg-{name}")
         return sidecar_beside(self.spec_obj, name)
 
     def finalize(self) -> None:
@@ -328,17 +331,17 @@ class Volume:
 
 
 # ====================================================================== zarr
-def _is_level0(array_path: Path) -> bool:
+def _is_level0(array_path: Path | str) -> bool:
     """Whether ``array_path`` is the level-0 array of an OME-Zarr image group."""
     import zarr
 
     try:
-        parent = zarr.open_group(str(array_path.parent), mode="r")
+        parent = zarr.open_group(stores.zarr_store(stores.parent(array_path)), mode="r")
     except Exception:
         return False
     multiscales, _ = _ome_multiscales(dict(parent.attrs))
     datasets = (multiscales or [{}])[0].get("datasets") or [{}]
-    return str(datasets[0].get("path", "")).strip("/") == array_path.name
+    return str(datasets[0].get("path", "")).strip("/") == str(array_path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def _ome_multiscales(attrs: dict) -> tuple[list | None, str | None]:
@@ -380,26 +383,29 @@ class ZarrVolume(Volume):
     def __init__(self, spec: VolumeSpec, *, mode: str = "r") -> None:
         import zarr
 
-        root_path = spec.path
-        if not root_path.exists():
-            raise UserError(f"{str(root_path)!r} does not exist; check the path of the zarr container")
-        node_path = root_path / spec.inner if spec.inner else root_path
-        if not node_path.exists():
+        root_path = spec.url or spec.path
+        if not stores.exists(root_path):
+            raise UserError(f"{str(root_path)!r} does not exist; check the {'URL' if spec.url else 'path'} of the "
+                            "zarr container")
+        node_path = stores.join(root_path, spec.inner)
+        if not stores.exists(node_path):
             try:
-                root = zarr.open(str(root_path), mode="r")
+                root = zarr.open(stores.zarr_store(root_path), mode="r")
                 listed = ", ".join(_zarr_members(root)[:20]) or "nothing"
             except Exception as exc:
                 listed = f"unreadable ({_one_line(exc)})"
             raise UserError(f"no {spec.inner!r} in zarr container {str(root_path)!r}; it holds: {listed}")
         try:
-            node = zarr.open(str(node_path), mode="r")
+            node = zarr.open(stores.zarr_store(node_path), mode="r")
+        except UserError:
+            raise
         except Exception as exc:
             raise UserError(f"{str(node_path)!r} is not a zarr array or group ({_one_line(exc)})") from None
         if not isinstance(node, zarr.Group) and spec.inner and _is_level0(node_path):
             # the level-0 array of an OME-Zarr image (``img.zarr/0``) is that image: its voxel size,
             # task and completeness are the group's (an unfinished output must not pass as complete)
-            node_path = node_path.parent
-            node = zarr.open(str(node_path), mode="r")
+            node_path = stores.parent(node_path)
+            node = zarr.open(stores.zarr_store(node_path), mode="r")
         group_attrs: dict = {}
         voxel_size = offset = None
         unit = None
@@ -415,10 +421,10 @@ class ZarrVolume(Volume):
                 )
             ms = multiscales[0]
             level0 = ms["datasets"][0]
-            self.array_path = node_path / level0["path"]
+            self.array_path = stores.join(node_path, *str(level0["path"]).strip("/").split("/"))
             axes = ms.get("axes", [])
             n = len(axes) if axes else None
-            array = zarr.open_array(str(self.array_path), mode="r")
+            array = zarr.open_array(stores.zarr_store(self.array_path), mode="r")
             n = n or array.ndim
             scale, translation = _transforms(level0.get("coordinateTransformations"), n)
             scale2, translation2 = _transforms(ms.get("coordinateTransformations"), n)
@@ -467,7 +473,8 @@ class ZarrVolume(Volume):
         if self._h_array is None:
             import zarr
 
-            self._h_array = zarr.open_array(str(self.array_path), mode="r" if self.mode == "r" else "r+")
+            mode = "r" if self.mode == "r" else "r+"
+            self._h_array = zarr.open_array(stores.zarr_store(self.array_path, mode=mode), mode=mode)
         return self._h_array
 
     def _read(self, key):
@@ -481,7 +488,7 @@ class ZarrVolume(Volume):
     def _store_attrs(self) -> None:
         import zarr
 
-        node = zarr.open(str(self.meta_path), mode="r+")
+        node = zarr.open(stores.zarr_store(self.meta_path, mode="r+"), mode="r+")
         node.attrs.update(self._attrs)
 
     def close(self) -> None:
@@ -965,15 +972,15 @@ def replace_output(new: VolumeSpec, target: VolumeSpec) -> None:
     """
     import h5py
 
-    if new.format == "zarr":
-        source = new.path / new.inner if new.inner else new.path
-        destination = target.path / target.inner if target.inner else target.path
-        aside = destination.with_name(destination.name + ".psc-seg-old")
-        shutil.rmtree(aside, ignore_errors=True)
-        if destination.exists():
-            os.rename(destination, aside)
-        os.rename(source, destination)
-        shutil.rmtree(aside, ignore_errors=True)
+    if new.format == "zarr":  # object stores: copied, then deleted (no rename there)
+        source, destination = new.url or new.path, target.url or target.path
+        source, destination = stores.join(source, new.inner), stores.join(destination, target.inner)
+        aside = stores.join(stores.parent(destination), str(destination).rstrip("/").rsplit("/", 1)[-1] + ".psc-seg-old")
+        stores.remove(aside)
+        if stores.exists(destination):
+            stores.move(destination, aside)
+        stores.move(source, destination)
+        stores.remove(aside)
         return
     if new.format == "hdf5":
         with _file_lock(new.path), h5py.File(new.path, "r+") as f:
@@ -1009,11 +1016,7 @@ def remove_output(spec: VolumeSpec) -> None:
     import h5py
 
     if spec.format == "zarr":
-        node = spec.path / spec.inner if spec.inner else spec.path
-        if node.is_dir():
-            shutil.rmtree(node)
-        elif node.exists():
-            node.unlink()
+        stores.remove(stores.join(spec.url or spec.path, spec.inner))
     elif spec.format == "hdf5" and spec.inner and spec.path.is_file():
         with _file_lock(spec.path), h5py.File(spec.path, "r+") as f:
             if spec.inner in f:
