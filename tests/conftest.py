@@ -6,6 +6,7 @@ project root goes on the path of this process and, through PYTHONPATH, of the wo
 """
 
 import http.server
+import logging
 import os
 import sys
 import warnings
@@ -83,6 +84,7 @@ def s3_server():
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     threaded_moto_server.MotoRequestHandler = Handler
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -106,20 +108,25 @@ def s3_server():
 
 @pytest.fixture
 def s3_bucket(s3_server, request):
-    """A new, empty bucket on :func:`s3_server`, named after the test; yields ``s3://<name>``."""
+    """``s3_bucket(suffix="")``: a new, empty bucket on :func:`s3_server`, named after the test
+    (and ``suffix``); returns ``s3://<name>``."""
     import re
 
     try:
         import s3fs
     except ImportError:
         pytest.fail("the S3 tests need s3fs: pip install s3fs (or pip install '.[test]')")
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
-    if fs.exists(name):
-        fs.rm(name, recursive=True)
-    fs.mkdir(name)
-    fs.invalidate_cache()
-    return f"s3://{name}"
+
+    def make(suffix: str = "") -> str:
+        name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + suffix
+        if fs.exists(name):
+            fs.rm(name, recursive=True)
+        fs.mkdir(name)
+        fs.invalidate_cache()
+        return f"s3://{name}"
+
+    return make
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

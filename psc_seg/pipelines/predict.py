@@ -81,7 +81,7 @@ def output_specs(output: str, task: dict[str, Any]) -> dict[str, str]:
             return {"affinities": f"{s.path}:/affinities"}
         return {"affinities": str(output)}
     if s.format == "zarr":
-        base = f"{s.path}/{s.inner}" if s.inner else str(s.path)
+        base = s.node
         return {"probabilities": f"{base}/probabilities", "labels": f"{base}/labels"}
     if s.format == "hdf5":
         base = f"{s.path}:/{s.inner}" if s.inner else f"{s.path}:"
@@ -269,7 +269,7 @@ def predict(
     source_spec = parse_spec(input)
     settings = {
         "checkpoint_sha256": file_hash(checkpoint),
-        "input": {"spec": str(source_spec.path.resolve()) + ":" + source_spec.inner,
+        "input": {"spec": (source_spec.url or str(source_spec.path.resolve())) + ":" + source_spec.inner,
                   "shape": list(source.shape), "dtype": str(source.dtype)},
         "block_shape": list(geometry.write_shape),
         "dtype": dtype,

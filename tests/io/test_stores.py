@@ -111,6 +111,7 @@ def test_zarr_over_http_is_read_only(tmp_path, http_server):
 
 
 def test_zarr_in_s3_write_read_replace(s3_bucket):
+    s3_bucket = s3_bucket()
     data = RNG.random((2, 6, 7, 8)).astype("float32")
     spec = f"{s3_bucket}/pred.zarr/affs"
     out = create_volume(spec, shape=data.shape, dtype="float32", chunks=(3, 4, 4), voxel_size=(8, 8, 8))
@@ -138,6 +139,7 @@ def test_s3_outputs_keep_their_owner_and_record_in_the_bucket(s3_bucket, monkeyp
     """One writer per output and a resumable record, both as objects in the store."""
     import sys
 
+    s3_bucket = s3_bucket()
     monkeypatch.setattr(sys, "argv", ["psc-seg", "predict", "m.pt", "raw.zarr", f"{s3_bucket}/out.zarr"])
     specs = {"probabilities": f"{s3_bucket}/out.zarr/probabilities", "labels": f"{s3_bucket}/out.zarr/labels"}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,16 @@ def checkpoint(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "unet.pt")
 
 
-def kill_after_blocks(cmd: list[str], log: Path, blocks: int, *, env: dict[str, str]) -> None:
-    """Run ``cmd`` and SIGKILL it once its record ``log`` (a ``done.log``) lists ``blocks``
-    finished blocks (within a minute; it must not end before)."""
+def kill_after_blocks(cmd: list[str], log: Path | Callable[[], int], blocks: int, *, env: dict[str, str],
+                      timeout: float = 60) -> None:
+    """Run ``cmd`` and SIGKILL it once its record ``log`` (a ``done.log``, or a function that
+    counts the finished blocks of a record elsewhere, e.g. in S3) lists ``blocks`` finished
+    blocks (within ``timeout`` seconds; it must not end before)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + timeout
+    count = log if callable(log) else lambda: log.read_text().count("\n") if log.exists() else 0
     while time.time() < deadline:
-        if log.exists() and log.read_text().count("\n") >= blocks:
+        if count() >= blocks:
             break
         assert proc.poll() is None, proc.stderr.read().decode()
         time.sleep(0.01)
