@@ -308,6 +308,7 @@ def segment_blockwise(
         raise ValueError("segment_blockwise needs settings.block_shape")
     total = Roi((0, 0, 0), affs.spatial_shape)
     hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
+    _work_dir(outputs[0])  # a remote output: refused before anything is made
     with open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,
                       overwrite=overwrite) as prepared:
         if not prepared.done:
@@ -364,10 +365,17 @@ def _executor(workers: int | None, scheduler: str | None) -> Iterator[dict[str, 
 
 
 def _work_dir(output: str) -> Path:
-    """The bookkeeping folder of a run: hidden, beside the output's file or container."""
+    """The bookkeeping folder of a run: hidden, beside the output's file or container.
+    UserError for an output in an object store, where this folder (a zarr of fragments, edge
+    tables) is not kept yet."""
     from psc_seg.io import parse_spec, sidecar_beside
 
-    return sidecar_beside(parse_spec(output), "segment")
+    spec = parse_spec(output)
+    if spec.url:
+        raise UserError(f"blockwise segment keeps its fragments and edge tables in a folder beside the output, which "
+                        f"cannot be in an object store yet; write {output!r} to a local path and copy it, or segment "
+                        "in memory (without --block-shape)")
+    return sidecar_beside(spec, "segment")
 
 
 def _label(group: Sequence[float], passes: Sequence) -> str:

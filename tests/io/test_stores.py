@@ -166,3 +166,22 @@ def test_s3_outputs_keep_their_owner_and_record_in_the_bucket(s3_bucket, monkeyp
         again.finish()
     with prepare_outputs(specs, {"run": 1}, create=create, resume=True) as done:
         assert done.done
+
+
+def test_segment_into_s3_in_memory_and_blockwise_refused(tmp_path, s3_bucket):
+    from psc_seg.affinities import seg_to_affinities
+    from psc_seg.pipelines.segment import segment
+
+    labels = np.repeat(np.arange(1, 5, dtype=np.uint64), 2)[:, None, None] * np.ones((1, 6, 6), np.uint64)
+    affs = seg_to_affinities(labels, [[-1, 0, 0], [0, -1, 0], [0, 0, -1]])
+    source = create_volume(tmp_path / "affs.zarr", shape=affs.shape, dtype="float32",
+                           attrs={"task": {"kind": "affinities", "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]}})
+    source.write(None, affs)
+    source.finalize()
+    out = f"{s3_bucket()}/seg.zarr"
+    segment(str(tmp_path / "affs.zarr"), out, decoder="cc", progress=False)
+    seg = open_volume(out)
+    assert seg.complete and len(np.unique(seg.read())) == 4
+    with pytest.raises(UserError, match="blockwise segment keeps its fragments .* cannot be in an object store yet"):
+        segment(str(tmp_path / "affs.zarr"), f"{out}2", decoder="cc", block_shape=(4, 6, 6), progress=False)
+    assert not volume_exists(f"{out}2")
