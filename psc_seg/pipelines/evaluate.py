@@ -119,6 +119,8 @@ def _check_report_path(path: Path, inputs: Sequence[str]) -> None:
     where = path.resolve()
     problem = None
     for spec in inputs:
+        if parse_spec(spec).url:  # in an object store: no local report lies inside it
+            continue
         home = parse_spec(spec).path.resolve()
         if where == home or home in where.parents:
             problem = f"lies in the input {spec!r}; write the report elsewhere"

@@ -12,6 +12,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 
+from typer.testing import CliRunner
+
+from psc_seg.cli.main import app
 from psc_seg.engine import BlockRecord, block_grid, prepare_outputs, run_blockwise
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.roi import Roi
@@ -182,6 +185,13 @@ def test_segment_into_s3_in_memory_and_blockwise_refused(tmp_path, s3_bucket):
     segment(str(tmp_path / "affs.zarr"), out, decoder="cc", progress=False)
     seg = open_volume(out)
     assert seg.complete and len(np.unique(seg.read())) == 4
+    gt = create_volume(tmp_path / "gt.zarr", shape=labels.shape, dtype="uint64")
+    gt.write(None, labels)
+    gt.finalize()
+    report = tmp_path / "scores.json"
+    res = CliRunner().invoke(app, ["evaluate", out, "--gt", str(tmp_path / "gt.zarr"), "--json", str(report)])
+    assert res.exit_code == 0, res.output
+    assert '"voi": 0.0' in report.read_text()  # the segmentation read back from S3 is the ground truth
     with pytest.raises(UserError, match="blockwise segment keeps its fragments .* cannot be in an object store yet"):
         segment(str(tmp_path / "affs.zarr"), f"{out}2", decoder="cc", block_shape=(4, 6, 6), progress=False)
     assert not volume_exists(f"{out}2")
