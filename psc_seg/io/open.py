@@ -195,8 +195,13 @@ def create_volume(
 
     with fixable_writes(f"create output {str(s)!r}"):  # an unwritable folder, a full disk: one line
         if s.format == "zarr":
-            _create_zarr(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
-                         unit=unit, axis_names=axis_names, attrs=user_attrs)
+            try:
+                _create_zarr(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
+                             unit=unit, axis_names=axis_names, attrs=user_attrs)
+            except FileNotFoundError as exc:
+                if not s.url:
+                    raise
+                raise stores.missing_bucket(str(s), exc) from None
             return ZarrVolume(s, mode="r+")
         if s.format == "hdf5":
             _create_hdf5(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,

@@ -123,9 +123,21 @@ def write_bytes(location: str | os.PathLike, data: bytes, *, exclusive: bool = F
     """Store ``data`` at ``location`` (an object is written whole: atomic on object stores).
     ``exclusive``: FileExistsError if something is there (S3's conditional write)."""
     fs, path = filesystem(str(location))
+    try:
+        _put(fs, path, data, exclusive=exclusive, location=str(location))
+    except FileNotFoundError as exc:  # an object store: its bucket is missing
+        raise missing_bucket(str(location), exc) from None
+
+
+def missing_bucket(location: str, exc: BaseException) -> UserError:
+    """The one-line error for a write into a bucket that does not exist."""
+    return UserError(f"cannot write {location!r} ({exc}); create the bucket first or check the URL")
+
+
+def _put(fs, path: str, data: bytes, *, exclusive: bool, location: str) -> None:
     if exclusive:
         if fs.exists(path):
-            raise FileExistsError(str(location))
+            raise FileExistsError(location)
         try:
             fs.pipe_file(path, data, mode="create")
             return
@@ -133,7 +145,7 @@ def write_bytes(location: str | os.PathLike, data: bytes, *, exclusive: bool = F
             pass
         except OSError as exc:
             if "PreconditionFailed" in str(exc) or "412" in str(exc):
-                raise FileExistsError(str(location)) from None
+                raise FileExistsError(location) from None
             raise
     fs.pipe_file(path, data)
 

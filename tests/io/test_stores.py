@@ -138,6 +138,15 @@ def test_zarr_in_s3_write_read_replace(s3_bucket):
     assert not volume_exists(spec) and volume_exists(f"{s3_bucket}/pred.zarr")
 
 
+def test_an_s3_output_in_a_missing_bucket_is_one_line(s3_server):
+    from psc_seg.engine.owner import OutputOwner
+
+    with pytest.raises(UserError, match=r"cannot write 's3://no-such-bucket/x.zarr' .*; create the bucket first"):
+        create_volume("s3://no-such-bucket/x.zarr", shape=(2, 2, 2), dtype="uint8")
+    with pytest.raises(UserError, match="create the bucket first"):
+        OutputOwner("s3://no-such-bucket/.x.zarr.psc-seg-owner", "s3://no-such-bucket/x.zarr").acquire()
+
+
 def test_s3_outputs_keep_their_owner_and_record_in_the_bucket(s3_bucket, monkeypatch):
     """One writer per output and a resumable record, both as objects in the store."""
     import sys
@@ -168,6 +177,14 @@ def test_s3_outputs_keep_their_owner_and_record_in_the_bucket(s3_bucket, monkeyp
         run_blockwise(blocks, lambda block: None, record=again.record, progress=False)
         again.finish()
     with prepare_outputs(specs, {"run": 1}, create=create, resume=True) as done:
+        assert done.done
+    with prepare_outputs(specs, {"run": 2}, create=create, overwrite=True) as other:  # staged beside, swapped in
+        assert other.staged["labels"] == f"{s3_bucket}/out.zarr/labels.psc-seg-new"
+        other.volumes["labels"].write(None, 9)
+        other.finish()
+    assert not volume_exists(f"{s3_bucket}/out.zarr/labels.psc-seg-new")
+    assert open_volume(specs["labels"]).read().min() == 9
+    with prepare_outputs(specs, {"run": 2}, create=create, resume=True) as done:
         assert done.done
 
 
