@@ -1,9 +1,10 @@
 """Volumes on disk: ``open_volume(spec) -> Volume`` and ``create_volume(spec, ...)``.
 
-Formats: zarr v2/v3 (OME-Zarr image groups), HDF5, NIfTI, TIFF stacks, ``.npy``; see
-:mod:`psc_seg.io.spec` for the spec strings and :mod:`psc_seg.io.volume` for axes, units and
-completeness, :mod:`psc_seg.io.geometry` for world units (``Volume.roi``, a
-:class:`WorldRoi`; where each format keeps voxel size, offset and a NIfTI affine). Example::
+Formats: zarr v2/v3 (OME-Zarr image groups), N5 (read), HDF5, NIfTI, TIFF stacks, ``.npy``;
+zarr and N5 also behind ``s3://``, ``gs://`` and ``http(s)://`` URLs (:mod:`psc_seg.io.stores`).
+See :mod:`psc_seg.io.spec` for the spec strings, :mod:`psc_seg.io.volume` for axes, units and
+completeness, :mod:`psc_seg.io.geometry` for world units (``Volume.roi``, a :class:`WorldRoi`;
+where each format keeps voxel size, offset and a NIfTI affine). Example::
 
     from psc_seg.io import create_volume, open_volume
 

@@ -91,6 +91,10 @@ def _parse_url(text: str) -> VolumeSpec:
         if part.lower().endswith(ZARR_SUFFIXES + N5_SUFFIXES):
             fmt, i = ("n5" if part.lower().endswith(N5_SUFFIXES) else "zarr"), j
             break
+    files = HDF5_SUFFIXES + NIFTI_SUFFIXES + TIFF_SUFFIXES + NPY_SUFFIXES
+    if any(part.lower().rstrip(":").endswith(files) for part in parts[1:i + 1]):
+        raise UserError(f"URL {text!r}: psc-seg reads zarr and N5 through URLs, not single files; copy the file to a "
+                        "local path, or convert it to zarr")
     container = f"{head}://" + "/".join(parts[: i + 1])
     return VolumeSpec(fmt, PurePosixPath("/".join(parts[: i + 1])), "/".join(p for p in parts[i + 1:] if p),
                       text, container)

@@ -40,6 +40,10 @@ def test_urls_stay_urls():
     assert not overlaps("s3://b/v.zarr", "b/v.zarr")
     with pytest.raises(UserError, match="unsupported URL 'ftp://h/v.zarr'"):
         parse_spec("ftp://h/v.zarr")
+    with pytest.raises(UserError, match="reads zarr and N5 through URLs, not single files"):
+        parse_spec("s3://bucket/data/scan.nii.gz")
+    with pytest.raises(UserError, match="not single files"):
+        parse_spec("s3://bucket/f.h5:/raw")
     with pytest.raises(UserError, match="names no container"):
         parse_spec("s3://bucket")
 
