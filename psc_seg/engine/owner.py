@@ -66,7 +66,7 @@ class OutputOwner:
     def _mine(self) -> dict:
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_time(os.getpid()),
                 "token": self.token, "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": shlex.join(["psc-seg", *sys.argv[1:]])}
+                "command": shlex.join(["psc-seg", *sys.argv[1:]]), "output": self.what}
 
     def read(self) -> dict | None:
         """The owner's record, None if there is none (an unreadable one counts as a live owner's
@@ -110,6 +110,30 @@ class OutputOwner:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         self.held = True
+        try:
+            self._check_nested()
+        except UserError:
+            self.release()
+            raise
+
+    def _check_nested(self) -> None:
+        """UserError if a living run owns an output that holds this one or lies inside it
+        (``d.zarr`` and ``d.zarr/affs``): their owner files lie side by side, beside the container."""
+        from psc_seg.io import overlaps
+
+        for path in self.path.parent.glob(".*.psc-seg-owner"):
+            if path == self.path:
+                continue
+            try:
+                other = json.loads(path.read_text())
+                nested = overlaps(other["output"], self.what)
+            except (OSError, ValueError, KeyError, TypeError):  # not an output's owner (a run folder's), or gone
+                continue
+            host, pid = other.get("host"), other.get("pid")
+            if nested and (host != socket.gethostname() or not isinstance(pid, int) or _alive(pid, other.get("started"))):
+                raise UserError(f"output {self.what!r} overlaps output {other['output']!r}, which is being written by "
+                                f"another psc-seg run, pid {pid} on host {host}; wait for it to finish or choose "
+                                "another output")
 
     def _take_over(self, put, *, resume: bool) -> None:
         """``put(exclusive)`` writes this run's owner record (``exclusive``: only if there is none)."""

@@ -330,10 +330,11 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
             prepared.owners.append(owner)
         staged = {name: str(staged_spec(spec)) for name, spec in specs.items()}
         if resume and any(volume_exists(spec) for spec in staged.values()):  # an overwrite run, interrupted
-            _open_existing(prepared, staged, settings)
-            prepared.staged = staged
+            # (killed while swapping its outputs in, some are in place already: those count as they are)
+            prepared.staged = {name: spec for name, spec in staged.items() if volume_exists(spec)}
+            _open_existing(prepared, {**specs, **prepared.staged}, settings)
             if prepared.done:
-                _swap_in(specs, staged)
+                _swap_in(specs, prepared.staged)
                 prepared.staged = {}
             return prepared
         existing = existing_outputs(specs.values(), resume=resume, overwrite=overwrite)
@@ -341,6 +342,8 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
             _open_existing(prepared, specs, settings)
             return prepared
         if existing:  # overwrite: write beside the old outputs
+            for spec in existing:
+                _check_not_a_link(parse_spec(spec))
             for spec in staged.values():  # left by an overwrite run that did not finish
                 remove_output(parse_spec(spec))
             prepared.staged = staged
@@ -355,6 +358,19 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
     except BaseException:
         prepared.close()
         raise
+
+
+def _check_not_a_link(spec) -> None:
+    """UserError for a local output that is a symbolic link: a replacement is renamed into the
+    output's place, which would replace the link, not the data it points to."""
+    if spec.url:
+        return
+    node = spec.path / spec.inner if spec.inner else spec.path
+    for path in (spec.path, node):
+        if path.is_symlink():
+            raise UserError(f"output {str(spec)!r} is reached through the symbolic link {str(path)!r} (to "
+                            f"{str(path.resolve())!r}), which {{overwrite}} would replace by a folder; name the real "
+                            "path instead", options=("overwrite",))
 
 
 def _open_existing(prepared: PreparedOutputs, specs: Mapping[str, str], settings: dict[str, Any]) -> None:

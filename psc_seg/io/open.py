@@ -17,7 +17,7 @@ from psc_seg.files import fixable_writes
 from psc_seg.io import stores
 from psc_seg.io.n5 import N5Volume
 from psc_seg.io.geometry import check_offset, moved_affine
-from psc_seg.io.spec import VolumeSpec, parse_spec
+from psc_seg.io.spec import STAGED, VolumeSpec, parse_spec
 from psc_seg.io.volume import (
     META_KEY, SPATIAL_AXES, BufferedVolume, Hdf5Volume, NiftiVolume, NpyVolume, TiffVolume, Volume, ZarrVolume,
     _file_lock, check_affine, check_dims, check_hdf5_room, h5_attr, new_buffered, partial_path, remove_output,
@@ -59,6 +59,8 @@ def volume_exists(spec: str | Path | VolumeSpec) -> bool:
             return False
         import h5py
 
+        if not h5py.is_hdf5(s.path):
+            raise UserError(f"{str(s.path)!r} exists and is not an HDF5 file; choose another file for the output")
         with _file_lock(s.path), h5py.File(s.path, "r") as f:
             return (s.inner in f) if s.inner else True
     return s.path.exists() or partial_path(s.path).exists()
@@ -225,10 +227,11 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
             raise UserError(f"{str(s.path)!r} exists and is not a zarr group ({exc}); choose another output") from None
     if s.inner:
         *parents, name = s.inner.split("/")
-        for depth in range(1, len(parents) + 1):
+        for depth in range(len(parents) + 1):
             node = stores.join(root, *parents[:depth])
-            if _zarr_array_at(node):
-                raise UserError(f"output {str(s)!r} would lie inside the array {str(node)!r}, which holds data of its "
+            kind = _zarr_node_kind(node)
+            if kind is not None:
+                raise UserError(f"output {str(s)!r} would lie inside the {kind} {str(node)!r}, which holds data of its "
                                 "own; choose an output in a group or a new container")
         parent = zarr.open_group(stores.zarr_store(root, mode="a"), mode="a", zarr_format=zarr_format)
         for part in parents:
@@ -237,6 +240,7 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     else:
         name = s.path.stem
         group = zarr.open_group(stores.zarr_store(root, mode="w"), mode="w", zarr_format=zarr_format)
+    name = name.removesuffix(f".{STAGED}")  # a replacement is named as the output it replaces
     version = "0.5" if zarr_format == 3 else "0.4"
     ms = ome_multiscales(name=name, axis_names=axis_names, voxel_size=voxel_size, offset=offset, unit=unit,
                          version=version)
@@ -251,14 +255,21 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs)
 
 
-def _zarr_array_at(node: Path | str) -> bool:
-    """Whether the folder (or URL) ``node`` is a zarr array (v3 ``zarr.json`` of node type array, or v2)."""
+def _zarr_node_kind(node: Path | str) -> str | None:
+    """``"array"`` if the folder (or URL) ``node`` is a zarr array (v3 ``zarr.json`` of node type
+    array, or v2), ``"image"`` if it is an OME-Zarr image group, else None."""
     if stores.read_bytes(stores.join(node, ".zarray")) is not None:
-        return True
+        return "array"
     try:
-        return json.loads(stores.read_bytes(stores.join(node, "zarr.json")) or b"{}").get("node_type") == "array"
+        meta = json.loads(stores.read_bytes(stores.join(node, "zarr.json")) or b"{}")
+        attrs = meta.get("attributes", {})
+        if not attrs and meta.get("node_type") is None:  # zarr v2
+            attrs = json.loads(stores.read_bytes(stores.join(node, ".zattrs")) or b"{}")
     except (OSError, ValueError):
-        return False
+        return None
+    if meta.get("node_type") == "array":
+        return "array"
+    return "image" if "multiscales" in attrs.get("ome", attrs) else None
 
 
 def _create_hdf5(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:

@@ -129,7 +129,7 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
         marker = suffix + ":"
         idx = text.lower().find(marker)
         if idx >= 0:
-            return VolumeSpec("hdf5", Path(text[: idx + len(suffix)]), text[idx + len(marker):].strip("/"), text)
+            return VolumeSpec("hdf5", Path(text[: idx + len(suffix)]), _inner(text[idx + len(marker):], text), text)
         if _lower_name(text).endswith(suffix):
             return VolumeSpec("hdf5", Path(text), "", text)
     # zarr: the first path component ending in .zarr is the container
@@ -137,7 +137,7 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
     for i, part in enumerate(parts):
         if part.lower().endswith(ZARR_SUFFIXES + N5_SUFFIXES):
             container = "/".join(parts[: i + 1]) or "/"
-            inner = "/".join(p for p in parts[i + 1:] if p)
+            inner = _inner("/".join(parts[i + 1:]), text)
             return VolumeSpec("n5" if part.lower().endswith(N5_SUFFIXES) else "zarr", Path(container), inner, text)
     name = _lower_name(text)
     for fmt, suffixes in (("nifti", NIFTI_SUFFIXES), ("tiff", TIFF_SUFFIXES), ("npy", NPY_SUFFIXES)):
@@ -145,8 +145,24 @@ def parse_spec(spec: str | Path | VolumeSpec) -> VolumeSpec:
             return VolumeSpec(fmt, Path(text), "", text)
     i = _zarr_folder(parts)  # a zarr folder without the suffix
     if i is not None:
-        return VolumeSpec("zarr", Path("/".join(parts[: i + 1]) or "/"), "/".join(p for p in parts[i + 1:] if p), text)
+        return VolumeSpec("zarr", Path("/".join(parts[: i + 1]) or "/"), _inner("/".join(parts[i + 1:]), text), text)
     raise UserError(f"unsupported volume {text!r}: use {SUPPORTED}")
+
+
+def _inner(path: str, text: str) -> str:
+    """The path of a node inside a container, normalised (``./raw``, ``a//b``, ``a/../raw``:
+    ``raw``, ``a/b``, ``raw``), so that one node has one name; UserError for ``..`` above the root."""
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UserError(f"{text!r} leaves its container with '..'; name a node inside it")
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
 
 
 STAGED = "psc-seg-new"

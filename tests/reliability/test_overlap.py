@@ -74,3 +74,20 @@ def test_the_same_hdf5_dataset_or_file_and_the_same_nifti_file_are_refused(tmp_p
                                  "--overwrite", "-q"])
     assert result.exit_code == 2 and "is the input volume" in result.output, result.output
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_dots_in_a_node_path_name_the_same_node(tmp_path, checkpoint):
+    """``f.h5:/./raw`` is ``f.h5:/raw``: refused as the input, not written over it (it was)."""
+    import h5py
+
+    with h5py.File(tmp_path / "h.h5", "w") as f:
+        f["raw"] = np.random.default_rng(0).integers(0, 256, (16, 24, 24), dtype=np.uint8)
+    before = (tmp_path / "h.h5").read_bytes()
+    for output in (f"{tmp_path}/h.h5:/./raw", f"{tmp_path}/h.h5:/x/../raw", f"{tmp_path}/h.h5://raw"):
+        result = runner.invoke(app, ["predict", str(checkpoint), f"{tmp_path}/h.h5:/raw", output, "--overwrite",
+                                     "-q"])
+        assert result.exit_code == 2 and "is the input volume" in result.output, result.output
+    assert (tmp_path / "h.h5").read_bytes() == before
+    result = runner.invoke(app, ["predict", str(checkpoint), f"{tmp_path}/h.h5:/raw", f"{tmp_path}/d.zarr/../x",
+                                 "-q"])
+    assert result.exit_code == 2 and "leaves its container with '..'" in result.output, result.output

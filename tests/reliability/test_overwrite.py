@@ -159,3 +159,29 @@ def test_ctrl_c_during_an_overwrite_says_the_old_output_is_unchanged(tmp_path, r
     assert line == (f"interrupted: 2 of 8 blocks written to {staged_spec(out)} (beside the old output, which is "
                     f"unchanged) are kept; continue with `psc-seg {' '.join(args[:-2])} -q --resume`")
     assert open_volume(out).complete and open_volume(out).dtype == np.float32
+
+
+def test_resume_after_a_kill_between_the_swaps_of_several_outputs(tmp_path, monkeypatch):
+    """Killed after the first of two replacements was swapped in: ``--resume`` counts that one
+    as in place and swaps the other in (it was a dead end: "no 'threshold_0.30.psc-seg-new'")."""
+    import psc_seg.io as io
+
+    affs = _affinities(tmp_path / "affs.zarr")
+    seg = str(tmp_path / "seg.zarr")
+    segment(affs, seg, thresholds=[0.3, 0.6], progress=False)
+    original, calls = io.replace_output, itertools.count()
+
+    def killed_at_the_second(new, target):
+        if next(calls) == 1:
+            raise KeyboardInterrupt  # as a kill would stop it
+        return original(new, target)
+
+    monkeypatch.setattr(io, "replace_output", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        segment(affs, seg, thresholds=[0.3, 0.6], min_size=5, progress=False, overwrite=True)
+    monkeypatch.undo()
+    outputs = segment(affs, seg, thresholds=[0.3, 0.6], min_size=5, progress=False, resume=True)
+    for spec in outputs:
+        volume = open_volume(spec)
+        assert volume.complete and volume.attrs[META_KEY]["provenance"]["config"]["min_size"] == 5
+        assert not volume_exists(str(staged_spec(spec)))

@@ -178,3 +178,19 @@ def test_two_trainers_of_one_run_folder(tmp_path):
     result = runner.invoke(app, [*args, "--resume", "--iterations", "3"])
     assert result.exit_code == 0, result.output
     assert not (tmp_path / ".run.psc-seg-owner").exists()
+
+
+def test_an_output_nested_in_one_another_run_writes_is_refused(tmp_path, raw_zarr, checkpoint):
+    """``d.zarr/affs`` while another run writes ``d.zarr``, and the other way round: the owner
+    files of nested outputs see each other."""
+    for held, wanted in (("d.zarr", "d.zarr/affs"), ("d.zarr/affs", "d.zarr")):
+        spec = f"{tmp_path}/{held}"
+        other = OutputOwner(sidecar_beside(parse_spec(spec), "owner"), spec)
+        other.acquire()
+        try:
+            line = _one_error(runner.invoke(app, ["predict", str(checkpoint), raw_zarr, f"{tmp_path}/{wanted}",
+                                                  "-q"]))
+            assert f"overlaps output '{spec}', which is being written by another psc-seg run, pid {os.getpid()}" in line
+        finally:
+            other.release()
+        assert not (tmp_path / "d.zarr").exists()
