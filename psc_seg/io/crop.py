@@ -21,14 +21,14 @@ class CroppedVolume(Volume):
         self.begin = tuple(int(b) for b in begin)
         self.format = base.format
         offset = [o + b * v for o, b, v in zip(base.offset, self.begin, base.voxel_size)]
-        super().__init__(base.spec_obj, mode="r", shape=(*base.shape[:-3], *(int(s) for s in shape)),
-                         dtype=base.dtype, voxel_size=base.voxel_size, offset=offset, chunks=base.chunks,
-                         unit=base.unit, attrs=base.attrs)
         affine = getattr(base, "affine", None)
         if affine is not None:  # NIfTI: voxel (x, y, z) -> world; the crop's voxel 0 is base voxel `begin`
             affine = np.array(affine, dtype=np.float64)
             affine[:3, 3] += affine[:3, :3] @ np.array(self.begin[::-1], dtype=np.float64)
-            self.affine = affine
+        super().__init__(base.spec_obj, mode="r", shape=(*base.shape[:-3], *(int(s) for s in shape)),
+                         dtype=base.dtype, voxel_size=base.voxel_size, offset=offset, chunks=base.chunks,
+                         unit=base.unit, attrs=base.attrs, affine=affine)
+        if affine is not None:
             self.header = getattr(base, "header", None)
 
     def _read(self, key: tuple[slice, ...]) -> np.ndarray:

@@ -93,11 +93,12 @@ def test_the_roi_is_in_the_resume_settings(unet, raw, tmp_path):
 
 
 def test_a_mask_computes_only_its_blocks_and_equals_an_unmasked_run_inside(unet, raw, full, tmp_path):
-    # a tissue mask downsampled 4x (32 nm voxels), placed by its own offset: it covers the low
-    # half of the raw in y and 24 of its 44 voxels in x, about a quarter of the volume
-    mask = np.zeros((9, 10, 11), dtype=np.uint8)
-    mask[:, :5, :6] = 1
-    spec = _volume(tmp_path / "mask.zarr", mask, voxel_size=(32, 32, 32), offset=OFFSET)
+    # a tissue mask downsampled 4x (32 nm voxels), placed by its own offset (on its own grid, one
+    # voxel before the raw's start in z, y and x): it covers the low half of the raw in y and 24 of
+    # its 44 voxels in x, about a quarter of the volume
+    mask = np.zeros((10, 12, 12), dtype=np.uint8)
+    mask[:, 1:6, 1:7] = 1
+    spec = _volume(tmp_path / "mask.zarr", mask, voxel_size=(32, 32, 32), offset=(384, 768, 1568))
     out = str(tmp_path / "masked.zarr")
     result = CliRunner().invoke(app, ["predict", str(unet), raw, out, "--block-shape", "12", "20", "24",
                                       "--mask", spec, "-q"])
@@ -120,12 +121,12 @@ def test_a_mask_computes_only_its_blocks_and_equals_an_unmasked_run_inside(unet,
 
 
 def test_a_mask_at_its_own_offset_selects_the_blocks_it_overlaps(unet, raw, tmp_path):
-    # one mask voxel of 32 nm at world (400 + 16, 800 + 16, 1600 + 16): it straddles the blocks
-    # 0..1 on every axis of 4-voxel (32 nm) blocks
+    # one mask voxel of 32 nm at world (400 + 16, 800, 1600) (on its own 32 nm grid): it straddles
+    # blocks 0..1 in z of 4-voxel (32 nm) blocks, and lies on block 0 in y and x
     spec = _volume(tmp_path / "mask.zarr", np.ones((1, 1, 1), np.uint8), voxel_size=(32, 32, 32),
-                   offset=tuple(o + 16 for o in OFFSET))
+                   offset=(416, 800, 1600))
     summary = predict(unet, raw, str(tmp_path / "out.zarr"), block_shape=(4, 4, 4), progress=False, mask=spec)
-    assert summary["computed"] == 8
+    assert summary["computed"] == 2
 
 
 def _refused(args: list[str], *needles: str) -> str:
@@ -154,7 +155,8 @@ def test_bad_rois_are_one_line_errors_naming_the_roi_and_the_input(unet, raw, tm
 def test_bad_masks_are_one_line_errors(unet, raw, tmp_path):
     out = tmp_path / "out.zarr"
     base = ["predict", str(unet), raw, str(out), "-q", "--mask"]
-    odd = _volume(tmp_path / "odd.zarr", np.ones((4, 4, 4), np.uint8), voxel_size=(12, 12, 12))
+    odd = _volume(tmp_path / "odd.zarr", np.ones((4, 4, 4), np.uint8), voxel_size=(12, 12, 12),
+                  offset=(396, 792, 1596))
     _refused([*base, odd], "voxel size 12x12x12", "integer multiple", "8x8x8")
     far = _volume(tmp_path / "far.zarr", np.ones((4, 4, 4), np.uint8), voxel_size=(32, 32, 32), offset=(0, 0, 0))
     _refused([*base, far], "does not overlap", "0:128,0:128,0:128 nm", "400:688,800:1120,1600:1952 nm")

@@ -226,7 +226,8 @@ def test_layouts_that_cannot_be_placed_are_one_line_errors(tmp_path, layout):
         _labels(path, "outside", gt, offset=(400.0, 800.0, 800.0)): ("is not inside raw", "y 800:1184", "z 0:512, y 0:768"),
         _labels(path, "coarse", gt, offset=(160.0, 192.0, 192.0), resolution=(8.0, 16.0, 16.0)):
             ("voxel size (8, 16, 16) but raw", "resample the labels"),
-        _labels(path, "offgrid", gt, offset=(164.0, 192.0, 192.0)): ("off the voxel grid", "differ by (164, 192, 192)"),
+        _labels(path, "offgrid", gt, offset=(164.0, 192.0, 192.0)):  # refused as soon as it is read
+            ("offset (164, 192, 192) that is not a multiple of its voxel size (8, 8, 8)",),
         _labels(path, "tiny", gt[:2, :6, :8], offset=(160.0, 192.0, 192.0)):
             ("(2x6x8 voxels) cannot hold one output patch of train.patch_shape 4x8x8",),
     }
