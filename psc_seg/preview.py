@@ -88,9 +88,11 @@ def write_preview(
     title: str | None = None,
     center: Sequence[int] | None = None,
     voxel_size: Sequence[float] | None = None,
+    unit: str | None = None,
     size: int = 1000,
 ) -> Path:
-    """Write a PNG of three orthogonal slices (see the module docstring).
+    """Write a PNG of three orthogonal slices (see the module docstring), with a scale bar in
+    world units on the xy panel.
 
     Args:
         raw: ``(Z, Y, X)`` (or ``(C, Z, Y, X)``, channel 0 shown) array or Volume, or None when
@@ -101,8 +103,10 @@ def write_preview(
         out: the PNG to write (parent directories are created).
         title: a title above the panels (default: none).
         center: ``(z, y, x)`` voxel the slices go through; default the centre.
-        voxel_size: ``(z, y, x)`` voxel size for the panel proportions; default
-            ``raw.voxel_size`` for a Volume, else isotropic.
+        voxel_size: ``(z, y, x)`` voxel size for the panel proportions and the scale bar;
+            default ``raw.voxel_size`` for a Volume, else isotropic.
+        unit: the voxel size's unit ("nanometer", ...) for the scale bar; default ``raw.unit``
+            for a Volume (none: the bar counts voxel sizes).
         size: the PNG's longer side in pixels.
 
     Returns:
@@ -129,9 +133,26 @@ def write_preview(
         source = raw if raw is not None else affinities
         voxel_size = getattr(source, "voxel_size", None) or (1.0, 1.0, 1.0)
     voxel_size = tuple(float(v) for v in voxel_size)
+    if unit is None:
+        unit = getattr(raw if raw is not None else affinities, "unit", None)
 
     panels = _panels(raw, labels, affinities, center)
-    return _draw(panels, shape=shape, center=center, voxel_size=voxel_size, out=Path(out), title=title, size=size)
+    return _draw(panels, shape=shape, center=center, voxel_size=voxel_size, unit=unit, out=Path(out), title=title,
+                 size=size)
+
+
+UNIT_SYMBOLS = {"nanometer": "nm", "micrometer": "µm", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
+
+
+def scale_bar(width: float, unit: str | None) -> tuple[float, str]:
+    """``(length, label)`` of a scale bar for a panel ``width`` world units wide: the largest
+    1, 2 or 5 times a power of ten that is at most a fifth of the width, e.g. ``(50.0, "50 nm")``
+    for 384 nm."""
+    target = width / 5
+    power = 10.0 ** np.floor(np.log10(target)) if target > 0 else 1.0
+    length = max(m * power for m in (1, 2, 5) if m * power <= target) if target >= power else power
+    symbol = UNIT_SYMBOLS.get(unit or "", unit or "")
+    return length, f"{length:g} {symbol}".strip()
 
 
 def _panels(raw, labels, affinities, center) -> list[np.ndarray]:
@@ -169,7 +190,7 @@ def figure_pixels(
     return (size, max(1, round(size / aspect))) if aspect >= 1 else (max(1, round(size * aspect)), size)
 
 
-def _draw(panels, *, shape, center, voxel_size, out: Path, title, size: int) -> Path:
+def _draw(panels, *, shape, center, voxel_size, unit, out: Path, title, size: int) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,6 +213,13 @@ def _draw(panels, *, shape, center, voxel_size, out: Path, title, size: int) -> 
         ax.imshow(image, extent=extent, interpolation="nearest")
         ax.set_title(name, color="white", fontsize=9)
         ax.set_axis_off()
+        if name.startswith("xy"):  # the scale bar, bottom left, in world units
+            length, label = scale_bar(x, unit)
+            x0, y0 = 0.05 * x, 0.93 * y
+            ax.plot([x0, x0 + length], [y0, y0], color="white", linewidth=3, solid_capstyle="butt")
+            ax.text(x0, y0 - 0.03 * y, label, color="white", fontsize=8, va="bottom")
+            ax.set_xlim(0, x)
+            ax.set_ylim(y, 0)
     if title:
         fig.suptitle(title, color="white", fontsize=11)
     out.parent.mkdir(parents=True, exist_ok=True)

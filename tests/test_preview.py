@@ -146,3 +146,34 @@ def test_preview_cli(tmp_path):
 def test_preview_help():
     result = runner.invoke(app, ["preview", "--help"])
     assert result.exit_code == 0 and "--labels" in result.output
+
+
+def test_scale_bar_is_a_round_fifth_of_the_panel_in_world_units():
+    from psc_seg.preview import scale_bar
+
+    assert scale_bar(384.0, "nanometer") == (50.0, "50 nm")
+    assert scale_bar(1000.0, "nanometer") == (200.0, "200 nm")
+    assert scale_bar(180.0, "millimeter") == (20.0, "20 mm")
+    assert scale_bar(7.0, None) == (1.0, "1")
+
+
+def test_preview_roi_shows_only_that_region_with_labels_cropped_alike(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = _write(f"{tmp_path}/v.zarr/raw", rng.integers(0, 255, size=(16, 32, 64), dtype=np.uint8), (8, 8, 8))
+    labels = np.zeros((16, 32, 64), np.uint64)
+    labels[:, :, 32:] = 7  # only in the right half
+    _write(f"{tmp_path}/v.zarr/labels", labels, (8, 8, 8))
+    args = ["preview", f"{tmp_path}/v.zarr/raw", "--labels", f"{tmp_path}/v.zarr/labels", "-o"]
+    # the left half in world units (nm): no labels there, and the panels are proportioned like it
+    result = runner.invoke(app, [*args, str(tmp_path / "left.png"), "--roi", "0:128,0:256,0:256"])
+    assert result.exit_code == 0, result.output
+    image = _png(tmp_path / "left.png")
+    assert image.shape[:2] == tuple(reversed(figure_pixels((16, 32, 32), voxel_size=(8, 8, 8))))
+    assert np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 1], image[..., 2])  # grey: no labels
+    result = runner.invoke(app, [*args, str(tmp_path / "right.png"), "--roi-voxels", "0:16,0:32,32:64"])
+    assert result.exit_code == 0, result.output
+    image = _png(tmp_path / "right.png")
+    assert not (np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 1], image[..., 2]))
+    result = runner.invoke(app, [*args, str(tmp_path / "bad.png"), "--roi", "0:128,0:256,0:1024"])
+    assert result.exit_code == 2 and "reaches outside" in result.output and not (tmp_path / "bad.png").exists()
+    assert raw.spatial_shape == (16, 32, 64)

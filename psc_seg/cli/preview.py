@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from psc_seg.cli.options import RoiOption, RoiVoxelsOption
+
 
 def preview_command(
     volume: Annotated[str, typer.Argument(help="Raw volume: vol.zarr/raw, vol.h5:/raw, scan.nii.gz, ... "
@@ -26,12 +28,16 @@ def preview_command(
         bool,
         typer.Option("--allow-incomplete", help="Show volumes that psc-seg marked unfinished (refused by default)."),
     ] = False,
+    roi: RoiOption = None,
+    roi_voxels: RoiVoxelsOption = None,
 ) -> None:
-    """Write a PNG of the xy, zy and xz slices of VOLUME through one point, for a quick look."""
+    """Write a PNG of the xy, zy and xz slices of VOLUME through one point, for a quick look, with
+    a scale bar in world units. With --roi, only that region (--z/--y/--x count from its first voxel)."""
     from psc_seg.pipelines.preview import preview_volume
 
     path = preview_volume(volume, out=out, labels=labels, affinities=affinities, center=(z, y, x), title=title,
-                          size=size, overwrite=overwrite, allow_incomplete=allow_incomplete)
+                          size=size, overwrite=overwrite, allow_incomplete=allow_incomplete, roi=roi,
+                          roi_voxels=roi_voxels)
     typer.echo(f"wrote {path}")
 
 

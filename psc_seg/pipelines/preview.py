@@ -22,6 +22,8 @@ def preview_volume(
     size: int = 1000,
     overwrite: bool = False,
     allow_incomplete: bool = False,
+    roi: str | None = None,
+    roi_voxels: str | None = None,
 ) -> Path:
     """Write a PNG of the slices of ``volume`` through ``center`` (see :mod:`psc_seg.preview`).
 
@@ -37,7 +39,13 @@ def preview_volume(
         overwrite: replace an existing PNG; without it an existing one is a UserError.
         allow_incomplete: show volumes psc-seg marked unfinished (a note says so); without it
             they are refused (:func:`~psc_seg.engine.resume.check_finished`).
+        roi, roi_voxels: show only this region of ``volume``, ``"z0:z1,y0:y1,x0:x1"`` in its world
+            units or in voxels (:func:`~psc_seg.engine.region.resolve_roi`); the other volumes
+            are cropped to the same voxels, and ``center`` counts from the region's first voxel.
     """
+    from psc_seg.engine.region import resolve_roi
+    from psc_seg.io.crop import CroppedVolume
+
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserError(f"preview output {str(out)!r}: give a .png file name")
@@ -53,6 +61,11 @@ def preview_volume(
         if raw.channels < 3:
             raise UserError(f"{volume!r} has {raw.channels} channels; preview shows a 3D volume or >= 3 affinities")
         raw, affinity_volume = None, raw
+    region = resolve_roi(raw or affinity_volume, roi=roi, roi_voxels=roi_voxels)
+    if region is not None:
+        raw, label_volume, affinity_volume = (
+            None if v is None else CroppedVolume(v, region.begin, region.shape)
+            for v in (raw, label_volume, affinity_volume))
     shape = (raw or affinity_volume).spatial_shape
     full_center = tuple(s // 2 if c is None else int(c) for c, s in zip(center, shape))
     return write_preview(
@@ -63,5 +76,6 @@ def preview_volume(
         title=volume if title is None else title,
         center=full_center,
         voxel_size=(raw or affinity_volume).voxel_size,
+        unit=(raw or affinity_volume).unit,
         size=size,
     )
