@@ -20,16 +20,14 @@ from psc_seg.io.geometry import WorldRoi, world_roi
 from psc_seg.io.normalize import (
     check_image, check_value_range, default_normalization, normalize, resolve_normalization, sample_values,
 )
-from psc_seg.io.open import (
-    create_volume, default_provenance, open_volume, sample_digest, volume_complete, volume_exists,
-)
+from psc_seg.io.open import create_volume, default_provenance, open_volume, volume_complete, volume_exists
 from psc_seg.io.spec import VolumeSpec, check_apart, overlaps, parse_spec, staged_spec
 from psc_seg.io.volume import META_KEY, Volume, partial_path, remove_output, replace_output, sidecar_beside
 
 __all__ = [
     "META_KEY", "Volume", "VolumeSpec", "WorldRoi", "check_apart", "check_image", "check_value_range", "create_volume",
     "default_normalization", "default_provenance", "normalize", "open_volume", "overlaps", "parse_spec", "partial_path",
-    "remove_output", "replace_output", "resolve_normalization", "sample_digest", "sample_values", "sidecar_beside", "staged_spec",
+    "remove_output", "replace_output", "resolve_normalization", "sample_values", "sidecar_beside", "staged_spec",
     "volume_complete",
     "volume_exists", "world_roi",
 ]

@@ -66,21 +66,6 @@ def volume_exists(spec: str | Path | VolumeSpec) -> bool:
     return s.path.exists() or partial_path(s.path).exists()
 
 
-def sample_digest(volume: Volume, *, size: int = 16) -> str:
-    """sha256 of a few small samples of ``volume`` (its first, middle and last ``size``^3 voxels,
-    every channel) and its shape and dtype: kept with an output's resume settings, so that a
-    resume after its input was rewritten (another volume at the same path) is refused instead of
-    mixing blocks of both."""
-    import hashlib
-
-    digest = hashlib.sha256(f"{volume.shape}{volume.dtype}".encode())
-    for fraction in (0.0, 0.5, 1.0):
-        start = [int((extent - min(size, extent)) * fraction) for extent in volume.spatial_shape]
-        region = tuple(slice(b, b + min(size, extent)) for b, extent in zip(start, volume.spatial_shape))
-        digest.update(np.ascontiguousarray(volume.read(region)).tobytes())
-    return digest.hexdigest()
-
-
 def volume_complete(spec: str | Path | VolumeSpec) -> bool:
     """Whether the volume at ``spec`` exists and was finished (an output marked complete, or a
     NIfTI / TIFF / npy file that is no longer being assembled)."""

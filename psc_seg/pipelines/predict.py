@@ -43,7 +43,6 @@ from psc_seg.engine.inference import (
 from psc_seg.errors import Interrupted, UserError, check_exclusive, note
 from psc_seg.io import (
     check_apart, check_image, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
-    sample_digest,
 )
 from psc_seg.io.crop import CroppedVolume
 from psc_seg.io.normalize import KINDS as NORMALIZE_KINDS
@@ -271,7 +270,7 @@ def predict(
     settings = {
         "checkpoint_sha256": file_hash(checkpoint),
         "input": {"spec": (source_spec.url or str(source_spec.path.resolve())) + ":" + source_spec.inner,
-                  "shape": list(source.shape), "dtype": str(source.dtype), "sample_sha256": sample_digest(source)},
+                  "shape": list(source.shape), "dtype": str(source.dtype)},
         "block_shape": list(geometry.write_shape),
         "dtype": dtype,
         "normalize": norm,

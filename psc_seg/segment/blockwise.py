@@ -300,7 +300,6 @@ def segment_blockwise(
     Returns:
         ``outputs``.
     """
-    from psc_seg.io import sample_digest
     from psc_seg.segment.outputs import open_outputs
 
     config = settings.as_dict()
@@ -308,8 +307,7 @@ def segment_blockwise(
     if block_shape is None:
         raise ValueError("segment_blockwise needs settings.block_shape")
     total = Roi((0, 0, 0), affs.spatial_shape)
-    hashed = {**config, "context": context, "affinities_shape": list(affs.shape),
-              "affinities_sample_sha256": sample_digest(affs)}
+    hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
     _work_dir(outputs[0])  # a remote output: refused before anything is made
     with open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,
                       overwrite=overwrite) as prepared:

@@ -81,13 +81,11 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     from tqdm.auto import tqdm
 
     from psc_seg.engine.resume import existing_outputs
-    from psc_seg.io import sample_digest
     from psc_seg.errors import Interrupted, UserError
     from psc_seg.segment.outputs import open_outputs
 
     outputs = list(outputs)
-    hashed = {**settings.as_dict(), "affinities_shape": list(affs.shape),
-              "affinities_sample_sha256": sample_digest(affs)}
+    hashed = {**settings.as_dict(), "affinities_shape": list(affs.shape)}
 
     def prepare():
         return open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite)

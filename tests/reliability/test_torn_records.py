@@ -68,35 +68,3 @@ def test_predict_killed_then_record_torn_resumes_to_the_uninterrupted_result(tmp
     result = open_volume(str(out))
     assert result.complete
     np.testing.assert_array_equal(result.read(), open_volume(str(reference)).read())
-
-
-def test_a_resume_after_the_input_was_rewritten_is_refused(tmp_path, raw_zarr, checkpoint, monkeypatch):
-    """Killed, then another volume written at the input's path: the resume would mix blocks of
-    both in an output marked complete; it is refused (the settings keep a digest of samples)."""
-    import itertools
-
-    import pytest
-
-    from psc_seg.engine.inference import BlockPredictor
-    from psc_seg.errors import UserError
-    from psc_seg.io import create_volume
-
-    out = str(tmp_path / "affs.zarr")
-    original, calls = BlockPredictor.__call__, itertools.count()
-
-    def stopped(self, task):
-        if next(calls) == 3:
-            raise RuntimeError("stopped")
-        return original(self, task)
-
-    monkeypatch.setattr(BlockPredictor, "__call__", stopped)
-    with pytest.raises(RuntimeError):
-        predict(checkpoint, raw_zarr, out, block_shape=(16, 16, 16), progress=False)
-    monkeypatch.undo()
-    other = create_volume(raw_zarr, shape=(32, 32, 32), dtype=np.uint8, voxel_size=(8, 8, 8), unit="nanometer",
-                          overwrite=True)
-    other.write(None, np.random.default_rng(5).integers(0, 256, (32, 32, 32), dtype=np.uint8))
-    other.finalize()
-    with pytest.raises(UserError, match=r"written with other settings \(input differ\)"):
-        predict(checkpoint, raw_zarr, out, block_shape=(16, 16, 16), progress=False, resume=True)
-    assert not open_volume(out).complete
