@@ -10,6 +10,7 @@ command with status 130 and one line: what it kept and the command that continue
 
 from __future__ import annotations
 
+import logging
 import shlex
 import warnings
 from typing import Annotated
@@ -47,6 +48,9 @@ class PscGroup(TyperGroup):
         except KeyboardInterrupt as exc:
             if ctx.params.get("debug"):
                 raise
+            # writes zarr had under way when Ctrl-C came are dropped at exit (the record lists only
+            # finished blocks); asyncio would log each as "Task was destroyed but it is pending!"
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
             typer.echo(_interrupted(exc, ctx.meta.get("psc_seg.args", [])), err=True)
             raise typer.Exit(code=130) from None
 
