@@ -141,9 +141,6 @@ def write_preview(
                  size=size)
 
 
-UNIT_SYMBOLS = {"nanometer": "nm", "micrometer": "µm", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
-
-
 def scale_bar(width: float, unit: str | None) -> tuple[float, str]:
     """``(length, label)`` of a scale bar for a panel ``width`` world units wide: the largest
     1, 2 or 5 times a power of ten that is at most a fifth of the width, e.g. ``(50.0, "50 nm")``
@@ -151,8 +148,9 @@ def scale_bar(width: float, unit: str | None) -> tuple[float, str]:
     target = width / 5
     power = 10.0 ** np.floor(np.log10(target)) if target > 0 else 1.0
     length = max(m * power for m in (1, 2, 5) if m * power <= target) if target >= power else power
-    symbol = UNIT_SYMBOLS.get(unit or "", unit or "")
-    return length, f"{length:g} {symbol}".strip()
+    from psc_seg.io.geometry import unit_symbol
+
+    return length, f"{length:g} {unit_symbol(unit)}".strip()
 
 
 def _panels(raw, labels, affinities, center) -> list[np.ndarray]:

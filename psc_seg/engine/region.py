@@ -18,12 +18,10 @@ from psc_seg.engine.blocks import Block
 from psc_seg.engine.chunk_cache import ChunkCache
 from psc_seg.engine.roi import Roi
 from psc_seg.errors import UserError, check_exclusive
+from psc_seg.io.geometry import unit_symbol
 
 ROI_SYNTAX = "z0:z1,y0:y1,x0:x1"
 _EPS = 1e-6  # relative tolerance for world coordinates that must land on voxel borders
-
-UNITS = {"nanometer": "nm", "micrometer": "um", "millimeter": "mm", "meter": "m"}
-
 
 def _num(value: float) -> str:
     return f"{value:g}"
@@ -31,8 +29,7 @@ def _num(value: float) -> str:
 
 def unit_of(volume) -> str:
     """The short name of ``volume``'s spatial unit (``"nm"``), or ``"world units"``."""
-    unit = getattr(volume, "unit", None)
-    return UNITS.get(unit, unit) if unit else "world units"
+    return unit_symbol(getattr(volume, "unit", None)) or "world units"
 
 
 def world_roi(volume, roi: Roi | None = None) -> str:

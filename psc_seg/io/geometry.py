@@ -37,6 +37,8 @@ AXES = ("z", "y", "x")
 # unit names as OME-Zarr writes them (UDUNITS-2), from the short forms funlib and others use
 UNIT_NAMES = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer", "mm": "millimeter",
               "m": "meter", "nanometers": "nanometer", "micrometers": "micrometer", "millimeters": "millimeter"}
+# and back, for labels on scale bars and in messages
+UNIT_SYMBOLS = {"nanometer": "nm", "micrometer": "µm", "millimeter": "mm", "centimeter": "cm", "meter": "m"}
 ALIGN_TOLERANCE = 1e-6  # of a voxel: float metadata (e.g. 0.1 mm written as 0.1000000001)
 
 
@@ -49,6 +51,12 @@ def unit_name(unit) -> str | None:
         return None
     unit = unit.decode(errors="replace") if isinstance(unit, bytes) else str(unit)
     return UNIT_NAMES.get(unit.lower(), unit)
+
+
+def unit_symbol(unit: str | None) -> str:
+    """The short form of an OME unit name (``"nanometer"`` -> ``"nm"``); another name as it is,
+    "" for none."""
+    return UNIT_SYMBOLS.get(unit or "", unit or "")
 
 
 @dataclass(frozen=True)
