@@ -1,27 +1,30 @@
-"""Train a small psc(2,2) UNet on the gala FIB-SEM crop on CPU, then predict, segment and score
-the test crop against a no-learning baseline.
+"""Train small psc(2,2) and conv3d UNets of the same widths on the gala FIB-SEM crop on CPU,
+at equal iterations, then predict, segment and score the test crop against a no-learning
+baseline.
 
-    python benchmarks/gala_train.py --minutes 8 --out /tmp/gala-train
+    python benchmarks/gala_train.py --minutes 10 --out /tmp/gala-train              # psc(2,2), then conv3d
+    python benchmarks/gala_train.py --convs conv3d --iterations 400 --out /tmp/g3   # one, a fixed count
 
-1. ``psc-seg train em/demo-small`` (small psc(2,2) UNet, affinities) on ``train-image.h5`` +
-   ``train-gt.lzf.h5`` for at most ``--minutes`` of training (``train.max_seconds``);
-2. ``psc-seg predict`` of ``test-image.h5`` with ``last.pt``;
+1. ``psc-seg train em/demo-small`` (small UNet, affinities; ``--set model.conv=CONV``) on
+   ``train-image.h5`` + ``train-gt.lzf.h5``: the first of ``--convs`` for at most ``--minutes``
+   of training (``train.max_seconds``) or ``--iterations``; every later one for as many
+   iterations as the first reached (equal iterations, whatever time it takes);
+2. ``psc-seg predict`` of ``test-image.h5`` with each ``last.pt``;
 3. the same segment step (``segment_affinities``, waterz, ``--scoring``) on the learned
    affinities and on baseline affinities made from the smoothed raw intensity (membranes are
    dark: ``aff[c, p] = min(s[p], s[p + o_c])`` of the Gaussian-smoothed raw mapped to [0, 1]),
    for each smoothing in ``--sigmas``;
-4. VI (split, merge, total, bits) against ``test-gt.lzf.h5`` at each threshold. Each method
-   is credited with its best threshold (and the baseline with its best smoothing), chosen on
-   the test crop itself: an optimistic figure for both.
+4. VI (split, merge, total), adapted Rand error and segment count against
+   ``test-gt.lzf.h5`` at each threshold. Each method is credited with its best threshold (and
+   the baseline with its best smoothing), chosen on the test crop itself: an optimistic
+   figure for all alike.
 
 ``--checkpoint PATH`` skips training and scores an existing checkpoint.
 
-Measured (``--minutes 9``, 1 torch thread, on a 2-core CPU box shared with other jobs): 431
-iterations in 540 s, predict 6.7 s, 9 min 18 s wall in all; best VI total learned 0.939
-(t=0.4: split 0.654, merge 0.285) vs baseline 1.112 (sigma 0.5, t=0.6: split 0.699, merge
-0.413).
+Figures: ``benchmarks/RESULTS.md``, section gala_train.
 
-Prints a table and one summary line; exits 1 if the learned VI is not below the baseline.
+Prints a table and one summary line per method; exits 1 if a learned VI is not below the
+baseline's.
 """
 
 from __future__ import annotations
@@ -52,10 +55,41 @@ def score(affinities: np.ndarray, gt: np.ndarray, *, scoring: str) -> list[dict]
     return rows
 
 
+def train_one(conv: str, out: Path, *, overrides: list[str], minutes: float | None,
+              iterations: int | None) -> dict:
+    """Train em/demo-small with ``conv`` into ``out``; the train summary plus ``train_s``."""
+    from psc_seg.pipelines.train import train
+
+    budget = [f"train.max_seconds={minutes * 60}", "train.iterations=100000"] if iterations is None else [
+        f"train.iterations={iterations}"]
+    started = time.perf_counter()
+    summary = train("em/demo-small", out=out, overwrite=True, quiet=True,
+                    overrides=[*overrides, f"model.conv={conv}", *budget])
+    summary["train_s"] = time.perf_counter() - started
+    print(f"{conv}: trained {summary['iteration']} iterations in {summary['elapsed_s']:.0f} s "
+          f"(final loss {summary['loss']:.4f})", flush=True)
+    return summary
+
+
+def predict_and_score(checkpoint: Path, out: Path, gala: Path, gt: np.ndarray, *, scoring: str) -> tuple[list, float]:
+    """Predict the test crop with ``checkpoint``; (score rows, predict seconds)."""
+    from psc_seg.io import open_volume
+    from psc_seg.pipelines.predict import predict
+
+    started = time.perf_counter()
+    prediction = out / "test-affinities.zarr"
+    predict(checkpoint, f"{gala}/test-image.h5:/stack", str(prediction), overwrite=True, progress=False)
+    predict_s = time.perf_counter() - started
+    return score(open_volume(str(prediction)).read(), gt, scoring=scoring), predict_s
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=8.0, help="training time budget (at most 10)")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/gala-train"), help="run folder (replaced)")
+    parser.add_argument("--convs", nargs="+", default=["psc(2,2)", "conv3d"],
+                        help="conv specs to train, in order; the first sets the iteration count")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training time of the first conv (at most 10)")
+    parser.add_argument("--iterations", type=int, help="train every conv this many iterations instead of --minutes")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/gala-train"), help="folder of the runs (replaced)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     parser.add_argument("--scoring", default="hist_quant_75")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0, 2.0],
@@ -71,62 +105,55 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     import h5py
 
-    from psc_seg.io import open_volume
-    from psc_seg.pipelines.predict import predict
-    from psc_seg.pipelines.train import train
-
     gala = GALA.resolve()
     overrides = [
         f"data.train=[{{raw: '{gala}/train-image.h5:/stack', labels: '{gala}/train-gt.lzf.h5:/stack'}}]",
         "data.validation=[]",
-        "train.iterations=100000",
-        f"train.max_seconds={args.minutes * 60}",
         "train.num_workers=0",
         "train.log_every=10",
         "train.checkpoint_every=100",
         *args.overrides,
     ]
-    if args.checkpoint is None:
-        started = time.perf_counter()
-        summary = train("em/demo-small", out=args.out, overwrite=True, overrides=overrides, quiet=True)
-        train_s = time.perf_counter() - started
-        checkpoint = Path(summary["last"])
-        print(f"trained {summary['iteration']} iterations in {summary['elapsed_s']:.0f} s "
-              f"(final loss {summary['loss']:.4f})", flush=True)
-    else:
-        checkpoint, train_s, summary = args.checkpoint, 0.0, {"iteration": 0}
-        args.out.mkdir(parents=True, exist_ok=True)
-
-    started = time.perf_counter()
-    prediction = args.out / "test-affinities.zarr"
-    predict(checkpoint, f"{gala}/test-image.h5:/stack", str(prediction), overwrite=True, progress=False)
-    predict_s = time.perf_counter() - started
-    learned = open_volume(str(prediction)).read()
     with h5py.File(gala / "test-image.h5") as f:
         raw = f["stack"][:]
     with h5py.File(gala / "test-gt.lzf.h5") as f:
         gt = f["stack"][:]
 
-    learned_rows = score(learned, gt, scoring=args.scoring)
+    results, times = {}, {}
+    if args.checkpoint is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results["learned"], predict_s = predict_and_score(args.checkpoint, args.out, gala, gt, scoring=args.scoring)
+        times["learned"] = (0, 0.0, predict_s)
+    else:
+        iterations = args.iterations
+        for conv in args.convs:
+            run = args.out / conv.replace("(", "").replace(")", "").replace(",", "")
+            summary = train_one(conv, run, overrides=overrides, minutes=args.minutes, iterations=iterations)
+            iterations = summary["iteration"]  # the later convs train as many iterations
+            results[conv], predict_s = predict_and_score(Path(summary["last"]), run, gala, gt, scoring=args.scoring)
+            times[conv] = (summary["iteration"], summary["elapsed_s"], predict_s)
+
     baselines = {sigma: score(intensity_affinities(raw, sigma=sigma), gt, scoring=args.scoring) for sigma in args.sigmas}
     best_sigma = min(baselines, key=lambda sigma: min(r["voi"] for r in baselines[sigma]))
-    results = {"learned": learned_rows, f"base s={best_sigma:g}": baselines[best_sigma]}
-    print(f"{'method':<12}{'threshold':>10}{'voi_split':>11}{'voi_merge':>11}{'voi':>8}{'arand':>8}{'segments':>10}")
+    results[f"baseline s={best_sigma:g}"] = baselines[best_sigma]
+    print(f"{'method':<16}{'threshold':>10}{'voi_split':>11}{'voi_merge':>11}{'voi':>8}{'arand':>8}{'segments':>10}")
     best = {}
     for method, rows in results.items():
         for row in rows:
-            print(f"{method:<12}{row['threshold']:>10.2f}{row['voi_split']:>11.3f}{row['voi_merge']:>11.3f}"
+            print(f"{method:<16}{row['threshold']:>10.2f}{row['voi_split']:>11.3f}{row['voi_merge']:>11.3f}"
                   f"{row['voi']:>8.3f}{row['arand']:>8.3f}{row['n_segments']:>10d}")
-        best["learned" if method == "learned" else "baseline"] = min(rows, key=lambda r: r["voi"])
+        best[method] = min(rows, key=lambda r: r["voi"])
     for sigma, rows in baselines.items():
         row = min(rows, key=lambda r: r["voi"])
         print(f"baseline sigma {sigma:g}: best VI {row['voi']:.3f} at t={row['threshold']}")
-    print(f"train {train_s:.0f} s ({summary['iteration']} it), predict {predict_s:.1f} s; best VI total: "
-          f"learned {best['learned']['voi']:.3f} (t={best['learned']['threshold']}, split "
-          f"{best['learned']['voi_split']:.3f}, merge {best['learned']['voi_merge']:.3f}) vs baseline "
-          f"{best['baseline']['voi']:.3f} (sigma {best_sigma:g}, t={best['baseline']['threshold']}, split "
-          f"{best['baseline']['voi_split']:.3f}, merge {best['baseline']['voi_merge']:.3f})")
-    return 0 if best["learned"]["voi"] < best["baseline"]["voi"] else 1
+    print(f"\n{'method':<20}{'iterations':>11}{'train s':>9}{'predict s':>10}{'t':>6}{'split':>8}{'merge':>8}"
+          f"{'VI':>8}{'ARAND':>8}")
+    for method, row in best.items():
+        its, train_s, predict_s = times.get(method, (0, 0.0, 0.0))
+        print(f"{method:<20}{its:>11}{train_s:>9.0f}{predict_s:>10.1f}{row['threshold']:>6.2f}{row['voi_split']:>8.3f}"
+              f"{row['voi_merge']:>8.3f}{row['voi']:>8.3f}{row['arand']:>8.3f}")
+    baseline = best[f"baseline s={best_sigma:g}"]["voi"]
+    return 0 if all(row["voi"] < baseline for m, row in best.items() if not m.startswith("baseline")) else 1
 
 
 if __name__ == "__main__":
