@@ -17,7 +17,10 @@ Shape of a config (every section but ``model``, ``task`` and ``data.train`` has 
 
 ``CONFIG`` is a path to such a file or a preset name (``em/unet-p2sc2``, see
 :func:`list_presets`). ``--set key.path=value`` overrides any key by its dotted path, the value
-parsed as YAML. Volume paths are relative to the current directory. An unknown or misspelt key
+parsed as YAML. Volume paths are relative to the current directory. The presets hold no data:
+``data.train`` comes with ``--set "data.train=[{raw: ..., labels: ...}]"`` (a config without it is
+refused, showing that form), and an override of ``data.train`` without one of ``data.validation``
+drops the config's validation volumes, with a note (they went with the other training data). An unknown or misspelt key
 is a :class:`~psc_seg.errors.UserError` naming it, the allowed keys and the closest one.
 
 Labels (and a mask) may cover a sub-region of the raw, as in CREMI and daisy containers: they
@@ -33,7 +36,7 @@ that region of the labels::
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +44,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from psc_seg.errors import UserError
+from psc_seg.errors import UserError, note
 from psc_seg.affinities import DEFAULT_OFFSETS
 
 
@@ -319,21 +322,42 @@ def list_presets() -> list[str]:
     return sorted(names)
 
 
+def _preset_name(config: str | Path) -> str:
+    """The preset ``config`` names (``.yaml`` optional); UserError with the closest one if none."""
+    name = str(config).removesuffix(".yaml")
+    presets = list_presets()
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"config {str(config)!r} is neither a file nor a preset; {hint}presets: {', '.join(presets)}")
+    return name
+
+
+def preset_text(name: str) -> str:
+    """The YAML text of the preset ``name``, comments included (``psc-seg train --show``).
+
+    Raises:
+        UserError: no such preset (the closest one proposed).
+    """
+    return (_preset_root() / f"{_preset_name(name)}.yaml").read_text()
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of the preset ``name``: what it is, in one line."""
+    for line in preset_text(name).splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
 def read_config_source(config: str | Path) -> tuple[dict[str, Any], str]:
     """The raw YAML mapping of a config file or preset, and where it came from."""
     path = Path(config)
     if path.is_file():
         text, origin = path.read_text(), str(path)
     else:
-        name = str(config).removesuffix(".yaml")
-        presets = list_presets()
-        if name not in presets:
-            close = difflib.get_close_matches(name, presets, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(
-                f"config {str(config)!r} is neither a file nor a preset; {hint}presets: {', '.join(presets)}"
-            )
-        text, origin = (_preset_root() / f"{name}.yaml").read_text(), f"preset {name}"
+        name = _preset_name(config)
+        text, origin = preset_text(name), f"preset {name}"
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -386,15 +410,44 @@ def load_config(config: str | Path | dict[str, Any], overrides: Iterable[str] = 
         overrides: ``key.path=value`` strings, applied in order.
 
     Raises:
-        UserError: one line naming the bad key (with the allowed keys and a close match).
+        UserError: one line naming the bad key (with the allowed keys and a close match); no
+            ``data.train`` (with the ``--set`` form that gives it).
+
+    An override of ``data.train`` without one of ``data.validation`` drops the config's
+    validation volumes, with a :class:`~psc_seg.errors.Note`.
     """
     if isinstance(config, dict):
         raw, origin = yaml.safe_load(yaml.safe_dump(config)), "mapping"
     else:
         raw, origin = read_config_source(config)
+    overrides = list(overrides)
     for item in overrides:
         apply_override(raw, item)
+    _keep_validation_with_train(raw, overrides, origin)
+    data = raw.get("data")
+    if not (isinstance(data, dict) and data.get("train")):
+        what = origin if origin.startswith("preset ") else f"config {origin}"
+        raise UserError(f"{what} has no training data; give it with --set "
+                        f"\"data.train=[{{raw: train.zarr/raw, labels: train.zarr/labels}}]\" "
+                        "(and data.validation likewise)")
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
         raise UserError(_one_line(exc)) from None
+
+
+def _keep_validation_with_train(raw: dict[str, Any], overrides: Sequence[str], origin: str) -> None:
+    """Overrides of ``data.train`` without one of ``data.validation`` drop the config's
+    ``data.validation`` (a note says so): validation volumes that went with other training
+    data are not kept by accident. ``raw`` is changed in place."""
+    paths = [[p.strip() for p in item.partition("=")[0].split(".")] for item in overrides]
+    if not any(p[:2] == ["data", "train"] for p in paths):
+        return
+    if any(p[:2] == ["data", "validation"] or p == ["data"] for p in paths):
+        return
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("validation"):
+        shown = ", ".join(str(v.get("raw") if isinstance(v, dict) else v) for v in data["validation"])
+        data["validation"] = []
+        note(f"--set data.train replaces the training data of {origin}, so its data.validation ({shown}) is left "
+             "out: no validation; give --set \"data.validation=[{raw: ..., labels: ...}]\" to validate")
