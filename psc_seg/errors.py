@@ -58,8 +58,11 @@ class Interrupted(KeyboardInterrupt):
     ``kept`` says what, in one line (``"3 of 8 blocks of 'affs.zarr' written and kept"``);
     ``resumable``: rerunning the command with ``--resume`` continues from it (else the command
     starts again). The CLI prints ``interrupted: <kept>; continue with `<command> --resume```
-    on stderr and exits with status 130, without a traceback."""
+    on stderr and exits with status 130, without a traceback. ``command``: the words after
+    ``psc-seg`` that continue, where that is not the command line with ``--resume`` (``train
+    --resume RUN_DIR``); a command may set it when it knows them."""
 
     def __init__(self, kept: str, *, resumable: bool = True) -> None:
         super().__init__(kept)
         self.kept, self.resumable = kept, resumable
+        self.command: list[str] | None = None

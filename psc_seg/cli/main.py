@@ -62,7 +62,8 @@ def _interrupted(exc: KeyboardInterrupt, args: list[str]) -> str:
         return "interrupted"
     words = [w for w in args if w not in ("--resume", "--overwrite")]  # they exclude each other
     if exc.resumable:
-        return f"interrupted: {exc.kept}; continue with `{shlex.join(['psc-seg', *words, '--resume'])}`"
+        command = exc.command if exc.command is not None else [*words, "--resume"]
+        return f"interrupted: {exc.kept}; continue with `{shlex.join(['psc-seg', *command])}`"
     return f"interrupted: {exc.kept}; run `{shlex.join(['psc-seg', *words])}` again to start over"
 
 

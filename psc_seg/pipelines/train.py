@@ -241,7 +241,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite
         existing = [name for name in owned if (run_dir / name).exists()]
         raise UserError(
             f"run folder {str(run_dir)!r} already holds a run ({', '.join(existing)}); pass {{resume}} to continue "
-            "it, {overwrite} to start over, or choose another {out}", options=("resume", "overwrite", "out"),
+            f"it (`psc-seg train --resume {run_dir}`), {{overwrite}} to start over, or choose another {{out}}",
+            options=("resume", "overwrite", "out"),
         )
     # overwrite, or the leftovers of a run that failed before its first checkpoint
     return RunFolder(run_dir, clear=owned)
@@ -285,8 +286,40 @@ def prepare(
     return model, input_shape, train_volumes, validation_volumes
 
 
+def resume_source(config: str | Path | dict[str, Any] | None, out: str | Path | None,
+                  resume: bool) -> tuple[str | Path | dict[str, Any], Path | None]:
+    """The config and run folder of a ``train`` call: ``config`` and ``out`` as given, or, to
+    continue a run given by its folder alone (``psc-seg train --resume RUN_DIR``: ``config``
+    the folder, or None with ``out`` the folder), the run's ``config.yaml`` and that folder.
+
+    Raises:
+        UserError: no config and no run folder; a folder as config without ``resume``; a run
+            folder given twice, differently; a folder with no ``config.yaml`` to resume.
+    """
+    folder = Path(config) if isinstance(config, (str, Path)) and Path(config).is_dir() else None
+    if folder is None and config is None:
+        if not (resume and out is not None):
+            raise UserError("give a CONFIG file or preset name, e.g. `psc-seg train em/demo-small --set "
+                            "\"data.train=[{raw: train.zarr/raw, labels: train.zarr/labels}]\"` (see "
+                            "--list-presets), or continue a run with `psc-seg train --resume RUN_DIR`")
+        folder = Path(out)
+    if folder is None:
+        return config, Path(out) if out is not None else None
+    if not resume:
+        raise UserError(f"{str(folder)!r} is a folder, not a config file; pass {{resume}} to continue the run in "
+                        "it, or give a config file or preset to start one", options=("resume",))
+    if out is not None and Path(out).resolve() != folder.resolve():
+        raise UserError(f"two run folders: {str(folder)!r} and {{out}} {str(out)!r}; continue a run with "
+                        f"`psc-seg train --resume RUN_DIR` alone", options=("out",))
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"nothing to resume: {str(saved)!r} does not exist ({str(folder)!r} is not a psc-seg run "
+                        "folder); give the folder a run was trained into (its --out)")
+    return saved, folder
+
+
 def train(
-    config: str | Path | dict[str, Any],
+    config: str | Path | dict[str, Any] | None,
     *,
     out: str | Path | None = None,
     resume: bool = False,
@@ -300,9 +333,12 @@ def train(
     """Train a model as ``config`` says, writing checkpoints and metrics into ``out``.
 
     Args:
-        config: YAML file, preset name (``em/unet-p2sc2``) or parsed mapping.
+        config: YAML file, preset name (``em/unet-p2sc2``) or parsed mapping; with ``resume``, the
+            run folder (or None, with ``out`` the run folder) continues the run as its
+            ``config.yaml`` says (:func:`resume_source`), ``overrides`` besides.
         out: run folder (default ``runs/<config name>``).
-        resume: continue the run in ``out`` from ``checkpoints/last.pt``.
+        resume: continue the run in ``out`` from ``checkpoints/last.pt``; the config may be the
+            run's own ``config.yaml``.
         overwrite: start the run in ``out`` again, removing only what psc-seg wrote there (see
             :func:`check_run_dir`), once the config, data and model have passed their checks.
         iterations: overrides ``train.iterations``.
@@ -313,11 +349,13 @@ def train(
             it they are refused (:func:`~psc_seg.engine.resume.check_finished`).
 
     Returns:
-        ``{"run_dir", "last", "best", "iteration", "loss", "best_value", "best_iteration",
-        "elapsed_s", "validation"}``. What the user should know (e.g. affinity channels
+        ``{"run_dir", "last", "best", "metric", "iteration", "loss", "best_value", "best_iteration",
+        "elapsed_s", "validation"}`` (``metric``: what ``best_value`` is, e.g. ``"VI"``; None
+        without validation). What the user should know (e.g. affinity channels
         validation leaves out) is told as :class:`~psc_seg.errors.Note` warnings.
     """
     check_exclusive(resume=resume, overwrite=overwrite)
+    config, out = resume_source(config, out, resume)
     overrides = list(overrides)
     if iterations is not None:
         overrides.append(f"train.iterations={int(iterations)}")
@@ -325,9 +363,10 @@ def train(
     torch_device = resolve_device(device)
     run_dir = Path(out) if out is not None else default_run_dir(config if not isinstance(config, dict) else "config")
     config_file = Path(config) if not isinstance(config, dict) and Path(config).is_file() else None
-    if config_file is not None and config_file.resolve() == (run_dir / "config.yaml").resolve():
-        raise UserError(f"{str(config)!r} is where the run writes its resolved config; choose another {{out}}",
-                        options=("out",))
+    if (not resume and config_file is not None
+            and config_file.resolve() == (run_dir / "config.yaml").resolve()):
+        raise UserError(f"{str(config)!r} is where the run writes its resolved config; pass {{resume}} to "
+                        "continue that run, or choose another {out}", options=("resume", "out"))
     # one trainer per run folder (a killed one's is taken over by resume); given up however this ends
     owner = OutputOwner(run_dir.with_name(f".{run_dir.name}.psc-seg-owner"), str(run_dir))
     owner.acquire(resume=resume)
@@ -372,7 +411,8 @@ def _train(cfg: TrainConfig, run_dir: Path, *, config_file: Path | None, resume:
                       validator=validator, device=device, quiet=quiet)
     summary = trainer.fit(resume_from=folder.resume_from)
     return {"run_dir": str(run_dir), "last": str(run_dir / "checkpoints" / "last.pt"),
-            "best": str(run_dir / "checkpoints" / "best.pt"), **summary}
+            "best": str(run_dir / "checkpoints" / "best.pt"),
+            "metric": getattr(validator, "label", None), **summary}
 
 
-__all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "resolve_device", "train")
+__all__: Iterable[str] = ("default_run_dir", "open_labelled", "prepare", "resolve_device", "resume_source", "train")

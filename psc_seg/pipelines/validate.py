@@ -55,11 +55,33 @@ def _scored(volume: LabelledVolume) -> tuple[tuple[slice, ...], np.ndarray, np.n
     return region.to_slices(), gt, mask
 
 
+def _unit_range(image: np.ndarray) -> np.ndarray:
+    """``image`` as float32 stretched to [0, 1] (min to max; a flat image is all 0)."""
+    image = np.asarray(image, dtype=np.float32)
+    low, high = float(image.min()), float(image.max())
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def _middle_section(volume: LabelledVolume) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """The middle z section of the scored region (``sample_roi``): its ``(z, y, x)`` index in
+    the raw (and so in the prediction), the normalised raw there (first channel) as an image in
+    [0, 1], and the labels there."""
+    region = volume.sample_roi
+    middle = region.shape[0] // 2
+    z_y_x = (region.begin[0] + middle, *region.to_slices()[1:])
+    raw = volume.raw[(..., *z_y_x)] if isinstance(volume.raw, np.ndarray) else volume.raw.read(z_y_x)
+    raw = np.asarray(volume.normalize(np.asarray(raw)), dtype=np.float32)
+    in_labels = region.relative_to(volume.labels_roi).to_slices()
+    labels = np.asarray(volume.labels[(in_labels[0].start + middle, *in_labels[1:])])
+    return z_y_x, _unit_range(raw.reshape(-1, *raw.shape[-2:])[0]), labels
+
+
 class AffinityValidator:
     """VI of the waterz segmentation of predicted affinities (lower is better)."""
 
     columns = ["val_voi_split", "val_voi_merge", "val_voi", "val_threshold"]
     metric = "val_voi"
+    label = "VI"
     mode = "min"
 
     def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
@@ -98,6 +120,21 @@ class AffinityValidator:
         return {"val_voi_split": mean[best]["voi_split"], "val_voi_merge": mean[best]["voi_merge"],
                 "val_voi": mean[best]["voi"], "val_threshold": self.thresholds[best]}
 
+    def images(self) -> dict[str, np.ndarray]:
+        """The middle z section of the first validation volume's scored region, as ``(1, y, x)``
+        images in [0, 1] (for TensorBoard): ``raw``; ``target``, 1 inside a labelled object and
+        0 on its borders (label changes in y or x) and on label 0; ``prediction``, the mean of the
+        nearest-neighbour affinities of the latest validation."""
+        volume = self.volumes[0]
+        z_y_x, raw, labels = _middle_section(volume)
+        inside = labels != 0
+        inside[1:] &= labels[1:] == labels[:-1]
+        inside[:, 1:] &= labels[:, 1:] == labels[:, :-1]
+        channels = list(nearest_neighbour_channels(self.config.task.offsets)[0])
+        predicted = open_volume(str(self.folder / "0-affinities.zarr")).read(z_y_x)
+        prediction = np.clip(np.asarray(predicted, dtype=np.float32)[channels].mean(axis=0), 0, 1)
+        return {"raw": raw[None], "target": inside.astype(np.float32)[None], "prediction": prediction[None]}
+
     def checkpoint_metadata(self, figures: dict[str, float]) -> dict[str, Any]:
         """``{"segment": {"threshold", "scoring"}}``: the threshold that scored best with the
         validation's scoring, which ``psc-seg segment`` takes by default for affinities this
@@ -111,6 +148,7 @@ class SemanticValidator:
     """Mean Dice of the foreground classes (higher is better)."""
 
     metric = "val_dice"
+    label = "mean Dice"
     mode = "max"
 
     def __init__(self, config: TrainConfig, volumes: Sequence[LabelledVolume], folder: Path) -> None:
@@ -137,6 +175,16 @@ class SemanticValidator:
         for k in self.classes:
             figures[f"val_dice_{k}"] = float(np.mean(per_class[k])) if per_class[k] else float("nan")
         return figures
+
+    def images(self) -> dict[str, np.ndarray]:
+        """The middle z section of the first validation volume's scored region, as ``(1, y, x)``
+        images in [0, 1] (for TensorBoard): ``raw``, and the ``target`` and ``prediction``
+        classes of the latest validation, class / (classes - 1)."""
+        z_y_x, raw, labels = _middle_section(self.volumes[0])
+        predicted = open_volume(f"{self.folder / '0-classes.zarr'}/labels").read(z_y_x)
+        top = float(self.config.task.num_classes - 1)
+        return {"raw": raw[None], "target": (np.asarray(labels, dtype=np.float32) / top)[None],
+                "prediction": np.clip(np.asarray(predicted, dtype=np.float32) / top, 0, 1)[None]}
 
     def checkpoint_metadata(self, figures: dict[str, float]) -> dict[str, Any]:
         """Nothing: semantic predictions need no later choice."""

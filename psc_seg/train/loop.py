@@ -9,8 +9,12 @@ A run folder holds::
     RUN_DIR/checkpoints/best.pt      the model at the best validation figure so far (the final
                                      model when there is no validation data)
     RUN_DIR/validation/              the latest predictions on the validation volumes
-    RUN_DIR/curves.png               loss and validation curves (written at the end)
-    RUN_DIR/tensorboard/             event files, when tensorboard is installed
+    RUN_DIR/curves.png               loss (raw and smoothed) and validation curves, redrawn at
+                                     each validation and at the end
+    RUN_DIR/tensorboard/             event files, when tensorboard is installed (``pip install
+                                     "psc-seg[tensorboard]"``): train/loss, train/lr,
+                                     validation/<figure>, and at each validation the middle
+                                     sections of raw, target and prediction (images/...)
 
 Resuming restores model, optimizer, AMP scaler, iteration and RNG states from ``last.pt``,
 drops rows of ``metrics.csv`` written after it, and continues with the very samples an
@@ -48,6 +52,7 @@ class Validator(Protocol):
 
     columns: list[str]  # metrics.csv columns it fills
     metric: str  # the column that picks best.pt
+    label: str  # what the metric is, for people: "VI", "mean Dice"
     mode: str  # "min" or "max"
 
     def __call__(self, checkpoint: Path, device: torch.device) -> dict[str, float]: ...
@@ -206,6 +211,8 @@ def _format(value: Any) -> str:
 
 
 def _tensorboard(run_dir: Path):
+    """A SummaryWriter into ``RUN_DIR/tensorboard``, or None when tensorboard is not installed
+    (it is optional: ``pip install "psc-seg[tensorboard]"``)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
@@ -213,8 +220,20 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def smoothed(values: list[float], *, span: int | None = None) -> list[float]:
+    """An exponential moving average of ``values`` over about ``span`` points (default: a 20th of
+    them, at least 1), started at the first value: the trend of a noisy training loss."""
+    span = span if span is not None else max(1, len(values) // 20)
+    weight = 2.0 / (span + 1.0)
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else out[-1] + weight * (value - out[-1]))
+    return out
+
+
 def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None) -> Path | None:
-    """Loss (and the validation ``metric``) against iterations, as a PNG."""
+    """Loss (raw and smoothed) and the validation ``metric`` against iterations, as a PNG
+    written atomically (a viewer never sees half a file)."""
     if not metrics:
         return None
     import matplotlib
@@ -226,8 +245,10 @@ def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None
     losses = [float(r["loss"]) for r in metrics]
     panels = 2 if metric and any(r.get(metric) for r in metrics) else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
-    axes[0][0].plot(iterations, losses, lw=0.8)
+    axes[0][0].plot(iterations, losses, lw=0.6, alpha=0.4, label="loss")
+    axes[0][0].plot(iterations, smoothed(losses), lw=1.5, label="smoothed")
     axes[0][0].set(xlabel="iteration", ylabel="training loss", yscale="log" if min(losses) > 0 else "linear")
+    axes[0][0].legend(loc="upper right", fontsize="small")
     if panels == 2:
         points = [(int(r["iteration"]), float(r[metric])) for r in metrics if r.get(metric)]
         axes[0][1].plot(*zip(*points), marker="o")
@@ -352,8 +373,19 @@ class Trainer:
                         "elapsed_s": round(self.state.elapsed_s, 3)})
         if writer is not None:
             writer.add_scalar("train/loss", loss, iteration)
+            writer.add_scalar("train/lr", lr, iteration)
             for key, value in figures.items():
                 writer.add_scalar(f"validation/{key}", value, iteration)
+
+    def _after_validation(self, iteration: int, writer) -> None:
+        """Redraw ``curves.png`` (so a long run shows its progress) and, with TensorBoard, add
+        the validator's images (middle sections of raw, target and prediction)."""
+        plot_curves(self.log.read(), self.run_dir / "curves.png", metric=self.validator.metric)
+        images = getattr(self.validator, "images", None)
+        if writer is not None and images is not None:
+            for name, image in images().items():
+                writer.add_image(f"images/{name}", image, iteration, dataformats="CHW")
+            writer.flush()
 
     # -------------------------------------------------------------- run
     def fit(self, *, resume_from: Path | None = None) -> dict[str, Any]:
@@ -394,6 +426,8 @@ class Trainer:
                     self.save("last")  # with the validation figures and best so far, for --resume
                 if it % t.log_every == 0 or figures or final:
                     self._log_row(it, loss, figures, writer)
+                if figures:
+                    self._after_validation(it, writer)
                 postfix = {"loss": f"{loss:.4f}"}
                 if self.validator is not None and self.validator.metric in self.state.last_validation:
                     postfix[self.validator.metric] = f"{self.state.last_validation[self.validator.metric]:.4f}"

@@ -196,13 +196,15 @@ def test_ctrl_c_in_train_prints_the_resume_command(tmp_path, monkeypatch):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     step = interrupt_at_call(monkeypatch, Trainer, "step", 2)
     run = tmp_path / "run"
-    args = ["train", str(tmp_path / "c.yaml"), "--out", str(run), "-q"]
+    args = ["train", str(tmp_path / "c.yaml"), "--out", str(run), "-q", "--set", "train.lr=2e-3"]
+    # the run folder alone continues: config, overrides and data are in its config.yaml
     assert_interrupted(args, (
         f"interrupted: training stopped at iteration 1; {run}/checkpoints/last.pt saved; continue with "
-        f"`psc-seg {' '.join(args)} --resume`"))
+        f"`psc-seg train --resume {run} -q`"))
     monkeypatch.setattr(Trainer, "step", step)
-    resumed = runner.invoke(app, [*args, "--resume"])
+    resumed = runner.invoke(app, ["train", "--resume", str(run), "-q"])
     assert resumed.exit_code == 0 and "trained to iteration 3" in resumed.stdout
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 2e-3
 
 
 def test_ctrl_c_elsewhere_is_one_line_and_status_130(tmp_path, monkeypatch):
