@@ -19,6 +19,7 @@ from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
 from psc_seg.engine import Roi
 from psc_seg.io import Volume, check_image, normalize, open_volume, resolve_normalization
+from psc_seg.models import read_checkpoint
 from psc_seg.owned import marked_entries, marker_path, other_entries, remove_entries, write_marker
 from psc_seg.train.config import TrainConfig, VolumeSet, WorldRoi, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
@@ -381,6 +382,13 @@ def _train(cfg: TrainConfig, run_dir: Path, *, config_file: Path | None, resume:
            quiet: bool, allow_incomplete: bool) -> dict[str, Any]:
     # refusals first (a folder that is not a run, a run without resume / overwrite): before any work
     folder = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite, config_file=config_file)
+    done = None
+    if folder.resume_from is not None:  # a last.pt without the entry is refused later (check_resumable)
+        done = (read_checkpoint(folder.resume_from, mmap=True).get("extra") or {}).get("iteration")
+    if done is not None and int(done) >= cfg.train.iterations:  # nothing left to train
+        raise UserError(f"the run in {str(run_dir)!r} is finished: trained to iteration {done} of "
+                        f"train.iterations {cfg.train.iterations}; pass {{iterations}} with more to train longer",
+                        options=("iterations",))
     model, input_shape, train_volumes, validation_volumes = prepare(cfg, allow_incomplete=allow_incomplete)
     if folder.resume_from is not None:
         check_resumable(folder.resume_from, model, cfg)

@@ -85,6 +85,8 @@ def test_the_runs_own_config_yaml_resumes_and_folder_mistakes_are_one_line(tmp_p
         (["--resume", str(run), "--out", str(tmp_path / "other")], ["two run folders"]),
         (["--resume", str(tmp_path)], ["nothing to resume", "config.yaml' does not exist"]),
         (["--resume", str(run), "--set", "train.lr=0.5"], ["differs from the run's config.yaml in train.lr"]),
+        (["--resume", str(run)], [f"the run in '{run}' is finished: trained to iteration 2 of train.iterations 2; "
+                                  "pass --iterations with more to train longer"]),
     ]:
         failed = runner.invoke(app, ["train", *args, "-q"])
         assert failed.exit_code == 2, (args, failed.output)
