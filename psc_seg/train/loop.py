@@ -222,8 +222,8 @@ def _tensorboard(run_dir: Path):
 
 def smoothed(values: list[float], *, span: int | None = None) -> list[float]:
     """An exponential moving average of ``values`` over about ``span`` points (default: a 20th of
-    them, at least 1), started at the first value: the trend of a noisy training loss."""
-    span = span if span is not None else max(1, len(values) // 20)
+    them, at least 5), started at the first value: the trend of a noisy training loss."""
+    span = span if span is not None else max(5, len(values) // 20)
     weight = 2.0 / (span + 1.0)
     out: list[float] = []
     for value in values:
@@ -231,9 +231,10 @@ def smoothed(values: list[float], *, span: int | None = None) -> list[float]:
     return out
 
 
-def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None) -> Path | None:
-    """Loss (raw and smoothed) and the validation ``metric`` against iterations, as a PNG
-    written atomically (a viewer never sees half a file)."""
+def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None,
+                label: str | None = None) -> Path | None:
+    """Loss (raw and smoothed) and the validation ``metric`` (a metrics.csv column, shown as
+    ``label``) against iterations, as a PNG written atomically (a viewer never sees half a file)."""
     if not metrics:
         return None
     import matplotlib
@@ -252,7 +253,7 @@ def plot_curves(metrics: list[dict[str, str]], path: Path, *, metric: str | None
     if panels == 2:
         points = [(int(r["iteration"]), float(r[metric])) for r in metrics if r.get(metric)]
         axes[0][1].plot(*zip(*points), marker="o")
-        axes[0][1].set(xlabel="iteration", ylabel=f"validation {metric}")
+        axes[0][1].set(xlabel="iteration", ylabel=f"validation {label or metric}")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
@@ -380,7 +381,8 @@ class Trainer:
     def _after_validation(self, iteration: int, writer) -> None:
         """Redraw ``curves.png`` (so a long run shows its progress) and, with TensorBoard, add
         the validator's images (middle sections of raw, target and prediction)."""
-        plot_curves(self.log.read(), self.run_dir / "curves.png", metric=self.validator.metric)
+        plot_curves(self.log.read(), self.run_dir / "curves.png", metric=self.validator.metric,
+                    label=getattr(self.validator, "label", None))
         images = getattr(self.validator, "images", None)
         if writer is not None and images is not None:
             for name, image in images().items():
@@ -450,7 +452,8 @@ class Trainer:
         if self.validator is None or self.state.best_value is None:
             self.save("best")  # no validation: the final model is the best we know
         plot_curves(self.log.read(), self.run_dir / "curves.png",
-                    metric=self.validator.metric if self.validator else None)
+                    metric=self.validator.metric if self.validator else None,
+                    label=getattr(self.validator, "label", None))
         return {
             "iteration": self.state.iteration, "loss": loss, "best_value": self.state.best_value,
             "best_iteration": self.state.best_iteration, "elapsed_s": self.state.elapsed_s,

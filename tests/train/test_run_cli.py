@@ -191,6 +191,7 @@ def test_curves_are_redrawn_at_each_validation_and_the_last_line_names_vi(tmp_pa
 def test_the_smoothed_loss_follows_the_trend():
     assert smoothed([]) == []
     assert smoothed([3.0, 1.0, 2.0], span=1) == [3.0, 1.0, 2.0]
+    assert smoothed([2.0, 0.0], span=3) == [2.0, 1.0]  # weight 2 / (span + 1)
     noisy = [1.0 + (0.5 if i % 2 else -0.5) - i / 200 for i in range(200)]
     trend = smoothed(noisy)
     assert len(trend) == 200 and abs(trend[-1] - (1 - 199 / 200)) < 0.1
