@@ -210,14 +210,16 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path, *, after_iteration: int = 0):
     """A SummaryWriter into ``RUN_DIR/tensorboard``, or None when tensorboard is not installed
-    (it is optional: ``pip install "psc-seg[tensorboard]"``)."""
+    (it is optional: ``pip install "psc-seg[tensorboard]"``). Resuming after ``after_iteration``,
+    the events of later iterations that an earlier session wrote are purged, as rows of
+    metrics.csv are."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=after_iteration + 1 if after_iteration else None)
 
 
 def smoothed(values: list[float], *, span: int | None = None) -> list[float]:
@@ -401,7 +403,7 @@ class Trainer:
             self.restore(resume_from)
         self.log.start(after_iteration=self.state.iteration)
         checkpoint_every = t.checkpoint_every or t.validate_every
-        writer = _tensorboard(self.run_dir)
+        writer = _tensorboard(self.run_dir, after_iteration=self.state.iteration)
         loader = make_loader(
             self.dataset, batch_size=t.batch_size, start_iteration=self.state.iteration, iterations=t.iterations,
             num_workers=t.num_workers, seed=t.seed, pin_memory=self.device.type == "cuda",

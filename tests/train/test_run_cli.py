@@ -216,6 +216,36 @@ def test_tensorboard_gets_scalars_and_images(tmp_path, em_volume, mri_volume):
         assert (raw.height, raw.width) == (32, 32) and raw.step == config["train"]["iterations"]
 
 
+def test_tensorboard_drops_what_a_resumed_run_trains_again(tmp_path, em_volume, monkeypatch):
+    """A run killed after logging iteration 2 but before its checkpoint: the resumed run's
+    iteration 2 replaces the first one's in TensorBoard, as in metrics.csv."""
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, kept = tmp_path / "run", tmp_path / "last-at-1.pt"
+    save = Trainer.save
+
+    def keeping(self, name):
+        path = save(self, name)
+        if name == "last" and self.state.iteration == 1:
+            shutil.copy(path, kept)
+        return path
+
+    monkeypatch.setattr(Trainer, "save", keeping)
+    config = em_config(em_volume, iterations=2, checkpoint_every=1, validate_every=10)
+    config["data"]["validation"] = []
+    train(config, out=run, quiet=True)
+    shutil.copy(kept, run / "checkpoints" / "last.pt")  # as if killed before the checkpoint of iteration 2
+    train(config, out=run, resume=True, quiet=True)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == [1, 2]
+    assert losses[-1].value == pytest.approx(float(_rows(run)[-1]["loss"]), rel=1e-5)
+
+
 def test_training_without_tensorboard_installed(tmp_path, em_volume, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
     summary = train(em_config(em_volume, iterations=2, validate_every=2), out=tmp_path / "run", quiet=True)
