@@ -229,7 +229,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite
                             options=("resume",))
         saved_path = run_dir / "config.yaml"
         if saved_path.is_file():
-            changed = _changed_keys(yaml.safe_load(saved_path.read_text()) or {}, config.as_dict())
+            saved = load_config(saved_path)  # its defaults filled as the config's are
+            changed = _changed_keys(saved.as_dict(absolute=True), config.as_dict(absolute=True))
             changed = [k for k in changed if k not in RESUMABLE_CHANGES]
             if changed:
                 raise UserError(
@@ -404,7 +405,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, config_file: Path | None, resume:
         validator = make_validator(cfg, validation_volumes, run_dir / "validation")
     # only now, with everything checked, may psc-seg's entries of an old run be cleared (overwrite)
     start_run_dir(folder)
-    resolved = cfg.as_dict()
+    resolved = cfg.as_dict(absolute=True)  # resumable from any folder
     _write_yaml(run_dir / "config.yaml", resolved)
     metadata = {
         "task": cfg.task.metadata(),

@@ -255,9 +255,27 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.loss {self.train.loss!r} does not fit task {self.task.kind}; use one of {allowed}")
         return self
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain values (lists, not tuples) for YAML and checkpoint metadata."""
-        return yaml.safe_load(yaml.safe_dump(self.model_dump(mode="json")))
+    def as_dict(self, *, absolute: bool = False) -> dict[str, Any]:
+        """Plain values (lists, not tuples) for YAML and checkpoint metadata; ``absolute``: local
+        volume paths made absolute (from the current folder, as they are read), as a run's
+        ``config.yaml`` and checkpoints store them, so that the run resumes from any folder."""
+        plain = yaml.safe_load(yaml.safe_dump(self.model_dump(mode="json")))
+        if absolute:
+            for volume in [*plain["data"]["train"], *plain["data"]["validation"]]:
+                for role in ("raw", "labels", "mask"):
+                    if volume.get(role):
+                        volume[role] = absolute_spec(volume[role])
+        return plain
+
+
+def absolute_spec(spec: str) -> str:
+    """A local volume spec with an absolute path (``vol.h5:/raw`` -> ``/here/vol.h5:/raw``);
+    URLs and absolute paths as they are."""
+    from psc_seg.io.spec import url_scheme
+
+    if url_scheme(spec) or spec.lower().startswith("file://") or Path(spec).is_absolute():
+        return spec
+    return str(Path.cwd() / spec)
 
 
 # ------------------------------------------------------------------ error messages

@@ -70,6 +70,29 @@ def test_resume_with_the_run_folder_alone_continues_as_an_uninterrupted_run(tmp_
         f"model); checkpoints in {run}/checkpoints")
 
 
+def test_a_run_given_relative_paths_resumes_from_another_folder(tmp_path, em_volume, monkeypatch):
+    """config.yaml stores the volumes' absolute paths: the run resumes wherever the user stands."""
+    monkeypatch.chdir(tmp_path)  # em.h5 lies here: give it by a relative path
+    relative = {"raw": "em.h5:/raw", "labels": "em.h5:/gt"}
+    config = em_config(relative, iterations=1)
+    config["data"]["validation"] = [{"raw": "em.h5:/raw", "labels": "em.h5:/gt"}]
+    run = tmp_path / "run"
+    train(config, out=run, quiet=True)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert saved["train"] == [{"raw": f"{tmp_path}/em.h5:/raw", "labels": f"{tmp_path}/em.h5:/gt",
+                               "mask": None, "roi": None}]
+    assert saved["validation"][0]["raw"] == f"{tmp_path}/em.h5:/raw"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(app, ["train", "--resume", str(run), "-q", "-n", "2"])
+    assert result.exit_code == 0, result.output
+    assert [r["iteration"] for r in _rows(run)] == ["1", "2"]
+    # the same config with its relative paths, given from the folder they are relative to, is the same run
+    monkeypatch.chdir(tmp_path)
+    assert train(config, out=run, resume=True, iterations=3, quiet=True)["iteration"] == 3
+
+
 def test_the_runs_own_config_yaml_resumes_and_folder_mistakes_are_one_line(tmp_path, em_volume):
     config = em_config(em_volume, iterations=1, validate_every=10)
     config["data"]["validation"] = []
