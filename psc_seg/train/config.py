@@ -11,7 +11,7 @@ Shape of a config (every section but ``model``, ``task`` and ``data.train`` has 
       normalize: {kind: uint8}                            # or percentile / zscore (MRI)
       zero_label: ignore                                   # or boundary (label 0 = cell boundary)
     train: {iterations: 2000, batch_size: 1, patch_shape: [44,44,44], lr: 1.0e-4, loss: bce,
-            validate_every: 250, seed: 0}
+            schedule: constant, warmup: 0, validate_every: 250, seed: 0}   # or cosine / poly
     augment: {flip: true, transpose: true, intensity_scale: [0.8, 1.2], ...}
     validation: {thresholds: [0.1, 0.3, 0.5, 0.7], scoring: hist_quant_75}
 
@@ -178,6 +178,18 @@ class TrainSettings(_Strict):
     patch_shape: tuple[int, int, int] = (44, 44, 44)
     """Output patch ``(z, y, x)`` in voxels; must be a valid output size of the model."""
     lr: float = Field(default=1.0e-4, gt=0)
+    """The learning rate: the rate of a ``constant`` schedule, the peak of ``cosine`` / ``poly``."""
+    schedule: Literal["constant", "cosine", "poly"] = "constant"
+    """How the rate changes over the run (after ``warmup``): ``constant``: ``lr``; ``cosine``:
+    from ``lr`` down to 0 along half a cosine; ``poly``: ``lr * (1 - progress) ** poly_power``
+    (nnU-Net's). Progress runs from 0 after the warmup to 1 at ``iterations``, so a resume
+    with more ``iterations`` stretches the rest of the schedule to the new total (the rate
+    follows the new curve from the resumed iteration on). See :func:`psc_seg.train.loop.scheduled_lr`."""
+    warmup: int = Field(default=0, ge=0)
+    """Iterations of linear warmup: the rate climbs from ``lr / warmup`` at the first
+    iteration to ``lr`` at iteration ``warmup``, then follows ``schedule``."""
+    poly_power: float = Field(default=0.9, gt=0)
+    """The exponent of the ``poly`` schedule (0.9 as nnU-Net)."""
     betas: tuple[float, float] = (0.99, 0.999)
     weight_decay: float = Field(default=5.0e-6, ge=0)
     loss: Literal["bce", "mse", "ce", "dice", "ce+dice"] = "bce"

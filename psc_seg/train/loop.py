@@ -16,6 +16,9 @@ A run folder holds::
                                      validation/<figure>, and at each validation the middle
                                      sections of raw, target and prediction (images/...)
 
+The learning rate of each step is :func:`scheduled_lr` of the iteration (``train.schedule``,
+``train.warmup``); metrics.csv's ``lr`` column is the rate of the row's step.
+
 Resuming restores model, optimizer, AMP scaler, iteration and RNG states from ``last.pt``,
 drops rows of ``metrics.csv`` written after it, and continues with the very samples an
 uninterrupted run would have drawn (see :mod:`psc_seg.train.data`).
@@ -42,7 +45,7 @@ from tqdm import tqdm
 from psc_seg.errors import Interrupted, UserError
 from psc_seg.files import atomic_path
 from psc_seg.models import read_checkpoint, save_checkpoint
-from psc_seg.train.config import TrainConfig
+from psc_seg.train.config import TrainConfig, TrainSettings
 from psc_seg.train.data import PatchDataset, make_loader, worker_error
 from psc_seg.train.losses import affinity_loss, semantic_loss
 
@@ -86,6 +89,26 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """Adam as in the paper (lr 1e-4, betas (0.99, 0.999), weight decay 5e-6 for EM)."""
     t = config.train
     return torch.optim.Adam(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+def scheduled_lr(settings: TrainSettings, iteration: int) -> float:
+    """The learning rate of the step that follows ``iteration`` completed ones (0 for the
+    first step), as ``settings`` (``lr``, ``schedule``, ``warmup``, ``poly_power``,
+    ``iterations``) say: a pure function, so a resumed run continues the schedule exactly.
+
+    Warmup: ``lr * (iteration + 1) / warmup`` for the first ``warmup`` steps. After it, with
+    ``progress = (iteration - warmup) / (iterations - warmup)`` (0 to 1): ``constant`` is
+    ``lr``, ``cosine`` ``lr * (1 + cos(pi * progress)) / 2``, ``poly``
+    ``lr * (1 - progress) ** poly_power``; 0 from ``iterations`` on."""
+    lr, warmup = settings.lr, settings.warmup
+    if iteration < warmup:
+        return lr * (iteration + 1) / warmup
+    if settings.schedule == "constant":
+        return lr
+    progress = min(1.0, (iteration - warmup) / max(1, settings.iterations - warmup))
+    if settings.schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr * (1.0 - progress) ** settings.poly_power
 
 
 def compute_loss(config: TrainConfig, prediction: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -332,6 +355,8 @@ class Trainer:
         """One optimisation step on a batch; returns the loss."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         self.model.train()
+        for group in self.optimizer.param_groups:  # the schedule's rate, from the iteration alone
+            group["lr"] = scheduled_lr(self.config.train, self.state.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
             try:
