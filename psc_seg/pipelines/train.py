@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,8 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
 
     Raises:
         UserError: labels or mask that do not lie on the raw's voxel grid inside it, a ``roi``
-            outside the labels, labels that are not integers, a volume psc-seg
+            outside the labels, labels that are not integers (float labels that hold only whole
+            numbers are read as int64; :func:`check_whole`), a volume psc-seg
             marked unfinished (:func:`~psc_seg.engine.resume.check_finished`), raw that holds
             NaN or infinite values (:func:`check_finite`; float raw read lazily is read once
             for it).
@@ -67,7 +68,8 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
             note(check_finished(volume, role, allow_incomplete=allow_incomplete))
     if labels.channels is not None:
         raise UserError(f"labels {volume_set.labels!r} have {labels.channels} channels; give one (z, y, x) label volume")
-    if not np.issubdtype(labels.dtype, np.integer):
+    whole = np.dtype(labels.dtype).kind == "f"  # float labels (nnU-Net's NIfTI) holding whole numbers
+    if not (whole or np.issubdtype(labels.dtype, np.integer)):
         raise UserError(f"labels {volume_set.labels!r} are {labels.dtype}; labels must be integers")
     labels_roi = place_in_raw(labels, raw, "labels")
     mask_roi = place_in_raw(mask, raw, "mask") if mask is not None else None
@@ -80,6 +82,9 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
         mask_data = mask.read() if mask is not None else None
     else:
         raw_data, label_data, mask_data = raw, labels, mask
+    if whole:
+        check_whole(label_data, labels.spec)
+        label_data = label_data.astype(np.int64) if preload else WholeLabels(labels)
     check_finite(raw_data, raw.spec)  # before the normalisation's statistics, which would fail on it too
     spec = resolve_normalization(config.data.normalize.metadata(), raw)
     return LabelledVolume(
@@ -175,26 +180,60 @@ class RunFolder:
     resume_from: Path | None = None
 
 
+def _first_bad(array, bad: Callable[[np.ndarray], np.ndarray], max_voxels: int):
+    """``(value, index)`` of the first voxel of ``array`` (an array, or a volume read lazily in
+    z slabs of at most ``max_voxels``) where ``bad`` (elementwise on a slab) is true, or None."""
+    shape = tuple(array.shape)
+    plane = int(np.prod(shape)) // max(shape[-3], 1)
+    step = max(1, max_voxels // max(plane, 1))
+    lead = (slice(None),) * (len(shape) - 3)
+    for z in range(0, shape[-3], step):
+        slab = np.asarray(array[(*lead, slice(z, min(z + step, shape[-3])))])
+        flagged = bad(slab)
+        if flagged.any():
+            first = np.argwhere(flagged)[0]
+            where = [int(i) for i in first]
+            where[-3] += z
+            return slab[tuple(first)], tuple(where)
+    return None
+
+
 def check_finite(raw, name: str, *, max_voxels: int = 2**24) -> None:
     """UserError naming the volume ``name`` and the first voxel ``(z, y, x)`` (``(c, z, y, x)``)
     that is NaN or infinite, if ``raw`` (an array, or a volume read lazily in z slabs of at most
     ``max_voxels``) has one; integer volumes pass at once."""
     if np.dtype(raw.dtype).kind not in "fc":
         return
-    shape = tuple(raw.shape)
-    plane = int(np.prod(shape)) // max(shape[-3], 1)
-    step = max(1, max_voxels // max(plane, 1))
-    lead = (slice(None),) * (len(shape) - 3)
-    for z in range(0, shape[-3], step):
-        slab = np.asarray(raw[(*lead, slice(z, min(z + step, shape[-3])))])
-        bad = ~np.isfinite(slab)
-        if bad.any():
-            first = np.argwhere(bad)[0]
-            where = [int(i) for i in first]
-            where[-3] += z
-            axes = "(c, z, y, x)" if len(shape) == 4 else "(z, y, x)"
-            raise UserError(f"raw {name!r} holds NaN or infinite values (the first, {slab[tuple(first)]}, at "
-                            f"{axes} = {tuple(where)}); clean it before training")
+    found = _first_bad(raw, lambda slab: ~np.isfinite(slab), max_voxels)
+    if found is not None:
+        axes = "(c, z, y, x)" if len(raw.shape) == 4 else "(z, y, x)"
+        raise UserError(f"raw {name!r} holds NaN or infinite values (the first, {found[0]}, at "
+                        f"{axes} = {found[1]}); clean it before training")
+
+
+def check_whole(labels, name: str, *, max_voxels: int = 2**24) -> None:
+    """UserError naming the label volume ``name`` and its first voxel ``(z, y, x)`` that is not
+    a whole number (a fraction, NaN or infinite), if float ``labels`` (an array, or a volume read
+    lazily in z slabs of at most ``max_voxels``) have one."""
+    found = _first_bad(labels, lambda slab: ~np.isfinite(slab) | (slab != np.rint(slab)), max_voxels)
+    if found is not None:
+        raise UserError(f"labels {name!r} are {labels.dtype} and hold {found[0]} at (z, y, x) = {found[1]}, "
+                        "not a whole number; labels must be integers: round them or store them as integers")
+
+
+class WholeLabels:
+    """A lazily read float label volume that :func:`check_whole` passed, read as int64."""
+
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
+        self.shape, self.dtype = volume.shape, np.dtype(np.int64)
+
+    def __getitem__(self, region: Any) -> np.ndarray:
+        return np.asarray(self.volume[region]).astype(np.int64)
+
+    def close(self) -> None:
+        """Drop the file handle (loader workers reopen their own)."""
+        self.volume.close()
 
 
 def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool,
