@@ -84,7 +84,7 @@ def receptive_field(modules, *, scale: int = 1, lo: int = 0, hi: int = 0) -> tup
         elif isinstance(module, PSC):
             if module.padding != "same" or module.stride != (1, 1, 1):
                 raise ValueError(f"receptive_field: only same-padded stride-1 PSC, got {module}")
-            radius = receptive_span(module) // 2
+            radius = receptive_span(module)[0] // 2  # kernels are cubic (DenseNet checks)
             lo, hi = lo - radius * scale, hi + radius * scale
         elif isinstance(module, nn.ConvTranspose3d):
             (k, t, p) = (module.kernel_size[0], module.stride[0], module.padding[0])
@@ -141,6 +141,9 @@ class DenseNet(nn.Module):
         super().__init__()
         if not 0 < compression <= 1:
             raise ValueError(f"densenet: compression must be in (0, 1], got {compression}")
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool):
+            raise ValueError(f"densenet: kernel_size must be one odd int (cubic kernels), got {kernel_size!r}; "
+                             "per-axis kernel sizes are for the unet")
         self.in_channels, self.out_channels, self.num_classes = in_channels, num_classes, num_classes
         self.conv = str(parse_conv_spec(conv))
         self.num_blocks = len(block_layers)

@@ -13,10 +13,13 @@
                  convs(c2)  (bottom) ──────────┘
 
 with ``c_l = num_fmaps * fmap_inc_factor**l``. Each "convs" box is a group of two d^3 convs,
-replaced by PmSCn according to the conv spec (:func:`psc_seg.nn.make_convs`).
+replaced by PmSCn according to the conv spec (:func:`psc_seg.nn.make_convs`). The kernel may
+differ per axis and per level (``kernel_size``): ``(1, 3, 3)`` on the first levels, where EM
+sections are thick, then ``3`` lower down, as in CREMI networks; the decoder's box of a level
+uses that level's kernel.
 
-Shape arithmetic per axis, valid padding (each box shrinks by ``s``: 2(d-1) for conv3d and
-psc(m,1), n(d-1) for psc(m,n>=2))::
+Shape arithmetic per axis, valid padding (each box shrinks by ``s``: 2(k-1) for conv3d and
+psc(m,1), n(k-1) for psc(m,n>=2), with k the level's kernel size along the axis)::
 
     down:   x -> x - s, must divide by f_l,  -> (x - s) / f_l
     bottom: x -> x - s
@@ -40,6 +43,7 @@ from psc_seg.nn import (
     cat_channels,
     conv3d,
     fast_enabled,
+    kernel_triple,
     make_activation,
     make_convs,
     make_norm,
@@ -61,11 +65,29 @@ class ConvBlock(nn.Sequential):
                 if extra is not None:
                     layers.append(extra)
         super().__init__(*layers)
-        self.shrink = sum(valid_shrink(c) for c in convs)  # as padded
-        self.span = sum(receptive_span(c) for c in convs)  # as if unpadded
+        # per axis (z, y, x): as padded, and as if unpadded
+        self.shrink = tuple(sum(axis) for axis in zip(*(valid_shrink(c) for c in convs)))
+        self.span = tuple(sum(axis) for axis in zip(*(receptive_span(c) for c in convs)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_sequential(self, x)  # Conv3d members through psc_seg.nn.fast
+
+
+def level_kernels(kernel_size, levels: int) -> tuple[tuple[int, int, int], ...]:
+    """One ``(kz, ky, kx)`` per UNet level from a ``kernel_size`` argument (see :class:`UNet`):
+    an int d or three ints for every level, or a list of ``levels`` entries, each d or three
+    ints (a list with a list in it is per level). ValueError saying what is accepted."""
+    accepted = (f"an odd int, three odd ints (z, y, x), or one of those per level ({levels} levels: "
+                "len(downsample_factors) + 1), e.g. [[1, 3, 3], [1, 3, 3], 3]")
+    per_level = isinstance(kernel_size, Sequence) and any(isinstance(k, Sequence) for k in kernel_size)
+    try:
+        if not per_level:
+            return (kernel_triple(kernel_size),) * levels
+        if len(kernel_size) != levels:
+            raise ValueError
+        return tuple(kernel_triple(k) for k in kernel_size)
+    except ValueError:
+        raise ValueError(f"unet: kernel_size must be {accepted}; got {kernel_size!r}") from None
 
 
 def _center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -83,7 +105,10 @@ class UNet(nn.Module):
         num_fmaps: feature maps at the top level.
         fmap_inc_factor: multiplier of feature maps per level.
         downsample_factors: one (z, y, x) factor (or an int) per downsampling.
-        kernel_size: d of the d^3 convolutions.
+        kernel_size: the convolutions' kernel: d (d^3), ``(kz, ky, kx)`` for every level, or
+            one entry (d or ``(kz, ky, kx)``) per level, top first (``len(downsample_factors) +
+            1`` entries: the levels' down and up boxes, the last the bottom), e.g.
+            ``[[1, 3, 3], [1, 3, 3], 3]``. Each size odd; a size of 1 leaves its axis alone.
         padding: ``"valid"`` (shrinks, exact tiling) or ``"same"``.
         upsample: ``"transposed"`` (ConvTranspose3d to the skip's channels) or ``"nearest"``
             (nearest-neighbour upsampling, then a 1x1x1 conv to the skip's channels, as the
@@ -103,7 +128,7 @@ class UNet(nn.Module):
         num_fmaps: int,
         fmap_inc_factor: int,
         downsample_factors: Sequence[int | Sequence[int]],
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int] | Sequence[int | Sequence[int]] = 3,
         padding: str = "valid",
         upsample: str = "transposed",
         conv: str = "conv3d",
@@ -126,20 +151,21 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.padding, self.conv = padding, str(parse_conv_spec(conv))
         self.downsample_factors = tuple(factors)
+        self.kernel_sizes = level_kernels(kernel_size, len(factors) + 1)
         channels = [num_fmaps * fmap_inc_factor**level for level in range(len(factors) + 1)]
 
-        def block(c_in: int, c_out: int) -> ConvBlock:
-            convs = make_convs(conv, c_in, c_out, num_convs=num_convs, kernel_size=kernel_size,
+        def block(c_in: int, c_out: int, level: int) -> ConvBlock:
+            convs = make_convs(conv, c_in, c_out, num_convs=num_convs, kernel_size=self.kernel_sizes[level],
                                padding=padding, activation=activation)
             return ConvBlock(convs, c_out, norm=norm, activation=activation)
 
         self.down = nn.ModuleList()
         c_prev = in_channels
         for level in range(len(factors)):
-            self.down.append(block(c_prev, channels[level]))
+            self.down.append(block(c_prev, channels[level], level))
             c_prev = channels[level]
         self.pool = nn.ModuleList(nn.MaxPool3d(f, stride=f) for f in factors)
-        self.bottom = block(channels[-2] if factors else in_channels, channels[-1])
+        self.bottom = block(channels[-2] if factors else in_channels, channels[-1], len(factors))
         self.upsample_layers = nn.ModuleList()
         self.up = nn.ModuleList()
         for level in range(len(factors)):
@@ -150,7 +176,7 @@ class UNet(nn.Module):
                 self.upsample_layers.append(
                     nn.Sequential(nn.Upsample(scale_factor=f, mode="nearest"), nn.Conv3d(c_low, c_skip, 1))
                 )
-            self.up.append(block(2 * c_skip, c_skip))
+            self.up.append(block(2 * c_skip, c_skip, level))
         self.head = nn.Conv3d(channels[0], out_channels, 1)
         self.final = make_activation(final_activation) or nn.Identity()
         # per level: shrink of the down box, of the up box; and the bottom box
@@ -178,13 +204,13 @@ class UNet(nn.Module):
             down, up, bottom_shrink = self._down_shrink, self._up_shrink, self._bottom_shrink
         s = bottom
         for level in reversed(range(len(self.downsample_factors))):
-            s = s * self.downsample_factors[level][axis] + down[level]
+            s = s * self.downsample_factors[level][axis] + down[level][axis]
         size_in = s
-        s = bottom - bottom_shrink
+        s = bottom - bottom_shrink[axis]
         if s < 1:
             return None
         for level in reversed(range(len(self.downsample_factors))):
-            s = s * self.downsample_factors[level][axis] - up[level]
+            s = s * self.downsample_factors[level][axis] - up[level][axis]
             if s < 1:
                 return None
         return size_in, s
@@ -201,7 +227,7 @@ class UNet(nn.Module):
         for axis, size in enumerate(shape):
             s = size
             for level, f in enumerate(self.downsample_factors):
-                s -= self._down_shrink[level]
+                s -= self._down_shrink[level][axis]
                 if s < 1 or s % f[axis]:
                     nearest = self.valid_input_shape(self.valid_output_shape((1, 1, 1)))[axis]
                     raise ValueError(
@@ -286,7 +312,7 @@ class UNet(nn.Module):
         for axis in range(3):
             offset, scale = 0, 1
             for level, factor in enumerate(self.downsample_factors):
-                offset += scale * (down_spans[level] // 2)
+                offset += scale * (down_spans[level][axis] // 2)
                 scale *= factor[axis]
             out.append(offset)
         return tuple(out)  # type: ignore[return-value]

@@ -12,7 +12,7 @@ The rest of psc_seg imports from this package, not from its modules.
 
 from psc_seg.nn.fast import cat_channels, conv3d, fast_enabled, fast_paths, run_sequential, to_channels_last
 from psc_seg.nn.layers import make_activation, make_norm
-from psc_seg.nn.psc import PSC, psc_parameter_count, stream_out_channels, subspace_width
+from psc_seg.nn.psc import PSC, kernel_triple, psc_parameter_count, stream_out_channels, subspace_width
 from psc_seg.nn.specs import (
     ACCEPTED_SPECS,
     ConvSpec,
@@ -30,6 +30,7 @@ __all__ = [
     "conv3d",
     "fast_enabled",
     "fast_paths",
+    "kernel_triple",
     "make_activation",
     "make_convs",
     "make_norm",

@@ -13,13 +13,16 @@ convolutions in one plane and one 1D convolution along the remaining axis::
         └── ...                                     1D(M_s->out_{m-1}) ──┘
 
 with ``L = n (d - 1) + 1`` so that the receptive field (and, unpadded, the shrinkage) equals
-that of n stacked d^3 convolutions. The block ends in a convolution: the host model puts its
+that of n stacked d^3 convolutions. A per-axis kernel ``(kz, ky, kx)`` (``(1, 3, 3)`` for
+anisotropic EM) gives each 2D kernel its plane's sizes and each 1D conv ``n (k - 1) + 1`` for
+its axis's k: the receptive field is that of n stacked ``(kz, ky, kx)`` convolutions. The block ends in a convolution: the host model puts its
 usual norm/activation after it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -40,15 +43,37 @@ def _triple(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     return value  # type: ignore[return-value]
 
 
-def subspace_width(in_channels: int, out_channels: int, *, m: int, kernel_size: int) -> int:
-    """Width ``M_s`` of every 2D convolution of a stream (Eq. 5 of the paper, authors' rounding).
+def kernel_triple(kernel_size: int | Sequence[int]) -> tuple[int, int, int]:
+    """``kernel_size`` as ``(kz, ky, kx)``: an int is the same on every axis; each size must be
+    an odd positive int (a size of 1 convolves nothing along its axis, e.g. ``(1, 3, 3)`` for
+    anisotropic EM). Anything else is a ValueError."""
+    def whole(value) -> bool:
+        return isinstance(value, Integral) and not isinstance(value, bool)
 
-    ``M = floor(out * in * d^3 / (in * d^2 + out * d))``, ``M = max(M, d)``,
-    ``M_s = min(out, floor(M / m))``.
+    sizes = [kernel_size] * 3 if whole(kernel_size) else kernel_size
+    if not (isinstance(sizes, Sequence) and not isinstance(sizes, str) and len(sizes) == 3
+            and all(whole(k) and k >= 1 and k % 2 for k in sizes)):
+        raise ValueError(f"kernel_size must be an odd int or three odd ints (z, y, x), got {kernel_size!r}")
+    return tuple(int(k) for k in sizes)  # type: ignore[return-value]
+
+
+def subspace_width(in_channels: int, out_channels: int, *, m: int, kernel_size: int | Sequence[int],
+                   line_axis: int = 0) -> int:
+    """Width ``M_s`` of every 2D convolution of the stream whose 1D convolution runs along
+    ``line_axis`` (Eq. 5 of the paper, authors' rounding), for a ``(kz, ky, kx)`` kernel (an
+    int d: d^3, the same width for every stream).
+
+    With ``K = kz ky kx`` the 3D kernel's size, ``k = kernel_size[line_axis]`` the line's and
+    ``P = K / k`` the plane's: ``M = floor(out * in * K / (in * P + out * k))`` (so that the
+    stream's 2D and 1D convs have about the parameters of the d^3 conv), ``M = max(M,
+    max(kernel_size))``, ``M_s = min(out, floor(M / m))``. For d^3: ``M = floor(out * in * d^3
+    / (in * d^2 + out * d))``.
     """
-    d = kernel_size
-    M = (out_channels * in_channels * d**3) // (in_channels * d**2 + out_channels * d)
-    M = max(M, d)
+    kernel = kernel_triple(kernel_size)
+    volume = kernel[0] * kernel[1] * kernel[2]
+    line = kernel[line_axis]
+    M = (out_channels * in_channels * volume) // (in_channels * (volume // line) + out_channels * line)
+    M = max(M, max(kernel))
     return min(out_channels, M // m)
 
 
@@ -58,15 +83,18 @@ def stream_out_channels(out_channels: int, m: int) -> list[int]:
 
 
 def psc_parameter_count(
-    in_channels: int, out_channels: int, *, m: int = 1, n: int = 1, kernel_size: int = 3, bias: bool = True
+    in_channels: int, out_channels: int, *, m: int = 1, n: int = 1, kernel_size: int | Sequence[int] = 3,
+    bias: bool = True,
 ) -> int:
-    """Number of parameters of ``PSC(in, out, m=m, n=n, kernel_size=d)`` without norms."""
-    d = kernel_size
-    L = n * (d - 1) + 1
-    M_s = subspace_width(in_channels, out_channels, m=m, kernel_size=d)
+    """Number of parameters of ``PSC(in, out, m=m, n=n, kernel_size=...)`` without norms (an int
+    d or ``(kz, ky, kx)``)."""
+    kernel = kernel_triple(kernel_size)
     total = 0
-    for out_s in stream_out_channels(out_channels, m):
-        total += in_channels * M_s * d * d + (n - 1) * M_s * M_s * d * d + M_s * out_s * L
+    for axis, out_s in zip(STREAM_LINE_AXIS, stream_out_channels(out_channels, m)):
+        M_s = subspace_width(in_channels, out_channels, m=m, kernel_size=kernel, line_axis=axis)
+        plane = kernel[0] * kernel[1] * kernel[2] // kernel[axis]
+        L = n * (kernel[axis] - 1) + 1
+        total += in_channels * M_s * plane + (n - 1) * M_s * M_s * plane + M_s * out_s * L
         if bias:
             total += n * M_s + out_s
     return total
@@ -81,9 +109,15 @@ class PSC(nn.Module):
         m: number of parallel streams (1, 2 or 3); stream s has the orientation of the table
             in the module docstring. m = 1, n = 1 is R(2+1)D.
         n: number of 2D convolutions per stream; the block replaces n stacked d^3 convs.
-        kernel_size: d, odd.
-        padding: ``"same"`` (2D convs pad (d-1)/2 in their plane, the 1D conv n(d-1)/2 along
-            its line) or ``"valid"`` (no padding: each axis shrinks by n(d-1)).
+        kernel_size: d (odd), or per axis ``(kz, ky, kx)`` (each odd): the block stands for n
+            convs of that kernel. Stream s's 2D kernel takes the sizes of its plane's axes and
+            its 1D conv has length ``L = n (k - 1) + 1`` for its line axis's size k, so every
+            stream sees ``n (k_a - 1) + 1`` voxels along each axis a. Any odd sizes work: with
+            ``(1, 3, 3)`` stream 0 is 2D in (y, x) with a pointwise 1D conv along z, and the
+            2D kernels of streams 1 and 2 are 1 x 3 (lines along x and y). Each stream's width
+            follows its kernels (:func:`subspace_width`).
+        padding: ``"same"`` (2D convs pad (k-1)/2 per axis in their plane, the 1D conv n(k-1)/2
+            along its line) or ``"valid"`` (no padding: each axis shrinks by n(k-1)).
         stride: int or (z, y, x); the first 2D conv takes the in-plane stride, the 1D conv the
             stride along its line.
         activation: activation between the convs inside a stream (``"relu"``,
@@ -102,7 +136,7 @@ class PSC(nn.Module):
         *,
         m: int = 1,
         n: int = 1,
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int] = 3,
         padding: str = "same",
         stride: int | Sequence[int] = 1,
         activation: str | None = "relu",
@@ -114,31 +148,33 @@ class PSC(nn.Module):
             raise ValueError(f"PSC: m must be 1, 2 or 3 (number of streams), got {m}")
         if n < 1:
             raise ValueError(f"PSC: n must be >= 1 (2D convs per stream), got {n}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"PSC: kernel_size must be odd, got {kernel_size}")
+        kernel = kernel_triple(kernel_size)
         if padding not in ("same", "valid"):
             raise ValueError(f"PSC: padding must be 'same' or 'valid', got {padding!r}")
         if out_channels < m:
             raise ValueError(f"PSC: out_channels ({out_channels}) must be >= m ({m})")
-        d = kernel_size
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.m, self.n, self.kernel_size, self.padding = m, n, d, padding
+        self.m, self.n, self.kernel_size, self.padding = m, n, kernel, padding
         self.stride = _triple(stride, "stride")
-        self.line_length = n * (d - 1) + 1
-        self.subspace_width = subspace_width(in_channels, out_channels, m=m, kernel_size=d)
+        # per axis: the length of a 1D conv along it; per stream: the width of its 2D convs
+        self.line_lengths = tuple(n * (k - 1) + 1 for k in kernel)
+        self.subspace_widths = tuple(
+            subspace_width(in_channels, out_channels, m=m, kernel_size=kernel, line_axis=axis)
+            for axis in STREAM_LINE_AXIS[:m]
+        )
         self.streams = nn.ModuleList(
-            self._make_stream(axis, out_s, activation=activation, norm=norm, bias=bias)
-            for axis, out_s in zip(STREAM_LINE_AXIS, stream_out_channels(out_channels, m))
+            self._make_stream(axis, out_s, M_s, activation=activation, norm=norm, bias=bias)
+            for axis, out_s, M_s in zip(STREAM_LINE_AXIS, stream_out_channels(out_channels, m), self.subspace_widths)
         )
 
     def _make_stream(
-        self, line_axis: int, out_s: int, *, activation: str | None, norm: str | None, bias: bool
+        self, line_axis: int, out_s: int, M_s: int, *, activation: str | None, norm: str | None, bias: bool
     ) -> nn.Sequential:
-        d, n, M_s, L = self.kernel_size, self.n, self.subspace_width, self.line_length
+        n, L = self.n, self.line_lengths[line_axis]
         same = self.padding == "same"
-        plane_kernel = [d, d, d]
+        plane_kernel = list(self.kernel_size)
         plane_kernel[line_axis] = 1
-        plane_pad = [0 if k == 1 or not same else (d - 1) // 2 for k in plane_kernel]
+        plane_pad = [(k - 1) // 2 if same else 0 for k in plane_kernel]
         plane_stride = list(self.stride)
         plane_stride[line_axis] = 1
         line_kernel = [1, 1, 1]
@@ -194,5 +230,5 @@ class PSC(nn.Module):
         return (
             f"{self.in_channels}, {self.out_channels}, m={self.m}, n={self.n}, "
             f"kernel_size={self.kernel_size}, padding={self.padding!r}, stride={self.stride}, "
-            f"M_s={self.subspace_width}, L={self.line_length}"
+            f"M_s={self.subspace_widths}, L={self.line_lengths}"
         )

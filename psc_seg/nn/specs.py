@@ -4,7 +4,7 @@ A conv spec is one of ``"conv3d"``, ``"psc(m,n)"`` (m in 1..3 streams, n >= 1 2D
 stream) or ``"r2plus1d"`` (= ``psc(1,1)``). Models build their convolutions through
 :func:`make_convs`, which applies the replacement rule of DESIGN.md section 2;
 :func:`receptive_span` and :func:`valid_shrink` give what one of those convolutions does to
-the size of an axis. This module sits above :mod:`psc_seg.nn.psc`; the activation and norm
+the size of each axis. This module sits above :mod:`psc_seg.nn.psc`; the activation and norm
 factories are in :mod:`psc_seg.nn.layers`.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from psc_seg.nn.psc import PSC
+from psc_seg.nn.psc import PSC, kernel_triple
 
 ACCEPTED_SPECS = '"conv3d", "psc(m,n)" with m in 1..3 and n >= 1 (e.g. "psc(2,2)"), or "r2plus1d"'
 
@@ -62,7 +62,7 @@ def make_convs(
     out_channels: int,
     *,
     num_convs: int = 1,
-    kernel_size: int = 3,
+    kernel_size: int | Sequence[int] = 3,
     padding: str = "same",
     stride: int | Sequence[int] = 1,
     activation: str | None = "relu",
@@ -75,13 +75,13 @@ def make_convs(
     - ``psc(m,1)``: each conv becomes its own ``PSC(m, 1)``;
     - ``psc(m,n)``, n >= 2: the whole group becomes one ``PSC(m, n)``.
 
+    ``kernel_size``: d, or ``(kz, ky, kx)`` per axis (each odd; :func:`~psc_seg.nn.psc.kernel_triple`).
     The host puts its norm/activation after each returned module; ``activation`` is what
     a PSC uses between its inner convs. ``stride`` goes to the first module.
     """
     parsed = parse_conv_spec(spec)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-    pad = (kernel_size - 1) // 2 if padding == "same" else 0
+    kernel_size = kernel_triple(kernel_size)
+    pad = tuple((k - 1) // 2 if padding == "same" else 0 for k in kernel_size)
     if padding not in ("same", "valid"):
         raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
     if parsed.kind == "psc" and parsed.n >= 2:
@@ -103,17 +103,17 @@ def make_convs(
     return convs
 
 
-def receptive_span(module: nn.Module) -> int:
-    """Receptive field of ``module`` (a Conv3d or PSC) minus one, along each axis: how much
-    one axis would shrink through it without padding."""
+def receptive_span(module: nn.Module) -> tuple[int, int, int]:
+    """Receptive field of ``module`` (a Conv3d or PSC) minus one, per axis ``(z, y, x)``: how
+    much each axis would shrink through it without padding."""
     if isinstance(module, PSC):
-        return module.n * (module.kernel_size - 1)
+        return tuple(module.n * (k - 1) for k in module.kernel_size)  # type: ignore[return-value]
     if isinstance(module, nn.Conv3d):
-        return module.kernel_size[0] - 1
+        return tuple(k - 1 for k in module.kernel_size)  # type: ignore[return-value]
     raise TypeError(f"not a convolution: {type(module).__name__}")
 
 
-def valid_shrink(module: nn.Module) -> int:
-    """How much one axis shrinks through ``module`` (a Conv3d or PSC) as padded."""
+def valid_shrink(module: nn.Module) -> tuple[int, int, int]:
+    """How much each axis ``(z, y, x)`` shrinks through ``module`` (a Conv3d or PSC) as padded."""
     padded = module.padding == "same" if isinstance(module, PSC) else module.padding != (0, 0, 0)
-    return 0 if padded else receptive_span(module)
+    return (0, 0, 0) if padded else receptive_span(module)

@@ -18,7 +18,7 @@ def test_output_shape_same_and_valid(m, n, d):
     valid = PSC(4, 7, m=m, n=n, kernel_size=d, padding="valid")
     shrink = n * (d - 1)
     assert valid(x).shape == (2, 7, 13 - shrink, 14 - shrink, 15 - shrink)
-    assert valid.line_length == n * (d - 1) + 1
+    assert valid.line_lengths == (n * (d - 1) + 1,) * 3
 
 
 @pytest.mark.parametrize("m,n", [(1, 1), (2, 2), (3, 3), (3, 1)])
@@ -87,7 +87,8 @@ def test_parameter_count_matches_formula(c_in, c_out, m, n, d):
         for o in stream_out_channels(c_out, m)
     )
     assert counted == by_hand
-    assert block.subspace_width == M_s == subspace_width(c_in, c_out, m=m, kernel_size=d)
+    assert block.subspace_widths == (M_s,) * m
+    assert M_s == subspace_width(c_in, c_out, m=m, kernel_size=d) == subspace_width(c_in, c_out, m=m, kernel_size=(d,) * 3)
 
 
 def test_output_split_covers_all_channels():

@@ -27,10 +27,10 @@ from psc_seg.pipelines.predict import predict
 SHAPE = (50, 52, 70)  # not a multiple of any block shape: edge blocks are clipped
 
 
-def _tiny_unet(path: Path, *, padding: str = "valid", seed: int = 0, scale: float = 1.5) -> Path:
+def _tiny_unet(path: Path, *, padding: str = "valid", seed: int = 0, scale: float = 1.5, **kwargs) -> Path:
     torch.manual_seed(seed)
-    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]],
-                        padding=padding)
+    kwargs = {"num_fmaps": 2, "downsample_factors": [[2, 2, 2], [2, 2, 2]], **kwargs}
+    model = build_model("unet", fmap_inc_factor=2, padding=padding, **kwargs)
     with torch.no_grad():  # larger weights: outputs that vary, so stitching errors would show
         for p in model.parameters():
             p.mul_(scale)
@@ -126,6 +126,37 @@ def test_same_padding_unet_runs_as_its_valid_twin(tmp_path):
     for name, block in (("a", (32, 20, 20)), ("b", (16, 36, 40))):
         predict(ckpt, spec, str(tmp_path / f"{name}.zarr"), block_shape=block, progress=False)
         assert np.abs(open_volume(tmp_path / f"{name}.zarr").read() - reference).max() <= 1e-5
+
+
+@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)"])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_anisotropic_kernels_stitch_exactly(tmp_path, conv, padding):
+    # CREMI-like: (1, 3, 3) kernels and (1, 2, 2) pooling on top, 3^3 at the bottom; the context
+    # differs per axis and blocks still stitch to the network on the whole (mirrored) volume
+    num_fmaps = {"conv3d": 4, "psc(2,2)": 2}[conv]  # with weights x3: outputs that vary, not saturate
+    ckpt = _tiny_unet(tmp_path / "aniso.pt", padding=padding, conv=conv, downsample_factors=[[1, 2, 2], [2, 2, 2]],
+                      kernel_size=[[1, 3, 3], [1, 3, 3], 3], num_fmaps=num_fmaps, scale=3.0)
+    model = load_checkpoint(ckpt).model.eval()
+    assert model.kernel_sizes == ((1, 3, 3), (1, 3, 3), (3, 3, 3)) and model.context[0] < model.context[1]
+    spec, data = _raw(tmp_path / "raw.zarr", shape=(20, 52, 68))
+    if padding == "valid":
+        reference = _whole_volume(model, data)
+    else:  # the same-padding network on the volume mirrored by a halo on its pooling lattice
+        halo = round_up(model.context, model.shape_step)
+        x = np.pad(normalize(data, {"kind": "uint8"}), [(h, h) for h in halo], mode="reflect")
+        with torch.inference_mode():
+            full = model(torch.from_numpy(x)[None, None]).numpy()[0]
+        reference = full[(slice(None), *(slice(h, h + n) for h, n in zip(halo, data.shape)))]
+    assert reference.std(axis=(1, 2, 3)).max() > 0.05  # varies in space, far above the tolerance
+    results = []
+    for name, block in (("a", (4, 16, 24)), ("b", (10, 28, 20))):
+        predict(ckpt, spec, str(tmp_path / f"{name}.zarr"), block_shape=block, progress=False)
+        results.append(open_volume(tmp_path / f"{name}.zarr").read())
+    assert np.abs(results[0] - results[1]).max() <= 1e-5
+    # same padding: within shape_step of the volume's faces predict's mirroring differs from
+    # np.pad's (as with isotropic kernels); the rest is the network on the whole volume
+    inner = (slice(None), *(slice(s, -s) if padding == "same" else slice(None) for s in model.shape_step))
+    assert np.abs(results[0][inner] - reference[inner]).max() <= 1e-5
 
 
 def test_semantic_nifti_labels_keep_the_affine(tmp_path):
