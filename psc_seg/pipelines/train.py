@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 
 from psc_seg.device import resolve_device
 from psc_seg.engine.owner import OutputOwner
@@ -268,8 +269,8 @@ def check_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite
                             options=("resume",))
         saved_path = run_dir / "config.yaml"
         if saved_path.is_file():
-            saved = load_config(saved_path)  # its defaults filled as the config's are
-            changed = _changed_keys(saved.as_dict(absolute=True), config.as_dict(absolute=True))
+            changed = _changed_keys(_with_defaults(yaml.safe_load(saved_path.read_text()) or {}),
+                                    config.as_dict(absolute=True))
             changed = [k for k in changed if k not in RESUMABLE_CHANGES]
             if changed:
                 raise UserError(
@@ -295,6 +296,17 @@ def start_run_dir(folder: RunFolder) -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     remove_entries(folder.path, folder.clear)
     write_marker(folder.path, RUN_KIND, RUN_FILES)
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved ``config.yaml`` with the defaults of keys added since it was written (a run
+    from before ``train.schedule`` existed resumes with the constant rate it had); as saved if
+    it no longer validates (the comparison then names what differs). Volume paths absolute, as
+    the config's are compared (a run started with relative ones resumes from that folder)."""
+    try:
+        return TrainConfig.model_validate(saved).as_dict(absolute=True)
+    except ValidationError:
+        return saved
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

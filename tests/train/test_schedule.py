@@ -7,6 +7,7 @@ import csv
 import math
 
 import pytest
+import yaml
 import torch
 
 from psc_seg.errors import UserError
@@ -109,3 +110,18 @@ def test_more_iterations_on_resume_stretch_the_schedule_to_the_new_total(tmp_pat
     longer = settings.model_copy(update={"iterations": 4})
     assert rates[:2] == pytest.approx([scheduled_lr(settings, i) for i in range(2)], rel=1e-5)
     assert rates[2:] == pytest.approx([scheduled_lr(longer, i) for i in (2, 3)], rel=1e-5)
+
+
+def test_a_run_from_before_schedules_resumes_and_the_schedule_may_not_change(tmp_path, em_volume):
+    config = em_config(em_volume, iterations=2, validate_every=100)
+    config["data"]["validation"] = []
+    run = tmp_path / "run"
+    train(config, out=run, quiet=True)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("schedule", "warmup", "poly_power"):  # as an older psc-seg wrote it
+        del saved["train"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert train(config, out=run, resume=True, iterations=3, quiet=True)["iteration"] == 3
+    with pytest.raises(UserError, match=r"differs from the run's config.yaml in train.schedule, train.warmup;"):
+        train(config, out=run, resume=True, iterations=4, quiet=True,
+              overrides=["train.schedule=cosine", "train.warmup=1"])
