@@ -1,16 +1,38 @@
-"""Augmentations of a training patch, as plain functions of numpy arrays and a Generator.
+"""Augmentations of a training patch, as plain functions of arrays and a Generator.
 
-Geometric ones (flips, axis transposes, elastic deformation) move ``raw``, ``labels`` and the
-``known`` mask together, before targets are computed, so affinities stay correct. Intensity
-ones (scale and shift, Gaussian noise, missing and low-contrast sections) change ``raw`` only.
-All arrays are ``(Z, Y, X)``; ``raw`` is the normalised float32 input.
+Geometry. Every geometric change of a patch is one map from voxels of the (augmented) input
+patch to source positions in the volume, drawn per sample by :func:`warp_coordinates` and
+applied in one resampling pass: raw by trilinear interpolation (torch ``grid_sample``),
+labels and the ``known`` mask by nearest neighbour (exact gathers, ids never interpolated)::
+
+    source = centre + M (p - centre) + elastic(p) + misalign(p_z)
+    M = rotation . transpose . flip / scale
+
+Rotation is about z by any angle, and about y and x only where the two axes it turns have
+equal voxel sizes; transposes permute axes of equal voxel size and patch size; the elastic
+displacement is random on a coarse control grid and trilinear in between; a misalignment
+shifts whole z sections in y and x. The whole map is evaluated on the control grid and
+upsampled once (trilinear interpolation reproduces the affine part exactly). The source
+voxels are read from the volume around the patch (:func:`source_box`), so no padding enters
+the patch where the volume has data: raw is mirrored only beyond the raw (as predict reads
+it), labels beyond the labelled region are unknown (mask 0), never invented. Without
+rotation, scale, elastic or misalignment (:attr:`AugmentConfig.resamples` false), flips and
+transposes are exact axis reversals and permutations (:func:`flip`, :func:`transpose`).
+
+Intensity (raw only, after the geometry): contrast, gamma, scale and shift, out-of-focus
+sections, Gaussian noise, missing and low-contrast sections. All arrays are ``(Z, Y, X)``
+(raw may be ``(C, Z, Y, X)``); ``raw`` is the normalised float32 input.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from psc_seg.train.config import AugmentConfig
@@ -19,7 +41,7 @@ from psc_seg.train.config import AugmentConfig
 def flip(arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Mirror every axis with probability 1/2 (the same axes for all ``arrays``)."""
     axes = tuple(axis for axis in range(3) if rng.random() < 0.5)
-    return [np.flip(a, axis=axes) if axes else a for a in arrays]
+    return [np.flip(a, axis=tuple(a.ndim - 3 + x for x in axes)) if axes else a for a in arrays]
 
 
 def transposable_axes(
@@ -39,38 +61,207 @@ def transposable_axes(
     return [tuple(g) for g in groups if len(g) > 1]
 
 
-def transpose(arrays: Sequence[np.ndarray], groups: Sequence[Sequence[int]], rng: np.random.Generator) -> list[np.ndarray]:
-    """Permute the axes within each group of :func:`transposable_axes` at random."""
+def _axis_order(groups: Sequence[Sequence[int]], rng: np.random.Generator) -> list[int]:
     order = list(range(3))
     for group in groups:
         permuted = rng.permutation(group)
         for axis, new in zip(group, permuted):
             order[axis] = int(new)
+    return order
+
+
+def transpose(arrays: Sequence[np.ndarray], groups: Sequence[Sequence[int]], rng: np.random.Generator) -> list[np.ndarray]:
+    """Permute the axes within each group of :func:`transposable_axes` at random."""
+    order = _axis_order(groups, rng)
     if order == [0, 1, 2]:
         return list(arrays)
-    return [np.transpose(a, order) for a in arrays]
+    return [np.transpose(a, [*range(a.ndim - 3), *(a.ndim - 3 + o for o in order)]) for a in arrays]
 
 
-def elastic(
-    arrays: Sequence[np.ndarray], rng: np.random.Generator, *, alpha: float, sigma: float, linear: int = 1
-) -> list[np.ndarray]:
-    """Smooth random deformation: a displacement field of white noise smoothed with a Gaussian
-    of ``sigma`` voxels, scaled so its largest value is ``alpha`` voxels. The first ``linear``
-    arrays (raw channels) are interpolated linearly, the others (labels, masks) by nearest
-    neighbour."""
-    shape = arrays[0].shape
-    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    coords = []
+ROTATION_PLANES = ((1, 2), (0, 2), (0, 1))
+"""The planes turned by a rotation about z, about y and about x."""
+
+
+def rotation_planes(voxel_size: Sequence[float], config: AugmentConfig) -> list[tuple[tuple[int, int], float]]:
+    """The rotations a volume allows, as ``(plane, largest angle in degrees)``: about z with
+    ``config.rotate``, about y and x with ``config.rotate_out_of_plane``, each only where the
+    two axes of its plane have equal voxel sizes (a rotation in voxels is then one in space)."""
+    planes = []
+    for plane, angle in zip(ROTATION_PLANES, (config.rotate, config.rotate_out_of_plane, config.rotate_out_of_plane)):
+        a, b = (float(voxel_size[axis]) for axis in plane)
+        if angle > 0 and math.isclose(a, b, rel_tol=1e-6):
+            planes.append((plane, float(angle)))
+    return planes
+
+
+def _linear_part(
+    rng: np.random.Generator, config: AugmentConfig, planes: Sequence[tuple[tuple[int, int], float]],
+    transpose_groups: Sequence[Sequence[int]],
+) -> np.ndarray:
+    """The matrix ``M`` (output offset from the centre -> source offset) of one sample."""
+    matrix = np.eye(3)
+    if config.flip:
+        matrix = matrix @ np.diag([-1.0 if rng.random() < 0.5 else 1.0 for _ in range(3)])
+    if config.transpose and transpose_groups:
+        order = _axis_order(transpose_groups, rng)
+        permutation = np.zeros((3, 3))
+        for axis, source in enumerate(order):
+            permutation[source, axis] = 1.0
+        matrix = permutation @ matrix
+    for plane, largest in planes:
+        angle = math.radians(rng.uniform(-largest, largest))
+        turn = np.eye(3)
+        a, b = plane
+        turn[a, a] = turn[b, b] = math.cos(angle)
+        turn[a, b], turn[b, a] = -math.sin(angle), math.sin(angle)
+        matrix = turn @ matrix
+    low, high = config.scale
+    if (low, high) != (1.0, 1.0):
+        matrix = matrix / rng.uniform(low, high)
+    return matrix
+
+
+@dataclass
+class Warp:
+    """One sample's geometric transform: ``coords`` (``(3, Z, Y, X)`` float32) holds, for each
+    voxel of the patch, the ``(z, y, x)`` position it is sampled from (voxels, relative to the
+    first voxel of the patch as read without augmentation). ``planar`` is the patch axis along
+    which the source z is constant per slice (``None`` when it is not): then each slice is a 2D
+    warp of one interpolated source section, the fast path of :func:`resample_linear`."""
+
+    coords: torch.Tensor
+    planar: int | None = None
+
+    def shifted(self, begin: Sequence[int], region: tuple[slice, ...] = (slice(None),) * 3) -> Warp:
+        """The warp of the sub-region ``region`` of the patch, relative to a source box that
+        starts at ``begin``."""
+        coords = self.coords[(slice(None), *region)] - torch.tensor(begin, dtype=torch.float32)[:, None, None, None]
+        return Warp(coords, self.planar)
+
+
+def warp_coordinates(
+    rng: np.random.Generator, config: AugmentConfig, shape: Sequence[int], *, voxel_size: Sequence[float],
+    transpose_groups: Sequence[Sequence[int]] = (),
+) -> Warp:
+    """Draw one sample's geometric transform for a patch of ``shape``: the composed map of the
+    module docstring, evaluated on the elastic control grid and upsampled trilinearly."""
+    shape = tuple(int(s) for s in shape)
+    centre = (np.array(shape, dtype=np.float64) - 1) / 2
+    matrix = _linear_part(rng, config, rotation_planes(voxel_size, config), transpose_groups)
+    finest = min(float(v) for v in voxel_size)
+    relative = [finest / float(v) for v in voxel_size]  # voxels of each axis per voxel of the finest
+    elastic = config.elastic.enabled and config.elastic.alpha > 0
+    if elastic:
+        counts = [max(2, math.ceil((s - 1) / max(1.0, config.elastic.sigma * r)) + 1) for s, r in zip(shape, relative)]
+    else:
+        counts = [2, 2, 2]  # the corners: trilinear interpolation of an affine map is exact
+    counts = [min(c, s) if s > 1 else 2 for c, s in zip(counts, shape)]
+    points = np.meshgrid(*[np.linspace(0, s - 1, c) - m for s, c, m in zip(shape, counts, centre)], indexing="ij")
+    offsets = np.stack(points)  # (3, *counts), offsets from the centre
+    control = np.einsum("ij,j...->i...", matrix, offsets) + centre[:, None, None, None]
+    if elastic:
+        field = rng.standard_normal(control.shape)
+        if config.elastic.in_plane:
+            field[0] = 0.0
+        for axis in range(3):
+            peak = float(np.abs(field[axis]).max()) or 1.0
+            field[axis] *= config.elastic.alpha * relative[axis] / peak
+        control = control + field
+    coords = _upsample(torch.from_numpy(control.astype(np.float32)), shape)
+    if config.misalign.probability > 0 and config.misalign.max_shift > 0:
+        shifts = np.zeros((shape[0], 2), dtype=np.float32)
+        current = np.zeros(2)
+        for z in range(shape[0]):
+            if z > 0 and rng.random() < config.misalign.probability:
+                current = rng.uniform(-config.misalign.max_shift, config.misalign.max_shift, size=2)
+            shifts[z] = current
+        coords[1:] += torch.from_numpy(shifts.T.copy())[:, :, None, None]
+    planar = None
+    if not elastic or config.elastic.in_plane:
+        along = np.flatnonzero(np.abs(matrix[0]) > 1e-9)
+        planar = int(along[0]) if along.size == 1 else None
+    return Warp(coords, planar)
+
+
+def _interpolation_matrix(count: int, size: int) -> torch.Tensor:
+    """``(size, count)`` weights of linear interpolation from ``count`` points spread evenly
+    over ``size`` voxels (first and last on the first and last voxel)."""
+    position = torch.linspace(0, count - 1, size, dtype=torch.float64) if size > 1 else torch.zeros(1, dtype=torch.float64)
+    low = torch.clamp(torch.floor(position), max=count - 2).to(torch.int64)
+    weight = position - low
+    matrix = torch.zeros((size, count), dtype=torch.float64)
+    matrix[torch.arange(size), low] = 1 - weight
+    matrix[torch.arange(size), low + 1] = weight
+    return matrix.to(torch.float32)
+
+
+def _upsample(control: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Trilinear upsampling of ``(3, a, b, c)`` control values to ``(3, *shape)``, as three
+    small matrix products (the same values as ``F.interpolate(..., align_corners=True)``,
+    several times faster on one core)."""
+    wz, wy, wx = (_interpolation_matrix(n, s) for n, s in zip(control.shape[1:], shape))
+    planes = torch.matmul(wy, torch.matmul(control, wx.T)).reshape(3, control.shape[1], -1)  # (3, a, Y * X)
+    out = torch.empty((3, shape[0], shape[1] * shape[2]), dtype=torch.float32)
     for axis in range(3):
-        field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="reflect")
-        peak = float(np.abs(field).max()) or 1.0
-        coords.append(grid[axis] + field * (alpha / peak))
-    result = []
-    for index, a in enumerate(arrays):
-        source = a.view(np.uint8) if a.dtype == bool else a
-        moved = ndimage.map_coordinates(source, coords, order=1 if index < linear else 0, mode="mirror")
-        result.append(moved.astype(a.dtype, copy=False))
-    return result
+        torch.matmul(wz, planes[axis], out=out[axis])
+    return out.reshape(3, *shape)
+
+
+def source_box(coords: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(begin, shape)`` of the voxels that sampling at ``coords`` (``(3, ...)``) reads,
+    linearly or by nearest neighbour."""
+    flat = coords.reshape(3, -1)
+    low = torch.floor(flat.amin(dim=1)).to(torch.int64).tolist()
+    high = torch.floor(flat.amax(dim=1)).to(torch.int64).tolist()
+    return tuple(low), tuple(h - l + 2 for l, h in zip(low, high))
+
+
+def _grid(coords: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
+    """grid_sample's grid: the coordinates (slowest axis first) in voxels of a source of
+    ``sizes``, as ``(..., n)`` in reversed order (x first), scaled to [-1, 1]."""
+    n = len(coords)
+    grid = torch.empty((*coords[0].shape, n), dtype=torch.float32)
+    for axis in range(n):
+        torch.mul(coords[axis], 2.0 / max(sizes[axis] - 1, 1), out=grid[..., n - 1 - axis])
+    return grid.sub_(1.0)
+
+
+def resample_linear(source: np.ndarray, warp: Warp) -> np.ndarray:
+    """``source`` (``(Z, Y, X)`` or ``(C, Z, Y, X)`` float32) sampled trilinearly at the
+    warp's coordinates (voxels of ``source``; all inside it). A planar warp interpolates one
+    source section per slice, then warps all slices in one batched 2D ``grid_sample`` (its
+    vectorised kernel; several times faster than the 3D one); otherwise one 3D pass."""
+    data = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
+    data = data[None] if data.ndim == 3 else data  # (C, Z, Y, X)
+    coords = warp.coords
+    if warp.planar is None:
+        out = F.grid_sample(data[None], _grid(coords, data.shape[1:])[None], mode="bilinear",
+                            padding_mode="border", align_corners=True)[0]
+    else:
+        axis = warp.planar
+        coords = coords.movedim(1 + axis, 1)  # (3, slices, a, b): source z constant per slice
+        depth = coords[0].reshape(coords.shape[1], -1)[:, 0].numpy().astype(np.float64)
+        low = np.clip(np.floor(depth).astype(np.int64), 0, data.shape[1] - 1)
+        high = np.minimum(low + 1, data.shape[1] - 1)
+        weight = torch.from_numpy((depth - low).astype(np.float32))[:, None, None, None]
+        sections = torch.lerp(data[:, low].transpose(0, 1), data[:, high].transpose(0, 1), weight)  # (slices, C, Y, X)
+        out = F.grid_sample(sections, _grid(coords[1:], data.shape[2:]), mode="bilinear", padding_mode="border",
+                            align_corners=True)  # (slices, C, a, b)
+        out = out.transpose(0, 1).movedim(1, 1 + axis)
+    out = out.contiguous()
+    return (out[0] if source.ndim == 3 else out).numpy()
+
+
+def resample_nearest(sources: Sequence[np.ndarray], warp: Warp) -> list[np.ndarray]:
+    """``(Z, Y, X)`` arrays (labels, masks) of one shape, each sampled at the warp's
+    coordinates by nearest neighbour: values are copied, never mixed, so label ids survive
+    exactly. Returns arrays of the warp's shape."""
+    shape = sources[0].shape
+    index = torch.round(warp.coords).to(torch.int64)
+    for axis in range(3):
+        index[axis].clamp_(0, shape[axis] - 1)
+    flat = ((index[0] * shape[1] + index[1]) * shape[2] + index[2]).numpy()
+    return [np.ascontiguousarray(a).reshape(-1)[flat] for a in sources]
 
 
 def intensity(raw: np.ndarray, rng: np.random.Generator, *, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
@@ -78,10 +269,43 @@ def intensity(raw: np.ndarray, rng: np.random.Generator, *, scale: Sequence[floa
     return raw * np.float32(rng.uniform(*scale)) + np.float32(rng.uniform(*shift))
 
 
+def contrast(raw: np.ndarray, rng: np.random.Generator, *, factor: Sequence[float]) -> np.ndarray:
+    """The deviation from the patch mean scaled by a factor uniform in ``factor``."""
+    mean = np.float32(raw.mean())
+    return (raw - mean) * np.float32(rng.uniform(*factor)) + mean
+
+
+def gamma(raw: np.ndarray, rng: np.random.Generator, *, exponent: Sequence[float]) -> np.ndarray:
+    """A gamma curve with an exponent uniform in ``exponent``, on the patch rescaled from its
+    [min, max] to [0, 1] and back (so the range is kept)."""
+    value = rng.uniform(*exponent)
+    low, high = float(raw.min()), float(raw.max())
+    if high <= low:
+        return raw
+    unit = (raw - np.float32(low)) * np.float32(1.0 / (high - low))
+    return np.power(unit, np.float32(value)) * np.float32(high - low) + np.float32(low)
+
+
 def gaussian_noise(raw: np.ndarray, rng: np.random.Generator, *, max_sigma: float) -> np.ndarray:
     """Add zero-mean Gaussian noise whose standard deviation is uniform in ``[0, max_sigma]``."""
-    sigma = rng.uniform(0.0, max_sigma)
-    return raw + rng.normal(0.0, sigma, size=raw.shape).astype(np.float32)
+    sigma = float(rng.uniform(0.0, max_sigma))
+    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))  # torch's sampler: faster than numpy's
+    noise = torch.randn(raw.shape, generator=generator, dtype=torch.float32).mul_(sigma)
+    return raw + noise.numpy()
+
+
+def blur_sections(raw: np.ndarray, rng: np.random.Generator, *, probability: float, max_sigma: float) -> np.ndarray:
+    """Out-of-focus EM sections: each z section (axis -3), with probability ``probability``, is
+    blurred in y and x by a Gaussian of standard deviation uniform in ``[0, max_sigma]``."""
+    draws = rng.random(raw.shape[-3])
+    sigmas = rng.uniform(0.0, max_sigma, size=raw.shape[-3])
+    if not (draws < probability).any():
+        return raw
+    raw = raw.copy()
+    for z in np.flatnonzero(draws < probability):
+        section = (Ellipsis, z, slice(None), slice(None))
+        raw[section] = ndimage.gaussian_filter(raw[section], sigma=[0] * (raw.ndim - 3) + [sigmas[z]] * 2, mode="reflect")
+    return raw
 
 
 def section_defects(
@@ -102,11 +326,31 @@ def section_defects(
     return raw
 
 
+def augment_intensity(raw: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """The intensity augmentations enabled in ``config``, in order: contrast, gamma, scale and
+    shift, blur, noise, missing and low-contrast sections. Returns float32."""
+    if tuple(config.contrast) != (1.0, 1.0):
+        raw = contrast(raw, rng, factor=config.contrast)
+    if tuple(config.gamma) != (1.0, 1.0):
+        raw = gamma(raw, rng, exponent=config.gamma)
+    raw = intensity(raw, rng, scale=config.intensity_scale, shift=config.intensity_shift)
+    if config.blur.probability > 0:
+        raw = blur_sections(raw, rng, probability=config.blur.probability, max_sigma=config.blur.max_sigma)
+    if config.noise_sigma > 0:
+        raw = gaussian_noise(raw, rng, max_sigma=config.noise_sigma)
+    if config.missing_section > 0 or config.low_contrast > 0:
+        raw = section_defects(raw, rng, missing=config.missing_section, low_contrast=config.low_contrast)
+    return raw.astype(np.float32, copy=False)
+
+
 def augment(
     raw: np.ndarray, labels: np.ndarray, known: np.ndarray, rng: np.random.Generator, config: AugmentConfig, *,
-    transpose_groups: Sequence[Sequence[int]] = (),
+    transpose_groups: Sequence[Sequence[int]] = (), voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Apply the augmentations enabled in ``config`` to one patch.
+    """Apply the augmentations enabled in ``config`` to one patch held whole in memory (the
+    training loader reads the source region of the warp from the volume instead, see
+    :class:`psc_seg.train.data.PatchDataset`). Where the warp reaches outside the patch, raw is
+    the nearest border value and labels are unknown.
 
     Args:
         raw: ``(Z, Y, X)`` or ``(C, Z, Y, X)`` float32 normalised intensities (all channels
@@ -116,24 +360,25 @@ def augment(
         rng: the patch's random generator.
         config: the ``augment`` section.
         transpose_groups: axes that may be permuted (:func:`transposable_axes`).
+        voxel_size: of the patch, for the allowed rotations.
 
     Returns:
         ``(raw, labels, known)`` of the same shapes, contiguous.
     """
-    channels = [raw] if raw.ndim == 3 else list(raw)
-    arrays = [*channels, labels, known]
-    if config.elastic.enabled and config.elastic.alpha > 0:
-        arrays = elastic(arrays, rng, alpha=config.elastic.alpha, sigma=config.elastic.sigma, linear=len(channels))
-    if config.flip:
-        arrays = flip(arrays, rng)
-    if config.transpose and transpose_groups:
-        arrays = transpose(arrays, transpose_groups, rng)
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    raw = arrays[0] if raw.ndim == 3 else np.stack(arrays[: len(channels)])
-    labels, known = arrays[-2], arrays[-1]
-    raw = intensity(raw, rng, scale=config.intensity_scale, shift=config.intensity_shift)
-    if config.noise_sigma > 0:
-        raw = gaussian_noise(raw, rng, max_sigma=config.noise_sigma)
-    if config.missing_section > 0 or config.low_contrast > 0:
-        raw = section_defects(raw, rng, missing=config.missing_section, low_contrast=config.low_contrast)
-    return raw.astype(np.float32, copy=False), labels, known
+    shape = labels.shape
+    if config.resamples:
+        warp = warp_coordinates(rng, config, shape, voxel_size=voxel_size, transpose_groups=transpose_groups)
+        raw = resample_linear(raw, warp)
+        inside = torch.ones(shape, dtype=torch.bool)
+        for axis in range(3):
+            inside &= (warp.coords[axis] > -0.5) & (warp.coords[axis] < shape[axis] - 0.5)
+        labels, known = resample_nearest([labels, known], warp)
+        known = known & inside.numpy()
+    else:
+        arrays = [raw, labels, known]
+        if config.flip:
+            arrays = flip(arrays, rng)
+        if config.transpose and transpose_groups:
+            arrays = transpose(arrays, transpose_groups, rng)
+        raw, labels, known = (np.ascontiguousarray(a) for a in arrays)
+    return augment_intensity(raw, rng, config), labels, known

@@ -220,17 +220,67 @@ class TrainSettings(_Strict):
 class ElasticConfig(_Strict):
     enabled: bool = False
     alpha: float = Field(default=4.0, ge=0)
-    """Largest displacement, in voxels."""
+    """Largest displacement, in voxels (of the finest axis; coarser axes move proportionally
+    fewer voxels, the same distance in world units)."""
     sigma: float = Field(default=8.0, gt=0)
-    """Smoothness of the displacement field, in voxels."""
+    """Spacing of the control grid, in voxels of the finest axis: the displacement is random at
+    the control points and trilinear between them, so it varies over about ``sigma`` voxels."""
+    in_plane: bool = False
+    """Displace in y and x only, as serial EM sections deform; with rotation only about z this
+    keeps z sections whole, and the loader warps them section by section (several times
+    faster than a 3D warp)."""
+
+
+class MisalignConfig(_Strict):
+    probability: float = Field(default=0.0, ge=0, le=1)
+    """Probability for each z section of the patch to start a misalignment: it and the
+    sections after it shift in y and x (raw and labels alike, as a badly aligned stack)."""
+    max_shift: float = Field(default=0.0, ge=0)
+    """Largest shift in y and x, in voxels, relative to the first section."""
+
+
+class BlurConfig(_Strict):
+    probability: float = Field(default=0.0, ge=0, le=1)
+    """Probability for each z section of the patch to be out of focus (EM)."""
+    max_sigma: float = Field(default=2.0, gt=0)
+    """Its Gaussian blur in y and x has a standard deviation uniform in [0, max_sigma] voxels."""
+
+
+def _check_range(value: tuple[float, float], *, positive: bool) -> tuple[float, float]:
+    low, high = value
+    if low > high:
+        raise ValueError("expected [low, high] with low <= high")
+    if positive and low <= 0:
+        raise ValueError("expected factors above 0")
+    if not positive and low < 0:
+        raise ValueError("expected factors of at least 0")
+    return value
 
 
 class AugmentConfig(_Strict):
+    """Augmentations of each training patch. The geometric ones (rotation, scale, elastic,
+    misalign, and flips and transposes with them) are composed into one map and applied in one
+    resampling pass: raw linearly, labels and mask by nearest neighbour. Without rotation,
+    scale, elastic or misalign, flips and transposes are exact axis reversals and permutations
+    (no resampling)."""
+
     flip: bool = True
     transpose: bool = True
     """Swap axes of equal voxel size (and equal patch size)."""
+    rotate: float = Field(default=0.0, ge=0, le=180)
+    """Largest rotation about z (in the yx plane), in degrees, drawn uniform in
+    [-rotate, rotate]; 180 for any angle. Skipped where y and x voxel sizes differ."""
+    rotate_out_of_plane: float = Field(default=0.0, ge=0, le=180)
+    """Largest rotation about y and about x, in degrees; each only where the two axes it turns
+    have equal voxel sizes (isotropic data, e.g. MRI or FIB-SEM), skipped otherwise."""
+    scale: tuple[float, float] = (1.0, 1.0)
+    """Zoom factor range [low, high] (1.2 shows the tissue 1.2 times larger); same on all axes."""
     intensity_scale: tuple[float, float] = (0.8, 1.2)
     intensity_shift: tuple[float, float] = (-0.2, 0.2)
+    contrast: tuple[float, float] = (1.0, 1.0)
+    """Factor range on the deviation of each patch from its mean intensity."""
+    gamma: tuple[float, float] = (1.0, 1.0)
+    """Exponent range of a gamma curve on the patch rescaled to [0, 1] (and back)."""
     noise_sigma: float = Field(default=0.0, ge=0)
     """Gaussian noise with a standard deviation drawn from [0, noise_sigma]."""
     missing_section: float = Field(default=0.0, ge=0, le=1)
@@ -238,6 +288,26 @@ class AugmentConfig(_Strict):
     low_contrast: float = Field(default=0.0, ge=0, le=1)
     """Probability for each z section of the patch to lose most of its contrast (EM)."""
     elastic: ElasticConfig = Field(default_factory=ElasticConfig)
+    misalign: MisalignConfig = Field(default_factory=MisalignConfig)
+    blur: BlurConfig = Field(default_factory=BlurConfig)
+
+    @field_validator("scale", "gamma")
+    @classmethod
+    def _positive_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(value, positive=True)
+
+    @field_validator("contrast")
+    @classmethod
+    def _non_negative_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(value, positive=False)
+
+    @property
+    def resamples(self) -> bool:
+        """Whether a patch goes through the resampling pass (rotation, scale, elastic or
+        misalignment on)."""
+        return bool(self.rotate or self.rotate_out_of_plane or self.scale != (1.0, 1.0)
+                    or (self.elastic.enabled and self.elastic.alpha > 0)
+                    or (self.misalign.probability > 0 and self.misalign.max_shift > 0))
 
 
 class ValidationConfig(_Strict):

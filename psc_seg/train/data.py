@@ -29,6 +29,14 @@ voxels of the raw: the output region of every patch lies inside the volume's ``s
          │ └──┼─────┘             │       │   beyond the raw
          │    └───────────────────┘       │
          └────────────────────────────────┘
+
+With a geometric augmentation that resamples (rotation, scale, elastic, misalignment: see
+:mod:`psc_seg.train.augment`), the input patch is sampled from the raw around it, read just
+as large as the warp reaches (mirrored only beyond the raw), and the labels from the labels
+around it (unknown beyond the labelled region). Labels are sampled, and targets and masks
+computed, only on the output region grown by the reach of the affinity offsets
+(:attr:`PatchDataset.target_region`): the same values as on the whole patch, at a fraction of
+the cost.
 """
 
 from __future__ import annotations
@@ -43,7 +51,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from psc_seg.engine import Roi, read_mirrored
 from psc_seg.errors import UserError
-from psc_seg.train.augment import augment, transposable_axes
+from psc_seg.train.augment import (
+    augment_intensity, flip, resample_linear, resample_nearest, source_box, transpose, transposable_axes,
+    warp_coordinates,
+)
 from psc_seg.train.config import AugmentConfig, TaskConfig
 from psc_seg.affinities import affinities_and_mask, seg_to_affinities
 
@@ -202,19 +213,20 @@ class PatchDataset(Dataset):
         begin = [int(rng.integers(b, e - o + 1)) for b, e, o in zip(region.begin, region.end, self.output_shape)]
         return index, Roi(begin, self.output_shape)
 
-    def draw(self, rng: np.random.Generator) -> tuple[int, Roi, np.ndarray, np.ndarray, np.ndarray]:
-        """A patch whose output region is labelled enough: (volume index, input region in
-        voxels of the raw, raw, labels, known)."""
+    def choose(self, rng: np.random.Generator, context: Sequence[int]) -> tuple[int, list[int], np.ndarray, np.ndarray]:
+        """A patch whose output region is labelled enough: (volume index, start of the input
+        region in voxels of the raw, labels and known of the output region grown by
+        ``context`` on each side)."""
         best = None
         for _ in range(MAX_TRIES):
             index, output = self.output_roi(rng)
             volume = self.volumes[index]
-            start = [s - c for s, c in zip(output.begin, self.crop)]
-            labels, known = read_known(volume, start, self.input_shape)
-            inner = tuple(slice(c, c + o) for c, o in zip(self.crop, self.output_shape))
+            labels, known = read_known(volume, [b - c for b, c in zip(output.begin, context)],
+                                       [o + 2 * c for o, c in zip(self.output_shape, context)])
+            inner = tuple(slice(c, c + o) for c, o in zip(context, self.output_shape))
             fraction = float(np.mean(known[inner] & (labels[inner] != 0)))
             if best is None or fraction > best[0]:
-                best = (fraction, index, start, labels, known)
+                best = (fraction, index, [b - c for b, c in zip(output.begin, self.crop)], labels, known)
             if fraction >= self.min_labelled and fraction > 0:  # min_labelled 0: still some label
                 break
         fraction, index, start, labels, known = best
@@ -223,19 +235,61 @@ class PatchDataset(Dataset):
                 f"no training patch with labelled voxels found in {MAX_TRIES} tries; check that the labels "
                 "are not all 0 (unlabelled) and the mask covers them, or lower train.min_labelled"
             )
+        return index, start, labels, known
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, Roi, np.ndarray, np.ndarray, np.ndarray]:
+        """A patch whose output region is labelled enough, before augmentation: (volume index,
+        input region in voxels of the raw, raw, labels, known)."""
+        index, start, labels, known = self.choose(rng, self.crop)
         raw = read_raw(self.volumes[index], start, self.input_shape)
         return index, Roi(start, self.input_shape), raw, labels, known
 
-    def __getitem__(self, sample: int) -> dict[str, torch.Tensor]:
+    @property
+    def target_region(self) -> tuple[slice, slice, slice]:
+        """Where in the input patch labels are needed: the output region grown by the reach of
+        the affinity offsets (the largest ``|offset|`` per axis; semantic tasks: none), clipped
+        to the patch. Affinities computed there equal those computed on the whole patch."""
+        reach = [0, 0, 0]
+        if self.task.kind == "affinities":
+            reach = [max(abs(int(o[axis])) for o in self.task.offsets) for axis in range(3)]
+        return tuple(slice(max(0, c - r), min(i, c + o + r))
+                     for c, o, r, i in zip(self.crop, self.output_shape, reach, self.input_shape))
+
+    def patch(self, sample: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
+        """Sample ``sample`` after its geometric augmentation: (volume index, raw of the input
+        patch, labels and known of :attr:`target_region`, the sample's generator for what
+        follows)."""
         rng = np.random.default_rng([self.seed, int(sample)])
-        index, _, raw, labels, known = self.draw(rng)
+        config, region = self.augment_config, self.target_region
+        if not config.resamples:  # exact flips and transposes of the patch read as it is
+            index, _, raw, labels, known = self.draw(rng)
+            arrays = [raw, labels, known]
+            if config.flip:
+                arrays = flip(arrays, rng)
+            if config.transpose and self.transpose_groups[index]:
+                arrays = transpose(arrays, self.transpose_groups[index], rng)
+            raw, labels, known = arrays
+            return index, np.ascontiguousarray(raw), labels[region], known[region], rng
+        index, start, _, _ = self.choose(rng, (0, 0, 0))
+        volume = self.volumes[index]
+        warp = warp_coordinates(rng, config, self.input_shape, voxel_size=volume.voxel_size,
+                                transpose_groups=self.transpose_groups[index])
+        begin, shape = source_box(warp.coords)
+        raw = resample_linear(read_raw(volume, [s + b for s, b in zip(start, begin)], shape), warp.shifted(begin))
+        begin, shape = source_box(warp.coords[(slice(None), *region)])
+        labels, known = read_known(volume, [s + b for s, b in zip(start, begin)], shape)
+        labels, known = resample_nearest([labels, known], warp.shifted(begin, region))
+        return index, raw, labels, known, rng
+
+    def __getitem__(self, sample: int) -> dict[str, torch.Tensor]:
+        index, raw, labels, known, rng = self.patch(sample)
+        raw = augment_intensity(raw, rng, self.augment_config)
         if self.task.kind == "affinities" and self.zero_label == "ignore":
-            known &= labels != 0
-        raw, labels, known = augment(raw, labels, known, rng, self.augment_config,
-                                     transpose_groups=self.transpose_groups[index])
+            known = known & (labels != 0)
         if raw.ndim == 3:
             raw = raw[None]
-        inner = tuple(slice(c, c + o) for c, o in zip(self.crop, self.output_shape))
+        region = self.target_region
+        inner = tuple(slice(c - r.start, c - r.start + o) for c, o, r in zip(self.crop, self.output_shape, region))
         if self.task.kind == "affinities":
             target = seg_to_affinities(labels, self.task.offsets)[(slice(None), *inner)]
             mask = affinities_and_mask(known.astype(np.uint8), self.task.offsets)[1][(slice(None), *inner)]
