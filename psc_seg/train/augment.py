@@ -13,7 +13,7 @@ equal voxel sizes; transposes permute axes of equal voxel size and patch size; t
 displacement is random on a coarse control grid and trilinear in between; a misalignment
 shifts whole z sections in y and x. The whole map is evaluated on the control grid and
 upsampled once (trilinear interpolation reproduces the affine part exactly). The source
-voxels are read from the volume around the patch (:func:`source_box`), so no padding enters
+voxels are read from the volume around the patch (:meth:`Warp.box`), so no padding enters
 the patch where the volume has data: raw is mirrored only beyond the raw (as predict reads
 it), labels beyond the labelled region are unknown (mask 0), never invented. Without
 rotation, scale, elastic or misalignment (:attr:`AugmentConfig.resamples` false), flips and
@@ -121,22 +121,83 @@ def _linear_part(
     return matrix
 
 
+FULL = (slice(None),) * 3
+
+
 @dataclass
 class Warp:
-    """One sample's geometric transform: ``coords`` (``(3, Z, Y, X)`` float32) holds, for each
-    voxel of the patch, the ``(z, y, x)`` position it is sampled from (voxels, relative to the
-    first voxel of the patch as read without augmentation). ``planar`` is the patch axis along
-    which the source z is constant per slice (``None`` when it is not): then each slice is a 2D
+    """One sample's geometric transform of a patch of ``shape``, as drawn by
+    :func:`warp_coordinates`: ``control`` (``(3, a, b, c)`` float64) holds the source
+    ``(z, y, x)`` position (voxels, relative to the first voxel of the patch as read without
+    augmentation) of control points spread evenly over the patch, first and last on its first
+    and last voxel; between them the map is trilinear. ``shifts`` (``(Z, 2)`` or None) adds a
+    misalignment in y and x to each z slice of the patch. ``planar`` is the patch axis along
+    which the source z is constant per slice (None when it is not): then each slice is a 2D
     warp of one interpolated source section, the fast path of :func:`resample_linear`."""
 
-    coords: torch.Tensor
+    control: np.ndarray
+    shape: tuple[int, int, int]
+    shifts: np.ndarray | None = None
     planar: int | None = None
 
-    def shifted(self, begin: Sequence[int], region: tuple[slice, ...] = (slice(None),) * 3) -> Warp:
-        """The warp of the sub-region ``region`` of the patch, relative to a source box that
-        starts at ``begin``."""
-        coords = self.coords[(slice(None), *region)] - torch.tensor(begin, dtype=torch.float32)[:, None, None, None]
-        return Warp(coords, self.planar)
+    def _weights(self, region: tuple[slice, ...] = FULL) -> list[torch.Tensor]:
+        return [_interpolation_matrix(n, s)[r] for n, s, r in zip(self.control.shape[1:], self.shape, region)]
+
+    def box(self, region: tuple[slice, ...] = FULL) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(begin, shape)`` of the source voxels (relative to the patch) that sampling the
+        ``region`` of the patch reads, linearly or by nearest neighbour: the bounds of the
+        control points whose cells meet the region, and of its misalignment shifts."""
+        used = [torch.nonzero(w.abs().sum(0) > 0)[:, 0].numpy() for w in self._weights(region)]
+        points = self.control[np.ix_(range(3), *used)].reshape(3, -1)
+        low, high = points.min(1), points.max(1)
+        if self.shifts is not None:
+            shifts = self.shifts[region[0]]
+            low[1:] += np.minimum(shifts.min(0), 0)
+            high[1:] += np.maximum(shifts.max(0), 0)
+        begin = np.floor(low - 1e-3).astype(np.int64)
+        end = np.floor(high + 1e-3).astype(np.int64) + 2
+        return tuple(int(b) for b in begin), tuple(int(e - b) for b, e in zip(begin, end))
+
+    def coords(self, region: tuple[slice, ...] = FULL) -> torch.Tensor:
+        """``(3, *region shape)`` float64 source ``(z, y, x)`` of each voxel of ``region``."""
+        out = _separable(torch.from_numpy(self.control), self._weights(region), (0, 1, 2))
+        if self.shifts is not None:
+            out[..., 1:] += torch.from_numpy(self.shifts[region[0]])[:, None, None, :]
+        return out.permute(3, 0, 1, 2)
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """The patch axes in the order :meth:`grid` lays them out (the planar axis first)."""
+        if self.planar is None:
+            return (0, 1, 2)
+        return (self.planar, *(a for a in range(3) if a != self.planar))
+
+    def grid(self, begin: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+        """grid_sample's grid into a source box at ``begin`` (relative to the patch) of ``size``:
+        ``(Z, Y, X, 3)`` source ``(x, y, z)`` scaled to [-1, 1]; for a planar warp ``(slices,
+        a, b, 2)`` with the patch axes in :attr:`order`, source ``(x, y)`` only."""
+        scale = np.array([2.0 / max(s - 1, 1) for s in size])
+        normal = (self.control - np.asarray(begin, dtype=np.float64)[:, None, None, None]) * scale[:, None, None, None] - 1
+        channels = [2, 1] if self.planar is not None else [2, 1, 0]
+        order = self.order
+        shifts = None
+        if self.shifts is not None:  # per z slice: (x, y) added to channels 0 and 1
+            shifts = torch.from_numpy((self.shifts[:, ::-1] * scale[[2, 1]]).astype(np.float32))
+        out = _separable(torch.from_numpy(normal[channels].astype(np.float32)),
+                         [w.to(torch.float32) for w in self._weights()], order,
+                         shifts=shifts if order[0] == 0 else None)
+        if shifts is not None and order[0] != 0:
+            shape = [1, 1, 1, 2]
+            shape[order.index(0)] = self.shape[0]
+            out[..., :2] += shifts.reshape(shape)
+        return out
+
+    def depth(self, begin: int) -> np.ndarray:
+        """For a planar warp, the source z (relative to a box starting at ``begin``) of each
+        slice along the planar axis."""
+        values = np.moveaxis(self.control[0], self.planar, 0).reshape(self.control.shape[1 + self.planar], -1)[:, 0]
+        weights = _interpolation_matrix(len(values), self.shape[self.planar]).numpy()
+        return weights @ values - begin
 
 
 def warp_coordinates(
@@ -144,7 +205,7 @@ def warp_coordinates(
     transpose_groups: Sequence[Sequence[int]] = (),
 ) -> Warp:
     """Draw one sample's geometric transform for a patch of ``shape``: the composed map of the
-    module docstring, evaluated on the elastic control grid and upsampled trilinearly."""
+    module docstring, on the elastic control grid (or the patch corners without elastic)."""
     shape = tuple(int(s) for s in shape)
     centre = (np.array(shape, dtype=np.float64) - 1) / 2
     matrix = _linear_part(rng, config, rotation_planes(voxel_size, config), transpose_groups)
@@ -157,8 +218,7 @@ def warp_coordinates(
         counts = [2, 2, 2]  # the corners: trilinear interpolation of an affine map is exact
     counts = [min(c, s) if s > 1 else 2 for c, s in zip(counts, shape)]
     points = np.meshgrid(*[np.linspace(0, s - 1, c) - m for s, c, m in zip(shape, counts, centre)], indexing="ij")
-    offsets = np.stack(points)  # (3, *counts), offsets from the centre
-    control = np.einsum("ij,j...->i...", matrix, offsets) + centre[:, None, None, None]
+    control = np.einsum("ij,j...->i...", matrix, np.stack(points)) + centre[:, None, None, None]
     if elastic:
         field = rng.standard_normal(control.shape)
         if config.elastic.in_plane:
@@ -167,99 +227,90 @@ def warp_coordinates(
             peak = float(np.abs(field[axis]).max()) or 1.0
             field[axis] *= config.elastic.alpha * relative[axis] / peak
         control = control + field
-    coords = _upsample(torch.from_numpy(control.astype(np.float32)), shape)
+    shifts = None
     if config.misalign.probability > 0 and config.misalign.max_shift > 0:
-        shifts = np.zeros((shape[0], 2), dtype=np.float32)
+        shifts = np.zeros((shape[0], 2))
         current = np.zeros(2)
         for z in range(shape[0]):
             if z > 0 and rng.random() < config.misalign.probability:
                 current = rng.uniform(-config.misalign.max_shift, config.misalign.max_shift, size=2)
             shifts[z] = current
-        coords[1:] += torch.from_numpy(shifts.T.copy())[:, :, None, None]
     planar = None
     if not elastic or config.elastic.in_plane:
         along = np.flatnonzero(np.abs(matrix[0]) > 1e-9)
         planar = int(along[0]) if along.size == 1 else None
-    return Warp(coords, planar)
+    return Warp(control, shape, shifts, planar)
 
 
 def _interpolation_matrix(count: int, size: int) -> torch.Tensor:
-    """``(size, count)`` weights of linear interpolation from ``count`` points spread evenly
-    over ``size`` voxels (first and last on the first and last voxel)."""
+    """``(size, count)`` float64 weights of linear interpolation from ``count`` points spread
+    evenly over ``size`` voxels (first and last on the first and last voxel)."""
     position = torch.linspace(0, count - 1, size, dtype=torch.float64) if size > 1 else torch.zeros(1, dtype=torch.float64)
     low = torch.clamp(torch.floor(position), max=count - 2).to(torch.int64)
     weight = position - low
     matrix = torch.zeros((size, count), dtype=torch.float64)
     matrix[torch.arange(size), low] = 1 - weight
     matrix[torch.arange(size), low + 1] = weight
-    return matrix.to(torch.float32)
+    return matrix
 
 
-def _upsample(control: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Trilinear upsampling of ``(3, a, b, c)`` control values to ``(3, *shape)``, as three
-    small matrix products (the same values as ``F.interpolate(..., align_corners=True)``,
-    several times faster on one core)."""
-    wz, wy, wx = (_interpolation_matrix(n, s) for n, s in zip(control.shape[1:], shape))
-    planes = torch.matmul(wy, torch.matmul(control, wx.T)).reshape(3, control.shape[1], -1)  # (3, a, Y * X)
-    out = torch.empty((3, shape[0], shape[1] * shape[2]), dtype=torch.float32)
-    for axis in range(3):
-        torch.matmul(wz, planes[axis], out=out[axis])
-    return out.reshape(3, *shape)
+def _separable(
+    values: torch.Tensor, weights: Sequence[torch.Tensor], order: Sequence[int], shifts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Trilinear interpolation of control ``values`` (``(k, a, b, c)``) by per-axis weight
+    matrices (``(size, count)``), as small matrix products, channels last and the output axes
+    in ``order``: ``(size[order[0]], size[order[1]], size[order[2]], k)``. The same values as
+    ``F.interpolate(..., align_corners=True)``, several times faster on one core.
+    ``shifts`` (``(size[order[0]], 2)``) are added to channels 0 and 1 of each slice along the
+    first output axis, in the same (last) matrix product."""
+    first, second, third = (weights[o] for o in order)
+    v = values.permute(1 + order[0], 1 + order[1], 1 + order[2], 0)
+    inner = torch.einsum("abck,yb,xc->ayxk", v, second, third)
+    rows = inner.reshape(inner.shape[0], -1)
+    if shifts is not None:
+        pattern = torch.zeros((2, *inner.shape[1:]), dtype=rows.dtype)
+        pattern[0, ..., 0] = pattern[1, ..., 1] = 1.0
+        first, rows = torch.cat([first, shifts.to(first.dtype)], dim=1), torch.cat([rows, pattern.reshape(2, -1)])
+    out = torch.matmul(first, rows)
+    return out.reshape(first.shape[0], second.shape[0], third.shape[0], values.shape[0])
 
 
-def source_box(coords: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(begin, shape)`` of the voxels that sampling at ``coords`` (``(3, ...)``) reads,
-    linearly or by nearest neighbour."""
-    flat = coords.reshape(3, -1)
-    low = torch.floor(flat.amin(dim=1)).to(torch.int64).tolist()
-    high = torch.floor(flat.amax(dim=1)).to(torch.int64).tolist()
-    return tuple(low), tuple(h - l + 2 for l, h in zip(low, high))
-
-
-def _grid(coords: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
-    """grid_sample's grid: the coordinates (slowest axis first) in voxels of a source of
-    ``sizes``, as ``(..., n)`` in reversed order (x first), scaled to [-1, 1]."""
-    n = len(coords)
-    grid = torch.empty((*coords[0].shape, n), dtype=torch.float32)
-    for axis in range(n):
-        torch.mul(coords[axis], 2.0 / max(sizes[axis] - 1, 1), out=grid[..., n - 1 - axis])
-    return grid.sub_(1.0)
-
-
-def resample_linear(source: np.ndarray, warp: Warp) -> np.ndarray:
-    """``source`` (``(Z, Y, X)`` or ``(C, Z, Y, X)`` float32) sampled trilinearly at the
-    warp's coordinates (voxels of ``source``; all inside it). A planar warp interpolates one
-    source section per slice, then warps all slices in one batched 2D ``grid_sample`` (its
-    vectorised kernel; several times faster than the 3D one); otherwise one 3D pass."""
+def resample_linear(source: np.ndarray, warp: Warp, begin: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """``source`` (``(Z, Y, X)`` or ``(C, Z, Y, X)`` float32, a box at ``begin`` relative to the
+    patch, see :meth:`Warp.box`) sampled trilinearly by the warp (nearest border value where
+    it reaches outside the box). A planar warp interpolates one source section per slice, then
+    warps all slices in one batched 2D ``grid_sample`` (its vectorised kernel; several times
+    faster than the 3D one); otherwise one 3D pass. Returns the patch, ``source``'s channels."""
     data = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))
     data = data[None] if data.ndim == 3 else data  # (C, Z, Y, X)
-    coords = warp.coords
+    grid = warp.grid(begin, data.shape[1:])
     if warp.planar is None:
-        out = F.grid_sample(data[None], _grid(coords, data.shape[1:])[None], mode="bilinear",
-                            padding_mode="border", align_corners=True)[0]
+        out = F.grid_sample(data[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
     else:
-        axis = warp.planar
-        coords = coords.movedim(1 + axis, 1)  # (3, slices, a, b): source z constant per slice
-        depth = coords[0].reshape(coords.shape[1], -1)[:, 0].numpy().astype(np.float64)
-        low = np.clip(np.floor(depth).astype(np.int64), 0, data.shape[1] - 1)
+        depth = warp.depth(begin[0])
+        low = np.clip(np.floor(depth), 0, data.shape[1] - 1).astype(np.int64)
         high = np.minimum(low + 1, data.shape[1] - 1)
-        weight = torch.from_numpy((depth - low).astype(np.float32))[:, None, None, None]
-        sections = torch.lerp(data[:, low].transpose(0, 1), data[:, high].transpose(0, 1), weight)  # (slices, C, Y, X)
-        out = F.grid_sample(sections, _grid(coords[1:], data.shape[2:]), mode="bilinear", padding_mode="border",
-                            align_corners=True)  # (slices, C, a, b)
-        out = out.transpose(0, 1).movedim(1, 1 + axis)
+        weight = torch.from_numpy(np.clip(depth - low, 0, 1).astype(np.float32))[:, None, None, None]
+        sections = data.transpose(0, 1)  # (Z, C, Y, X)
+        low, high = torch.from_numpy(low), torch.from_numpy(high)
+        sections = torch.lerp(sections.index_select(0, low), sections.index_select(0, high), weight)
+        out = F.grid_sample(sections, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        out = out.transpose(0, 1)  # (C, slices, a, b): the patch axes in warp.order
+        out = out.permute(0, *(1 + warp.order.index(axis) for axis in range(3)))
     out = out.contiguous()
     return (out[0] if source.ndim == 3 else out).numpy()
 
 
-def resample_nearest(sources: Sequence[np.ndarray], warp: Warp) -> list[np.ndarray]:
-    """``(Z, Y, X)`` arrays (labels, masks) of one shape, each sampled at the warp's
-    coordinates by nearest neighbour: values are copied, never mixed, so label ids survive
-    exactly. Returns arrays of the warp's shape."""
+def resample_nearest(sources: Sequence[np.ndarray], warp: Warp, begin: Sequence[int] = (0, 0, 0),
+                     region: tuple[slice, ...] = FULL) -> list[np.ndarray]:
+    """``(Z, Y, X)`` arrays (labels, masks) of one shape, a box at ``begin`` relative to the
+    patch (:meth:`Warp.box` of ``region``), each sampled by nearest neighbour on ``region`` of
+    the patch (the nearest box voxel where the warp reaches outside the box): values are
+    copied, never mixed, so label ids survive exactly."""
     shape = sources[0].shape
-    index = torch.round(warp.coords).to(torch.int64)
+    index = torch.round(warp.coords(region)).to(torch.int64)
     for axis in range(3):
-        index[axis].clamp_(0, shape[axis] - 1)
+        index[axis].sub_(int(begin[axis])).clamp_(0, shape[axis] - 1)
     flat = ((index[0] * shape[1] + index[1]) * shape[2] + index[2]).numpy()
     return [np.ascontiguousarray(a).reshape(-1)[flat] for a in sources]
 
@@ -275,15 +326,20 @@ def contrast(raw: np.ndarray, rng: np.random.Generator, *, factor: Sequence[floa
     return (raw - mean) * np.float32(rng.uniform(*factor)) + mean
 
 
+GAMMA_LEVELS = 4096
+
+
 def gamma(raw: np.ndarray, rng: np.random.Generator, *, exponent: Sequence[float]) -> np.ndarray:
     """A gamma curve with an exponent uniform in ``exponent``, on the patch rescaled from its
-    [min, max] to [0, 1] and back (so the range is kept)."""
+    [min, max] to [0, 1] and back (so the range is kept). The curve is tabulated at
+    :data:`GAMMA_LEVELS` levels (error below 1/4000 of the range; twice as fast as a power)."""
     value = rng.uniform(*exponent)
     low, high = float(raw.min()), float(raw.max())
     if high <= low:
         return raw
-    unit = (raw - np.float32(low)) * np.float32(1.0 / (high - low))
-    return np.power(unit, np.float32(value)) * np.float32(high - low) + np.float32(low)
+    table = (np.linspace(0.0, 1.0, GAMMA_LEVELS) ** value * (high - low) + low).astype(np.float32)
+    index = ((raw - np.float32(low)) * np.float32((GAMMA_LEVELS - 1) / (high - low)) + np.float32(0.5)).astype(np.intp)
+    return table.take(index, mode="clip")
 
 
 def gaussian_noise(raw: np.ndarray, rng: np.random.Generator, *, max_sigma: float) -> np.ndarray:
@@ -369,9 +425,10 @@ def augment(
     if config.resamples:
         warp = warp_coordinates(rng, config, shape, voxel_size=voxel_size, transpose_groups=transpose_groups)
         raw = resample_linear(raw, warp)
+        coords = warp.coords()
         inside = torch.ones(shape, dtype=torch.bool)
         for axis in range(3):
-            inside &= (warp.coords[axis] > -0.5) & (warp.coords[axis] < shape[axis] - 0.5)
+            inside &= (coords[axis] > -0.5) & (coords[axis] < shape[axis] - 0.5)
         labels, known = resample_nearest([labels, known], warp)
         known = known & inside.numpy()
     else:

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from psc_seg.engine import Roi, read_mirrored
 from psc_seg.errors import UserError
 from psc_seg.train.augment import (
-    augment_intensity, flip, resample_linear, resample_nearest, source_box, transpose, transposable_axes,
+    augment_intensity, flip, resample_linear, resample_nearest, transpose, transposable_axes,
     warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig
@@ -274,11 +274,11 @@ class PatchDataset(Dataset):
         volume = self.volumes[index]
         warp = warp_coordinates(rng, config, self.input_shape, voxel_size=volume.voxel_size,
                                 transpose_groups=self.transpose_groups[index])
-        begin, shape = source_box(warp.coords)
-        raw = resample_linear(read_raw(volume, [s + b for s, b in zip(start, begin)], shape), warp.shifted(begin))
-        begin, shape = source_box(warp.coords[(slice(None), *region)])
+        begin, shape = warp.box()
+        raw = resample_linear(read_raw(volume, [s + b for s, b in zip(start, begin)], shape), warp, begin)
+        begin, shape = warp.box(region)
         labels, known = read_known(volume, [s + b for s, b in zip(start, begin)], shape)
-        labels, known = resample_nearest([labels, known], warp.shifted(begin, region))
+        labels, known = resample_nearest([labels, known], warp, begin, region)
         return index, raw, labels, known, rng
 
     def __getitem__(self, sample: int) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
 from psc_seg.train.augment import (
-    Warp, augment, blur_sections, flip, gamma, resample_linear, rotation_planes, section_defects, transpose,
+    augment, blur_sections, flip, gamma, resample_linear, rotation_planes, section_defects, transpose,
     transposable_axes, warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig, load_config
@@ -98,23 +99,28 @@ def test_rotations_only_turn_planes_of_equal_voxel_size():
     for seed in range(5):  # anisotropic: each z section comes from one source section, unscaled
         warp = warp_coordinates(np.random.default_rng(seed), config, (6, 20, 20), voxel_size=(40, 4, 4))
         assert warp.planar == 0
-        z = warp.coords[0].numpy()
+        z = warp.coords()[0].numpy()
         assert np.allclose(z, np.arange(6)[:, None, None], atol=1e-4) or np.allclose(z, np.arange(6)[::-1, None, None], atol=1e-4)
-        assert not np.allclose(warp.coords[1].numpy(), np.arange(20)[None, :, None], atol=0.5)  # yx turned
+        assert not np.allclose(warp.coords()[1].numpy(), np.arange(20)[None, :, None], atol=0.5)  # yx turned
 
 
 def test_the_planar_and_the_3d_resampling_agree():
-    source = np.random.default_rng(0).random((2, 30, 34, 36)).astype(np.float32)
+    source = np.random.default_rng(0).random((2, 60, 64, 64)).astype(np.float32)
     config = _config(rotate=180, scale=(0.8, 1.2), elastic={"enabled": True, "alpha": 2.0, "sigma": 5.0, "in_plane": True},
-                     misalign={"probability": 0.3, "max_shift": 2.0}, flip=True)
-    for seed in range(3):
-        warp = warp_coordinates(np.random.default_rng(seed), config, (20, 22, 24), voxel_size=(1, 1, 1))
-        assert warp.planar == 0
-        shifted = warp.shifted((-5, -6, -6))
-        planar = resample_linear(source, shifted)
-        full = resample_linear(source, Warp(shifted.coords, None))
-        assert planar.shape == (2, 20, 22, 24)
+                     misalign={"probability": 0.3, "max_shift": 2.0}, flip=True, transpose=True)
+    axes = set()
+    for seed in range(6):  # transposes put the source z along any patch axis
+        warp = warp_coordinates(np.random.default_rng(seed), config, (20, 20, 20), voxel_size=(1, 1, 1),
+                                transpose_groups=[(0, 1, 2)])
+        axes.add(warp.planar)
+        begin, size = warp.box()
+        box = source[(slice(None), *(slice(b + 20, b + 20 + n) for b, n in zip(begin, size)))]  # patch at 20
+        assert box.shape[1:] == size
+        planar = resample_linear(box, warp, begin)
+        full = resample_linear(box, dataclasses.replace(warp, planar=None), begin)
+        assert planar.shape == (2, 20, 20, 20)
         np.testing.assert_allclose(planar, full, atol=2e-4)
+    assert len(axes) >= 2 and None not in axes
 
 
 def test_the_warp_reaching_outside_the_patch_leaves_labels_unknown():
