@@ -11,7 +11,8 @@ labels and the ``known`` mask by nearest neighbour (exact gathers, ids never int
 Rotation is about z by any angle, and about y and x only where the two axes it turns have
 equal voxel sizes; transposes permute axes of equal voxel size and patch size; the elastic
 displacement is random on a coarse control grid and trilinear in between; a misalignment
-shifts whole z sections in y and x. The whole map is evaluated on the control grid and
+shifts whole z sections in y and x. With ``sections`` (EM) each z section of the patch is one
+whole source section, warped in y and x only. The whole map is evaluated on the control grid and
 upsampled once (trilinear interpolation reproduces the affine part exactly). The source
 voxels are read from the volume around the patch (:meth:`Warp.box`), so no padding enters
 the patch where the volume has data: raw is mirrored only beyond the raw (as predict reads
@@ -117,7 +118,8 @@ def _linear_part(
         matrix = turn @ matrix
     low, high = config.scale
     if (low, high) != (1.0, 1.0):
-        matrix = matrix / rng.uniform(low, high)
+        factor = 1.0 / rng.uniform(low, high)
+        matrix = np.diag([1.0 if config.sections else factor, factor, factor]) @ matrix
     return matrix
 
 
@@ -221,7 +223,7 @@ def warp_coordinates(
     control = np.einsum("ij,j...->i...", matrix, np.stack(points)) + centre[:, None, None, None]
     if elastic:
         field = rng.standard_normal(control.shape)
-        if config.elastic.in_plane:
+        if config.sections:
             field[0] = 0.0
         for axis in range(3):
             peak = float(np.abs(field[axis]).max()) or 1.0
@@ -236,7 +238,7 @@ def warp_coordinates(
                 current = rng.uniform(-config.misalign.max_shift, config.misalign.max_shift, size=2)
             shifts[z] = current
     planar = None
-    if not elastic or config.elastic.in_plane:
+    if not elastic or config.sections:
         along = np.flatnonzero(np.abs(matrix[0]) > 1e-9)
         planar = int(along[0]) if along.size == 1 else None
     return Warp(control, shape, shifts, planar)
@@ -288,12 +290,21 @@ def resample_linear(source: np.ndarray, warp: Warp, begin: Sequence[int] = (0, 0
         out = F.grid_sample(data[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
     else:
         depth = warp.depth(begin[0])
-        low = np.clip(np.floor(depth), 0, data.shape[1] - 1).astype(np.int64)
-        high = np.minimum(low + 1, data.shape[1] - 1)
-        weight = torch.from_numpy(np.clip(depth - low, 0, 1).astype(np.float32))[:, None, None, None]
         sections = data.transpose(0, 1)  # (Z, C, Y, X)
-        low, high = torch.from_numpy(low), torch.from_numpy(high)
-        sections = torch.lerp(sections.index_select(0, low), sections.index_select(0, high), weight)
+        nearest = np.clip(np.round(depth), 0, data.shape[1] - 1).astype(np.int64)
+        if np.allclose(depth, nearest, atol=1e-4):  # whole sections (augment.sections): no blending
+            step = np.diff(nearest)
+            if nearest.size > 1 and (np.all(step == 1) or np.all(step == -1)):
+                sections = sections[nearest.min():nearest.max() + 1]  # a view, no copy
+                sections = sections if step[0] == 1 else sections.flip(0)
+            else:
+                sections = sections.index_select(0, torch.from_numpy(nearest))
+        else:
+            low = np.clip(np.floor(depth), 0, data.shape[1] - 1).astype(np.int64)
+            high = np.minimum(low + 1, data.shape[1] - 1)
+            weight = torch.from_numpy(np.clip(depth - low, 0, 1).astype(np.float32))[:, None, None, None]
+            low, high = torch.from_numpy(low), torch.from_numpy(high)
+            sections = torch.lerp(sections.index_select(0, low), sections.index_select(0, high), weight)
         out = F.grid_sample(sections, grid, mode="bilinear", padding_mode="border", align_corners=True)
         out = out.transpose(0, 1)  # (C, slices, a, b): the patch axes in warp.order
         out = out.permute(0, *(1 + warp.order.index(axis) for axis in range(3)))

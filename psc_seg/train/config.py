@@ -225,10 +225,6 @@ class ElasticConfig(_Strict):
     sigma: float = Field(default=8.0, gt=0)
     """Spacing of the control grid, in voxels of the finest axis: the displacement is random at
     the control points and trilinear between them, so it varies over about ``sigma`` voxels."""
-    in_plane: bool = False
-    """Displace in y and x only, as serial EM sections deform; with rotation only about z this
-    keeps z sections whole, and the loader warps them section by section (several times
-    faster than a 3D warp)."""
 
 
 class MisalignConfig(_Strict):
@@ -267,6 +263,10 @@ class AugmentConfig(_Strict):
     flip: bool = True
     transpose: bool = True
     """Swap axes of equal voxel size (and equal patch size)."""
+    sections: bool = False
+    """Keep z sections whole, as serial-section EM deforms: each z section of the patch is one
+    source section warped in y and x (elastic and scale in y and x only; no rotation about y
+    or x). The loader then warps the patch section by section, several times faster."""
     rotate: float = Field(default=0.0, ge=0, le=180)
     """Largest rotation about z (in the yx plane), in degrees, drawn uniform in
     [-rotate, rotate]; 180 for any angle. Skipped where y and x voxel sizes differ."""
@@ -290,6 +290,13 @@ class AugmentConfig(_Strict):
     elastic: ElasticConfig = Field(default_factory=ElasticConfig)
     misalign: MisalignConfig = Field(default_factory=MisalignConfig)
     blur: BlurConfig = Field(default_factory=BlurConfig)
+
+    @model_validator(mode="after")
+    def _sections_stay_whole(self) -> AugmentConfig:
+        if self.sections and self.rotate_out_of_plane:
+            raise ValueError("augment.sections keeps z sections whole, which a rotation about y or x would not; "
+                             "set augment.rotate_out_of_plane to 0 or augment.sections to false")
+        return self
 
     @field_validator("scale", "gamma")
     @classmethod

@@ -27,7 +27,7 @@ GEOMETRY = {
     "rotate y, x": dict(rotate_out_of_plane=180),
     "scale": dict(scale=(0.8, 1.25)),
     "elastic": dict(elastic={"enabled": True, "alpha": 3.0, "sigma": 6.0}),
-    "elastic in plane": dict(elastic={"enabled": True, "alpha": 3.0, "sigma": 6.0, "in_plane": True}),
+    "sections": dict(sections=True, rotate=180, scale=(0.8, 1.25), elastic={"enabled": True, "alpha": 3.0, "sigma": 6.0}),
     "misalign": dict(misalign={"probability": 0.3, "max_shift": 3.0}),
     "all": dict(flip=True, transpose=True, rotate=180, rotate_out_of_plane=180, scale=(0.8, 1.25),
                 elastic={"enabled": True, "alpha": 3.0, "sigma": 6.0}, misalign={"probability": 0.3, "max_shift": 3.0}),
@@ -104,9 +104,11 @@ def test_rotations_only_turn_planes_of_equal_voxel_size():
         assert not np.allclose(warp.coords()[1].numpy(), np.arange(20)[None, :, None], atol=0.5)  # yx turned
 
 
-def test_the_planar_and_the_3d_resampling_agree():
+@pytest.mark.parametrize("sections", [True, False])
+def test_the_planar_and_the_3d_resampling_agree(sections):
     source = np.random.default_rng(0).random((2, 60, 64, 64)).astype(np.float32)
-    config = _config(rotate=180, scale=(0.8, 1.2), elastic={"enabled": True, "alpha": 2.0, "sigma": 5.0, "in_plane": True},
+    elastic = {"enabled": True, "alpha": 2.0, "sigma": 5.0} if sections else {}  # else blends sections (z scaled)
+    config = _config(rotate=180, scale=(0.8, 1.2), elastic=elastic, sections=sections,
                      misalign={"probability": 0.3, "max_shift": 2.0}, flip=True, transpose=True)
     axes = set()
     for seed in range(6):  # transposes put the source z along any patch axis
@@ -121,6 +123,16 @@ def test_the_planar_and_the_3d_resampling_agree():
         assert planar.shape == (2, 20, 20, 20)
         np.testing.assert_allclose(planar, full, atol=2e-4)
     assert len(axes) >= 2 and None not in axes
+
+
+def test_sections_stay_whole_sections():
+    config = _config(sections=True, rotate=180, scale=(0.7, 1.3), flip=True, elastic={"enabled": True, "alpha": 3.0},
+                     misalign={"probability": 0.2, "max_shift": 3.0})
+    for seed in range(4):
+        z = warp_coordinates(np.random.default_rng(seed), config, (9, 16, 16), voxel_size=(1, 1, 1)).coords()[0].numpy()
+        assert np.allclose(z, np.arange(9)[:, None, None], atol=1e-6) or np.allclose(z, np.arange(9)[::-1, None, None], atol=1e-6)
+    with pytest.raises(UserError, match=r"augment.sections keeps z sections whole.*rotate_out_of_plane to 0"):
+        load_config("em/unet-p2sc2", ["augment.rotate_out_of_plane=10"])
 
 
 def test_the_warp_reaching_outside_the_patch_leaves_labels_unknown():
