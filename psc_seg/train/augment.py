@@ -12,7 +12,7 @@ Rotation is about z by any angle, and about y and x only where the two axes it t
 equal voxel sizes; transposes permute axes of equal voxel size and patch size; the elastic
 displacement is random on a coarse control grid and trilinear in between; a misalignment
 shifts whole z sections in y and x. With ``sections`` (EM) each z section of the patch is one
-whole source section, warped in y and x only. The whole map is evaluated on the control grid and
+whole source section, warped in y and x only (and z is not transposed with y or x). The whole map is evaluated on the control grid and
 upsampled once (trilinear interpolation reproduces the affine part exactly). The source
 voxels are read from the volume around the patch (:meth:`Warp.box`), so no padding enters
 the patch where the volume has data: raw is mirrored only beyond the raw (as predict reads
@@ -210,6 +210,8 @@ def warp_coordinates(
     module docstring, on the elastic control grid (or the patch corners without elastic)."""
     shape = tuple(int(s) for s in shape)
     centre = (np.array(shape, dtype=np.float64) - 1) / 2
+    if config.sections:  # z stays z: sections are not turned into rows or columns
+        transpose_groups = [g for g in ([a for a in group if a != 0] for group in transpose_groups) if len(g) > 1]
     matrix = _linear_part(rng, config, rotation_planes(voxel_size, config), transpose_groups)
     finest = min(float(v) for v in voxel_size)
     relative = [finest / float(v) for v in voxel_size]  # voxels of each axis per voxel of the finest

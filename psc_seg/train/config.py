@@ -266,7 +266,8 @@ class AugmentConfig(_Strict):
     sections: bool = False
     """Keep z sections whole, as serial-section EM deforms: each z section of the patch is one
     source section warped in y and x (elastic and scale in y and x only; no rotation about y
-    or x). The loader then warps the patch section by section, several times faster."""
+    or x, no transpose of z with y or x). The loader then warps the patch section by section,
+    several times faster."""
     rotate: float = Field(default=0.0, ge=0, le=180)
     """Largest rotation about z (in the yx plane), in degrees, drawn uniform in
     [-rotate, rotate]; 180 for any angle. Skipped where y and x voxel sizes differ."""
