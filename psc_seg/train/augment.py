@@ -359,7 +359,7 @@ def gaussian_noise(raw: np.ndarray, rng: np.random.Generator, *, max_sigma: floa
     """Add zero-mean Gaussian noise whose standard deviation is uniform in ``[0, max_sigma]``."""
     sigma = float(rng.uniform(0.0, max_sigma))
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))  # torch's sampler: faster than numpy's
-    noise = torch.randn(raw.shape, generator=generator, dtype=torch.float32).mul_(sigma)
+    noise = torch.empty(raw.shape, dtype=torch.float32).normal_(0.0, sigma, generator=generator)
     return raw + noise.numpy()
 
 
