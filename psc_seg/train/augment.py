@@ -27,6 +27,7 @@ sections, Gaussian noise, missing and low-contrast sections. All arrays are ``(Z
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -246,9 +247,11 @@ def warp_coordinates(
     return Warp(control, shape, shifts, planar)
 
 
+@functools.lru_cache(maxsize=64)
 def _interpolation_matrix(count: int, size: int) -> torch.Tensor:
     """``(size, count)`` float64 weights of linear interpolation from ``count`` points spread
-    evenly over ``size`` voxels (first and last on the first and last voxel)."""
+    evenly over ``size`` voxels (first and last on the first and last voxel). Cached (the
+    same few shapes recur every sample): callers must not modify it."""
     position = torch.linspace(0, count - 1, size, dtype=torch.float64) if size > 1 else torch.zeros(1, dtype=torch.float64)
     low = torch.clamp(torch.floor(position), max=count - 2).to(torch.int64)
     weight = position - low
