@@ -27,9 +27,9 @@ and Adam step on one 132^3 patch, torch's default threads) against the time the 
 ``num_workers`` loader workers need per sample: the step does not wait on the loader while
 ``step seconds >= (1 / samples per second) / num_workers``.
 
-Measured (2-core AMD EPYC VM shared with other jobs, load 4; RESULTS.md, loader_throughput):
-em preset 4.4 samples/s (6.4 by CPU time), em 3d 3.1, em old 0.62 (7.2x slower), mri preset
-22, mri all 24.5; a CPU training step of the EM model 28.9 s, so it never waits on the loader.
+Measured (2-core AMD EPYC VM shared with other jobs; RESULTS.md, loader_throughput): em
+preset 8.8 samples/s, em 3d 3.8, em old 0.58 (15x slower), mri preset 24, mri all 20; a CPU
+training step of the EM model 13-27 s, so it never waits on the loader.
 """
 
 from __future__ import annotations
