@@ -331,29 +331,33 @@ def resample_nearest(sources: Sequence[np.ndarray], warp: Warp, begin: Sequence[
     return [np.ascontiguousarray(a).reshape(-1)[flat] for a in sources]
 
 
-def intensity(raw: np.ndarray, rng: np.random.Generator, *, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
-    """``raw * s + t`` with ``s`` and ``t`` uniform in the given ``[low, high]`` ranges."""
-    return raw * np.float32(rng.uniform(*scale)) + np.float32(rng.uniform(*shift))
-
-
-def contrast(raw: np.ndarray, rng: np.random.Generator, *, factor: Sequence[float]) -> np.ndarray:
-    """The deviation from the patch mean scaled by a factor uniform in ``factor``."""
-    mean = np.float32(raw.mean())
-    return (raw - mean) * np.float32(rng.uniform(*factor)) + mean
-
-
 GAMMA_LEVELS = 4096
 
 
-def gamma(raw: np.ndarray, rng: np.random.Generator, *, exponent: Sequence[float]) -> np.ndarray:
-    """A gamma curve with an exponent uniform in ``exponent``, on the patch rescaled from its
-    [min, max] to [0, 1] and back (so the range is kept). The curve is tabulated at
-    :data:`GAMMA_LEVELS` levels (error below 1/4000 of the range; twice as fast as a power)."""
-    value = rng.uniform(*exponent)
-    low, high = float(raw.min()), float(raw.max())
-    if high <= low:
-        return raw
-    table = (np.linspace(0.0, 1.0, GAMMA_LEVELS) ** value * (high - low) + low).astype(np.float32)
+def tone(
+    raw: np.ndarray, rng: np.random.Generator, *, contrast: Sequence[float] = (1.0, 1.0),
+    gamma: Sequence[float] = (1.0, 1.0), scale: Sequence[float] = (1.0, 1.0), shift: Sequence[float] = (0.0, 0.0),
+) -> np.ndarray:
+    """Contrast, gamma, then scale and shift, each with its factor uniform in its range:
+
+    * contrast ``c``: the deviation from the patch mean times ``c`` (skipped for ``(1, 1)``);
+    * gamma ``g``: ``u ** g`` on the patch rescaled from its [min, max] to ``u`` in [0, 1] and
+      back (the range is kept; skipped for ``(1, 1)``);
+    * ``raw * s + t``.
+
+    Computed in one pass: contrast, scale and shift are affine, and the gamma of an affine
+    image is the gamma of the original rescaled, so the three are one table of
+    :data:`GAMMA_LEVELS` levels over the patch's range (error below 1/4000 of the range), or
+    one affine map without gamma."""
+    factor = rng.uniform(*contrast) if tuple(contrast) != (1.0, 1.0) else 1.0
+    exponent = rng.uniform(*gamma) if tuple(gamma) != (1.0, 1.0) else None
+    s, t = rng.uniform(*scale), rng.uniform(*shift)
+    mean = float(raw.mean(dtype=np.float64)) if factor != 1.0 else 0.0
+    a, b = factor * s, mean * (1.0 - factor) * s + t  # contrast, then scale and shift
+    low, high = (float(raw.min()), float(raw.max())) if exponent is not None else (0.0, 0.0)
+    if exponent is None or high <= low:
+        return raw * np.float32(a) + np.float32(b)
+    table = ((np.linspace(0.0, 1.0, GAMMA_LEVELS) ** exponent * (high - low) + low) * a + b).astype(np.float32)
     index = ((raw - np.float32(low)) * np.float32((GAMMA_LEVELS - 1) / (high - low)) + np.float32(0.5)).astype(np.intp)
     return table.take(index, mode="clip")
 
@@ -400,12 +404,9 @@ def section_defects(
 
 def augment_intensity(raw: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
     """The intensity augmentations enabled in ``config``, in order: contrast, gamma, scale and
-    shift, blur, noise, missing and low-contrast sections. Returns float32."""
-    if tuple(config.contrast) != (1.0, 1.0):
-        raw = contrast(raw, rng, factor=config.contrast)
-    if tuple(config.gamma) != (1.0, 1.0):
-        raw = gamma(raw, rng, exponent=config.gamma)
-    raw = intensity(raw, rng, scale=config.intensity_scale, shift=config.intensity_shift)
+    shift (:func:`tone`), blur, noise, missing and low-contrast sections. Returns float32."""
+    raw = tone(raw, rng, contrast=config.contrast, gamma=config.gamma, scale=config.intensity_scale,
+               shift=config.intensity_shift)
     if config.blur.probability > 0:
         raw = blur_sections(raw, rng, probability=config.blur.probability, max_sigma=config.blur.max_sigma)
     if config.noise_sigma > 0:

@@ -12,8 +12,8 @@ import torch
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
 from psc_seg.train.augment import (
-    augment, blur_sections, flip, gamma, resample_linear, rotation_planes, section_defects, transpose,
-    transposable_axes, warp_coordinates,
+    augment, blur_sections, flip, resample_linear, rotation_planes, section_defects, transpose,
+    tone, transposable_axes, warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig, load_config
 from psc_seg.train.data import LabelledVolume, PatchDataset
@@ -185,11 +185,15 @@ def test_blur_smooths_whole_sections_only():
     assert np.all(out[~same].std(axis=(1, 2)) < raw[~same].std(axis=(1, 2)))
 
 
-def test_gamma_keeps_the_range_and_bends_the_middle():
-    raw = np.linspace(-1, 3, 1000, dtype=np.float32).reshape(10, 10, 10)
-    out = gamma(raw, np.random.default_rng(0), exponent=(2.0, 2.0))
-    assert out.min() == pytest.approx(-1) and out.max() == pytest.approx(3)
-    assert np.median(out) < np.median(raw)
+def test_tone_is_contrast_then_gamma_then_scale_and_shift():
+    raw = np.random.default_rng(0).uniform(-1, 3, (10, 10, 10)).astype(np.float32)
+    got = tone(raw, np.random.default_rng(1), contrast=(0.5, 0.5), gamma=(2.0, 2.0), scale=(1.5, 1.5), shift=(0.2, 0.2))
+    step = (raw - raw.mean()) * 0.5 + raw.mean()  # contrast
+    low, high = step.min(), step.max()
+    step = ((step - low) / (high - low)) ** 2.0 * (high - low) + low  # gamma, range kept
+    np.testing.assert_allclose(got, step * 1.5 + 0.2, atol=4 * 1.5 * (high - low) / 4096)
+    plain = tone(raw, np.random.default_rng(1), contrast=(0.5, 0.5), scale=(1.5, 1.5), shift=(0.2, 0.2))
+    np.testing.assert_allclose(plain, ((raw - raw.mean()) * 0.5 + raw.mean()) * 1.5 + 0.2, rtol=1e-5, atol=1e-5)
 
 
 def test_augment_intensity_ranges_and_determinism():
