@@ -12,8 +12,10 @@ Rotation is about z by any angle, and about y and x only where the two axes it t
 equal voxel sizes; transposes permute axes of equal voxel size and patch size; the elastic
 displacement is random on a coarse control grid and trilinear in between; a misalignment
 shifts whole z sections in y and x. With ``sections`` (EM) each z section of the patch is one
-whole source section, warped in y and x only (and z is not transposed with y or x). The whole map is evaluated on the control grid and
-upsampled once (trilinear interpolation reproduces the affine part exactly). The source
+whole source section, warped in y and x only (scale and elastic in y and x, no transpose of
+z), and the raw is resampled section by section with the vectorised 2D ``grid_sample``. The
+whole map is evaluated on the control grid and upsampled once, by separable matrix products
+(trilinear interpolation reproduces the affine part exactly). The source
 voxels are read from the volume around the patch (:meth:`Warp.box`), so no padding enters
 the patch where the volume has data: raw is mirrored only beyond the raw (as predict reads
 it), labels beyond the labelled region are unknown (mask 0), never invented. Without
