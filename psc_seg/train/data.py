@@ -36,7 +36,8 @@ as large as the warp reaches (mirrored only beyond the raw), and the labels from
 around it (unknown beyond the labelled region). Labels are sampled, and targets and masks
 computed, only on the output region grown by the reach of the affinity offsets
 (:attr:`PatchDataset.target_region`): the same values as on the whole patch, at a fraction of
-the cost.
+the cost. ``min_labelled`` is checked on the output region before the warp (which turns it
+about its centre), so it holds approximately.
 """
 
 from __future__ import annotations
