@@ -28,8 +28,9 @@ and Adam step on one 132^3 patch, torch's default threads) against the time the 
 ``step seconds >= (1 / samples per second) / num_workers``.
 
 Measured (2-core AMD EPYC VM shared with other jobs; RESULTS.md, loader_throughput): em
-preset 8.8 samples/s, em 3d 3.8, em old 0.58 (15x slower), mri preset 24, mri all 20; a CPU
-training step of the EM model 13-27 s, so it never waits on the loader.
+preset 7.5-8.8 samples/s, em 3d 3.8-4.0, em old 0.58-0.61 (12-15x slower), mri preset
+22-24, mri all 20; a CPU training step of the EM model 13-29 s, so it never waits on the
+loader.
 """
 
 from __future__ import annotations
