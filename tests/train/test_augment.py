@@ -34,6 +34,8 @@ GEOMETRY = {
 }
 
 
+DATA = "data.train=[{raw: r.zarr/raw, labels: r.zarr/gt}]"  # presets hold no data
+
 def _config(**keys) -> AugmentConfig:
     return AugmentConfig(**{**NONE, **keys})
 
@@ -134,7 +136,7 @@ def test_sections_stay_whole_sections():
         z = warp.coords()[0].numpy()
         assert np.allclose(z, np.arange(9)[:, None, None], atol=1e-6) or np.allclose(z, np.arange(9)[::-1, None, None], atol=1e-6)
     with pytest.raises(UserError, match=r"augment.sections keeps z sections whole.*rotate_out_of_plane to 0"):
-        load_config("em/unet-p2sc2", ["augment.rotate_out_of_plane=10"])
+        load_config("em/unet-p2sc2", [DATA, "augment.rotate_out_of_plane=10"])
 
 
 def test_the_warp_reaching_outside_the_patch_leaves_labels_unknown():
@@ -207,11 +209,11 @@ def test_augment_intensity_ranges_and_determinism():
 
 def test_bad_ranges_are_refused_in_one_line():
     with pytest.raises(UserError, match=r"augment.scale.*low <= high"):
-        load_config("em/demo-small", ["augment.scale=[1.2, 0.9]"])
+        load_config("em/demo-small", [DATA, "augment.scale=[1.2, 0.9]"])
     with pytest.raises(UserError, match=r"augment.gamma.*above 0"):
-        load_config("em/demo-small", ["augment.gamma=[0, 1]"])
+        load_config("em/demo-small", [DATA, "augment.gamma=[0, 1]"])
     with pytest.raises(UserError, match=r"augment.contrast.*at least 0"):
-        load_config("em/demo-small", ["augment.contrast=[-1, 1]"])
+        load_config("em/demo-small", [DATA, "augment.contrast=[-1, 1]"])
 
 
 # ------------------------------------------------------------------ the loader's path
