@@ -130,8 +130,10 @@ def _register() -> None:
     from psc_seg.cli import segment as segment_cmd
     from psc_seg.cli import synth as synth_cmd
     from psc_seg.cli import train as train_cmd
+    from psc_seg.cli import view as view_cmd
 
-    for module in (demo_cmd, models_cmd, info_cmd, predict_cmd, segment_cmd, evaluate_cmd, train_cmd, synth_cmd, preview_cmd):
+    for module in (demo_cmd, models_cmd, info_cmd, predict_cmd, segment_cmd, evaluate_cmd, train_cmd, synth_cmd, preview_cmd,
+                   view_cmd):
         module.register(app)
 
 

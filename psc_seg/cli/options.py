@@ -1,5 +1,6 @@
 """Options that several commands share, declared once: the region of interest (``--roi``,
-``--roi-voxels``; see :func:`psc_seg.engine.region.resolve_roi`)."""
+``--roi-voxels``; see :func:`psc_seg.engine.region.resolve_roi`), and showing unfinished volumes
+(``--allow-incomplete`` of the commands that show volumes)."""
 
 from __future__ import annotations
 
@@ -20,4 +21,8 @@ RoiVoxelsOption = Annotated[
     str | None,
     typer.Option("--roi-voxels", metavar=ROI_METAVAR,
                  help="As --roi, in voxel indices of the input: Z0:Z1,Y0:Y1,X0:X1, e.g. 10:34,200:248,200:248."),
+]
+ShowIncompleteOption = Annotated[
+    bool,
+    typer.Option("--allow-incomplete", help="Show volumes that psc-seg marked unfinished (refused by default)."),
 ]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from psc_seg.cli.options import RoiOption, RoiVoxelsOption
+from psc_seg.cli.options import RoiOption, RoiVoxelsOption, ShowIncompleteOption
 
 
 def preview_command(
@@ -24,10 +24,7 @@ def preview_command(
     title: Annotated[str | None, typer.Option("--title", help="Title above the panels (default: VOLUME).")] = None,
     size: Annotated[int, typer.Option("--size", min=100, help="Longer side of the PNG in pixels.")] = 1000,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
-    allow_incomplete: Annotated[
-        bool,
-        typer.Option("--allow-incomplete", help="Show volumes that psc-seg marked unfinished (refused by default)."),
-    ] = False,
+    allow_incomplete: ShowIncompleteOption = False,
     roi: RoiOption = None,
     roi_voxels: RoiVoxelsOption = None,
 ) -> None:
