@@ -37,14 +37,15 @@ SCREENSHOT_SECONDS = 120.0  # for the browser to load the layers and render them
 class ViewLayer:
     """One layer to show: ``kind`` is ``"image"``, ``"affinities"`` or ``"segmentation"``;
     ``voxel_size`` ``(z, y, x)`` in ``unit``; ``voxel_offset`` ``(z, y, x)`` the position of the
-    volume's first voxel in voxels of its own size; ``channels`` the three affinity channels
+    volume's first voxel in voxels of its own size (a fraction of a voxel only for a NIfTI
+    volume, whose affine may place it anywhere); ``channels`` the three affinity channels
     shown as red, green and blue (affinities only)."""
 
     name: str
     kind: str
     volume: Any
     voxel_size: tuple[float, float, float]
-    voxel_offset: tuple[int, int, int]
+    voxel_offset: tuple[float, float, float]
     unit: str | None
     channels: tuple[int, int, int] | None = None
 
@@ -106,7 +107,7 @@ def _layer(volume, name: str, kind: str, raw) -> ViewLayer:
     channels = _rgb_channels(volume) if kind == "affinities" else None
     unit = unit_symbol(raw.unit) or None
     return ViewLayer(name, kind, volume, tuple(float(v) for v in size),
-                     tuple(int(v) for v in np.round(steps)), unit, channels)  # type: ignore[arg-type]
+                     tuple(float(v) for v in steps), unit, channels)  # type: ignore[arg-type]
 
 
 def _rgb_channels(affinities) -> tuple[int, int, int]:
@@ -170,7 +171,7 @@ def make_viewer(layers: Sequence[ViewLayer], *, screenshot_size: Sequence[int] |
     """A neuroglancer ``Viewer`` showing ``layers`` (from :func:`view_layers`; the first is the
     raw), centred on the raw, x and y across the screen and z through it; zoomed so the raw's xy
     section fills a ``screenshot_size`` ``(width, height)`` view, which also makes the layout the
-    xy section alone. Starts neuroglancer's server (bound as :func:`serve_address` set it)."""
+    xy section alone, without the volumes' outlines. Starts neuroglancer's server (bound as :func:`serve_address` set it)."""
     ng = neuroglancer_module()
     raw = layers[0]
     viewer = ng.Viewer()
@@ -184,6 +185,7 @@ def make_viewer(layers: Sequence[ViewLayer], *, screenshot_size: Sequence[int] |
         state.show_axis_lines = False
         if screenshot_size is not None:
             state.layout = "xy"
+            state.show_default_annotations = False  # the yellow outlines of each volume
             width, height = screenshot_size
             state.cross_section_scale = 1.05 * max(shape[2] / width, shape[1] / height * raw.voxel_size[1]
                                                    / raw.voxel_size[2])
@@ -193,14 +195,20 @@ def make_viewer(layers: Sequence[ViewLayer], *, screenshot_size: Sequence[int] |
 def _ng_layer(ng, layer: ViewLayer):
     """The neuroglancer layer of one :class:`ViewLayer`, its data read lazily."""
     names, units, scales = ["z", "y", "x"], [layer.unit or ""] * 3, list(layer.voxel_size)
-    offset = list(layer.voxel_offset)
+    offset = np.asarray(layer.voxel_offset, dtype=np.float64)
     if layer.kind == "affinities":
-        names, units, scales, offset = ["c^", *names], ["", *units], [1.0, *scales], [0, *offset]
+        names, units, scales, offset = ["c^", *names], ["", *units], [1.0, *scales], np.r_[0.0, offset]
     space = ng.CoordinateSpace(names=names, units=units, scales=scales)
+    whole = np.round(offset)
+    data = _Ids(layer.volume) if layer.kind == "segmentation" else layer.volume
+    source = ng.LocalVolume(data, dimensions=space, voxel_offset=whole.astype(np.int64).tolist(),
+                            volume_type="segmentation" if layer.kind == "segmentation" else "image")
+    if np.abs(offset - whole).max() > 1e-6:  # the rest of a fractional offset, as a translation
+        matrix = np.hstack([np.eye(len(offset)), (offset - whole)[:, None]])
+        source = ng.LayerDataSource(url=source, transform=ng.CoordinateSpaceTransform(output_dimensions=space,
+                                                                                      matrix=matrix))
     if layer.kind == "segmentation":
-        return ng.SegmentationLayer(source=ng.LocalVolume(_Ids(layer.volume), dimensions=space, voxel_offset=offset,
-                                                          volume_type="segmentation"))
-    source = ng.LocalVolume(layer.volume, dimensions=space, voxel_offset=offset, volume_type="image")
+        return ng.SegmentationLayer(source=source)
     if layer.kind == "affinities":
         return ng.ImageLayer(source=source, shader=rgb_shader(layer.channels or (0, 1, 2)))
     lo, hi = _contrast(layer.volume)
@@ -215,8 +223,6 @@ def serve_address(bind: str, port: int) -> None:
         UserError: the address cannot be bound (a port in use, an address not of this machine).
     """
     ng = neuroglancer_module()
-    if not _loopback(bind):
-        note(f"serving on {bind}: anyone who can reach this address can read the data shown")
     ng.server.stop()  # a server this process started before keeps its address until restarted
     ng.set_server_bind_address(bind, port)
     try:
@@ -224,6 +230,8 @@ def serve_address(bind: str, port: int) -> None:
     except OSError as exc:
         raise UserError(f"cannot serve on {bind}:{port}: {exc.strerror or exc}; choose another {{port}} "
                         "(0: any free one) or {bind}", options=("port", "bind")) from None
+    if not _loopback(bind):
+        note(f"serving on {bind}: anyone who can reach this address can read the data shown")
 
 
 def _loopback(bind: str) -> bool:

@@ -91,6 +91,26 @@ def test_viewer_state_holds_the_layers(tmp_path):
     assert state.cross_section_scale == pytest.approx(1.05 * 64 / 320)  # the raw's 64 y voxels fill 320 px
 
 
+@needs_neuroglancer
+def test_nifti_off_the_grid_keeps_its_place(tmp_path):
+    import neuroglancer
+    import nibabel as nib
+
+    affine = np.diag([0.5, 1.0, 2.0, 1.0])
+    affine[:3, 3] = (10.25, -3.0, 5.0)  # x is 20.5 voxels from the origin
+    for name, data in (("scan", np.zeros((8, 6, 4), np.float32)), ("tissue", np.ones((8, 6, 4), np.uint8))):
+        image = nib.Nifti1Image(data, affine)
+        image.header.set_xyzt_units("mm")
+        nib.save(image, tmp_path / f"{name}.nii.gz")
+    raw, labels = open_volume(f"{tmp_path}/scan.nii.gz"), open_volume(f"{tmp_path}/tissue.nii.gz")
+    layers = view_layers(raw, labels=[labels])
+    assert layers[1].voxel_offset == (2.5, -3.0, 20.5) and layers[1].voxel_size == (2.0, 1.0, 0.5)
+    source = view._ng_layer(neuroglancer, layers[1]).source[0]
+    assert list(source.url.voxel_offset) == [2, -3, 20]  # whole voxels, and the halves as a translation
+    np.testing.assert_allclose(source.transform.matrix[:, 3], [0.5, 0.0, 0.5])
+    assert layers[1].unit == "mm"
+
+
 def test_refusals_are_one_line(tmp_path, monkeypatch):
     raw, labels = _scene(tmp_path)
     far = _write(f"{tmp_path}/far.zarr/seg", np.ones((4, 4, 4), np.uint8), offset=(8000, 0, 0))
@@ -183,20 +203,24 @@ def _browser_missing() -> str | None:
 
 @pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
 def test_screenshot_in_headless_chromium_shows_segments_where_objects_are(tmp_path):
-    raw, labels = _scene(tmp_path)
+    raw, _ = _scene(tmp_path)
+    # a crop placed by its offset: x 16..64 of the raw, ids 0 up to x = 32, then 7 above y = 32, 9 below
+    ids = np.zeros((32, 64, 48), np.uint32)
+    ids[:, :32, 16:], ids[:, 32:, 16:] = 7, 9
+    crop = _write(f"{tmp_path}/crop.zarr/seg", ids, offset=(0, 0, 16 * 4))
     shot = tmp_path / "shot.png"
-    done = subprocess.run([sys.executable, "-c", "from psc_seg.cli.main import main; main()", "view", raw.spec, "--labels", labels.spec,
-                           "--screenshot", str(shot), "--width", "320", "--height", "320"],
+    done = subprocess.run([sys.executable, "-c", "from psc_seg.cli.main import main; main()", "view", raw.spec,
+                           "--labels", crop.spec, "--screenshot", str(shot), "--width", "320", "--height", "320"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"wrote {shot}"
     image = mpimg.imread(shot)[..., :3]
     assert image.shape[:2] == (320, 320)
-    # the raw's 64 x 64 xy section fills the middle 320 / 1.05 px: x < 32 (left of the centre) holds
-    # the objects, x >= 32 nothing; rows above the centre id 7, below id 9
+    # the raw's 64 x 64 xy section fills the middle 320 / 1.05 px, 4.76 px a voxel from x = 8 px:
+    # raw x = 32 (the first objects) is at 160 px, y = 32 (from id 7 to 9) at 160 px
     saturation = image.max(axis=-1) - image.min(axis=-1)
-    left_top, left_bottom = image[40:140, 40:140], image[180:280, 40:140]
-    right = saturation[40:280, 180:280]
-    assert np.median(saturation[40:140, 40:140]) > 0.15 and np.median(saturation[180:280, 40:140]) > 0.15
-    assert np.abs(left_top.mean(axis=(0, 1)) - left_bottom.mean(axis=(0, 1))).max() > 0.1  # two colours
-    assert np.percentile(right, 99) < 0.05  # grey raw only
-    assert np.ptp(image[40:280, 180:280].mean(axis=-1)) > 0.2  # the raw's noise is drawn there
+    assert np.median(saturation[40:140, 180:300]) > 0.15 and np.median(saturation[180:280, 180:300]) > 0.15
+    top, bottom = image[40:140, 180:300].mean(axis=(0, 1)), image[180:280, 180:300].mean(axis=(0, 1))
+    assert np.abs(top - bottom).max() > 0.1  # two objects, two colours
+    assert np.percentile(saturation[20:300, 20:150], 99) < 0.05  # no objects: the grey raw only (not shifted)
+    assert np.ptp(image[20:300, 20:150].mean(axis=-1)) > 0.2  # the raw's noise is drawn there
