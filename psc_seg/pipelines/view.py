@@ -4,7 +4,7 @@ Neuroglancer's Python package (the ``view`` extra) serves its own client and the
 volume becomes a ``LocalVolume`` that reads only the chunks the browser asks for. The raw is an
 image layer, affinities an RGB image layer (their nearest-neighbour channels, found by the
 offsets stored with them, else the first three), each segmentation a segmentation layer
-(``uint64`` ids). Layers are placed in world coordinates as stored: their voxel sizes as
+(``uint64`` ids; sections only: 3D meshes would read the whole volume). Layers are placed in world coordinates as stored: their voxel sizes as
 scales and their offsets as voxel offsets, so a crop lies over the raw where it belongs.
 
 :func:`view_layers` decides the layers without neuroglancer (what is shown, where);
@@ -203,6 +203,8 @@ def _ng_layer(ng, layer: ViewLayer):
     data = _Ids(layer.volume) if layer.kind == "segmentation" else layer.volume
     source = ng.LocalVolume(data, dimensions=space, voxel_offset=whole.astype(np.int64).tolist(),
                             volume_type="segmentation" if layer.kind == "segmentation" else "image")
+    if layer.kind == "segmentation":
+        source.get_object_mesh = _no_meshes  # (the ids are not read whole)
     if np.abs(offset - whole).max() > 1e-6:  # the rest of a fractional offset, as a translation
         matrix = np.hstack([np.eye(len(offset)), (offset - whole)[:, None]])
         source = ng.LayerDataSource(url=source, transform=ng.CoordinateSpaceTransform(output_dimensions=space,
@@ -213,6 +215,14 @@ def _ng_layer(ng, layer: ViewLayer):
         return ng.ImageLayer(source=source, shader=rgb_shader(layer.channels or (0, 1, 2)))
     lo, hi = _contrast(layer.volume)
     return ng.ImageLayer(source=source, shader_controls={"normalized": {"range": [lo, hi]}})
+
+
+def _no_meshes(object_id: int):
+    """Segmentation layers come without 3D meshes: neuroglancer would read the whole volume into
+    memory to make them. The browser is told so (and shows none); sections show every id."""
+    from neuroglancer.local_volume import MeshesNotSupportedForVolume
+
+    raise MeshesNotSupportedForVolume()
 
 
 def serve_address(bind: str, port: int) -> None:

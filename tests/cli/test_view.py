@@ -82,6 +82,8 @@ def test_viewer_state_holds_the_layers(tmp_path):
     assert list(crop_volume.dimensions.names) == ["z", "y", "x"]
     assert list(crop_volume.dimensions.scales) == pytest.approx([8e-9, 4e-9, 4e-9])
     assert crop_volume.data[0:2, 0:2, 0:2].dtype == np.uint64  # ids read as uint64, chunk by chunk
+    with pytest.raises(neuroglancer.local_volume.MeshesNotSupportedForVolume):  # not the whole volume read
+        crop_volume.get_object_mesh(3)
     affs_volume = view._ng_layer(neuroglancer, layers[3]).source[0].url
     assert list(affs_volume.dimensions.names) == ["c^", "z", "y", "x"]
     assert state.layers["affs"].shader == rgb_shader((0, 1, 2)) and "getDataValue(2)" in rgb_shader((0, 1, 2))
