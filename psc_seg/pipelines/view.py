@@ -56,7 +56,7 @@ def view_layers(raw, *, labels: Sequence[Any] = (), affinities=None) -> list[Vie
     spec (shortened to what tells them apart).
 
     Volumes share the raw's world frame: each is placed by its own voxel size and offset (they
-    may differ from the raw's). A volume without a voxel size in its metadata (or beside a raw
+    may differ from the raw's), all in the first unit any of them names. A volume without a voxel size in its metadata (or beside a raw
     without one) is aligned by index and must have the raw's shape.
 
     Raises:
@@ -67,25 +67,39 @@ def view_layers(raw, *, labels: Sequence[Any] = (), affinities=None) -> list[Vie
     if raw.channels is not None:
         raise UserError(f"raw {raw.spec!r} has {raw.channels} channels (shape {raw.shape}); give a 3D (z, y, x) raw "
                         "and pass (C, Z, Y, X) volumes with --affinities")
-    names = _names([raw.spec, *(v.spec for v in labels), *([affinities.spec] if affinities is not None else [])])
-    layers = [_layer(raw, names[0], "image", raw)]
+    volumes = [raw, *labels, *([affinities] if affinities is not None else [])]
+    names = _names([v.spec for v in volumes])
+    unit = _unit(next((v.unit for v in volumes if v.unit), None))
+    layers = [_layer(raw, names[0], "image", raw, unit)]
     for volume, name in zip(labels, names[1:]):
         if volume.channels is not None or not np.issubdtype(volume.dtype, np.integer):
             raise UserError(f"labels {volume.spec!r} are {volume.dtype} of shape {volume.shape}; segmentation layers "
                             "show 3D (z, y, x) integer ids (a segmentation from psc-seg segment)")
-        layers.append(_layer(volume, name, "segmentation", raw))
+        layers.append(_layer(volume, name, "segmentation", raw, unit))
     if affinities is not None:
         if affinities.channels is None or affinities.channels < 3:
             raise UserError(f"affinities {affinities.spec!r} have shape {affinities.shape}; give (C >= 3, Z, Y, X) "
                             "affinities, as psc-seg predict writes them")
-        layers.append(_layer(affinities, names[-1], "affinities", raw))
+        layers.append(_layer(affinities, names[-1], "affinities", raw, unit))
     return layers
 
 
-def _layer(volume, name: str, kind: str, raw) -> ViewLayer:
-    """``volume`` placed in ``raw``'s world frame (see :func:`view_layers`)."""
+def _unit(name: str | None) -> str | None:
+    """The symbol neuroglancer takes for the unit ``name`` (``"nanometer"`` -> ``"nm"``); None,
+    with a note, for a unit it does not know (the layers are then shown without one)."""
     from psc_seg.io.geometry import unit_symbol
 
+    if name is None:
+        return None
+    symbol = unit_symbol(name)
+    if symbol.endswith("m") and symbol[:-1] in ("", "k", "c", "m", "µ", "n", "p"):
+        return symbol
+    note(f"neuroglancer does not know the unit {name!r} of the volumes; they are shown without a unit")
+    return None
+
+
+def _layer(volume, name: str, kind: str, raw, unit: str | None) -> ViewLayer:
+    """``volume`` placed in ``raw``'s world frame (see :func:`view_layers`), ``unit`` the frame's."""
     role = {"image": "raw", "segmentation": "labels", "affinities": "affinities"}[kind]
     if volume is raw or not (raw.has_voxel_size and volume.has_voxel_size):
         if volume is not raw and volume.spatial_shape != raw.spatial_shape:
@@ -96,7 +110,7 @@ def _layer(volume, name: str, kind: str, raw) -> ViewLayer:
                 f"over the other; give both a voxel size and offset in their metadata, or {role} of the raw's shape")
         size, offset = raw.voxel_size, raw.offset
     else:
-        if (volume.unit or raw.unit) and volume.unit != raw.unit:
+        if volume.unit and raw.unit and volume.unit != raw.unit:
             raise UserError(f"{role} {volume.spec!r} is in {volume.unit or 'no unit'} but raw {raw.spec!r} in "
                             f"{raw.unit or 'no unit'}; give volumes measured in one unit")
         if volume.roi.intersect(raw.roi).empty:
@@ -105,7 +119,6 @@ def _layer(volume, name: str, kind: str, raw) -> ViewLayer:
         size, offset = volume.voxel_size, volume.offset
     steps = np.asarray(offset, dtype=np.float64) / np.asarray(size, dtype=np.float64)
     channels = _rgb_channels(volume) if kind == "affinities" else None
-    unit = unit_symbol(raw.unit) or None
     return ViewLayer(name, kind, volume, tuple(float(v) for v in size),
                      tuple(float(v) for v in steps), unit, channels)  # type: ignore[arg-type]
 

@@ -62,6 +62,12 @@ def test_layers_placed_in_world_coordinates(tmp_path):
     shifted = _write(f"{tmp_path}/shifted.zarr/raw", np.zeros((32, 64, 64), np.uint8), offset=(16, 8, 4))
     placed = view_layers(shifted, labels=[bare])[1]
     assert placed.voxel_offset == (2, 2, 1) and placed.voxel_size == (8.0, 4.0, 4.0)
+    # a unit named by one volume only is the frame's; one neuroglancer does not know is left out
+    unitless = _write(f"{tmp_path}/unitless.zarr/raw", np.zeros((32, 64, 64), np.uint8), unit=None)
+    assert {la.unit for la in view_layers(unitless, labels=[labels])} == {"nm"}
+    odd = _write(f"{tmp_path}/odd.zarr/raw", np.zeros((32, 64, 64), np.uint8), unit="parsec")
+    with pytest.warns(Note, match="does not know the unit 'parsec'"):
+        assert view_layers(odd)[0].unit is None
 
 
 @needs_neuroglancer
