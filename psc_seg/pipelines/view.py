@@ -184,7 +184,8 @@ def make_viewer(layers: Sequence[ViewLayer], *, screenshot_size: Sequence[int] |
     """A neuroglancer ``Viewer`` showing ``layers`` (from :func:`view_layers`; the first is the
     raw), centred on the raw, x and y across the screen and z through it; zoomed so the raw's xy
     section fills a ``screenshot_size`` ``(width, height)`` view, which also makes the layout the
-    xy section alone, without the volumes' outlines. Starts neuroglancer's server (bound as :func:`serve_address` set it)."""
+    xy section alone, without the volumes' outlines. Starts neuroglancer's server (bound as
+    :func:`serve_address` set it)."""
     ng = neuroglancer_module()
     raw = layers[0]
     viewer = ng.Viewer()
@@ -301,7 +302,7 @@ def take_screenshot(viewer, out: Path, *, size: Sequence[int], browser: str,
         driver = neuroglancer.webdriver.Webdriver(viewer, headless=True, docker=True, print_logs=False,
                                                   browser_binary_path=browser)
     except Exception as exc:  # selenium's errors: a driver that does not match the browser, ...
-        text = str(exc).strip().splitlines()
+        text = str(getattr(exc, "msg", None) or exc).strip().splitlines()
         raise UserError(f"the headless browser {browser!r} did not start ({text[0] if text else type(exc).__name__});"
                         " check that chromium and chromium-driver are installed at one version") from None
     with driver:

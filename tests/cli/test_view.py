@@ -232,3 +232,13 @@ def test_screenshot_in_headless_chromium_shows_segments_where_objects_are(tmp_pa
     assert np.abs(top - bottom).max() > 0.1  # two objects, two colours
     assert np.percentile(saturation[20:300, 20:150], 99) < 0.05  # no objects: the grey raw only (not shifted)
     assert np.ptp(image[20:300, 20:150].mean(axis=-1)) > 0.2  # the raw's noise is drawn there
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+def test_a_browser_that_does_not_start_is_one_line(tmp_path):
+    raw, _ = _scene(tmp_path)
+    view.serve_address("127.0.0.1", 0)
+    viewer = view.make_viewer(view_layers(raw), screenshot_size=(64, 64))
+    with pytest.raises(UserError, match="the headless browser '/bin/false' did not start .*; check that chromium"):
+        view.take_screenshot(viewer, tmp_path / "s.png", size=(64, 64), browser="/bin/false")
+    assert not (tmp_path / "s.png").exists()
