@@ -302,7 +302,7 @@ def take_screenshot(viewer, out: Path, *, size: Sequence[int], browser: str,
         driver = neuroglancer.webdriver.Webdriver(viewer, headless=True, docker=True, print_logs=False,
                                                   browser_binary_path=browser)
     except Exception as exc:  # selenium's errors: a driver that does not match the browser, ...
-        text = str(getattr(exc, "msg", None) or exc).strip().splitlines()
+        text = str(getattr(exc, "msg", None) or exc).split("; For documentation")[0].strip().splitlines()
         raise UserError(f"the headless browser {browser!r} did not start ({text[0] if text else type(exc).__name__});"
                         " check that chromium and chromium-driver are installed at one version") from None
     with driver:
