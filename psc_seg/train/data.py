@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset
 from psc_seg.engine import Roi, read_mirrored
 from psc_seg.errors import UserError
 from psc_seg.train.augment import (
-    augment_intensity, flip, resample_linear, resample_nearest, transpose, transposable_axes,
+    NoiseBank, augment_intensity, flip, resample_linear, resample_nearest, transpose, transposable_axes,
     warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig
@@ -203,6 +203,18 @@ class PatchDataset(Dataset):
             transposable_axes(v.voxel_size, self.input_shape, self.output_shape) for v in self.volumes
         ]
 
+    @property
+    def noise_bank(self) -> NoiseBank | None:
+        """The dataset's :class:`~psc_seg.train.augment.NoiseBank` (Gaussian noise of every
+        sample, drawn once from the seed, two input patches' worth), None without noise;
+        made on first use in each process (the same in every loader worker)."""
+        if self.augment_config.noise_sigma <= 0:
+            return None
+        if getattr(self, "_noise_bank", None) is None:
+            channels = max((v.in_channels for v in self.volumes), default=1)
+            self._noise_bank = NoiseBank(channels * int(np.prod(self.input_shape)), self.seed)
+        return self._noise_bank
+
     def __len__(self) -> int:  # the sampler decides which samples are drawn
         return 2**62
 
@@ -284,7 +296,7 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, sample: int) -> dict[str, torch.Tensor]:
         index, raw, labels, known, rng = self.patch(sample)
-        raw = augment_intensity(raw, rng, self.augment_config)
+        raw = augment_intensity(raw, rng, self.augment_config, noise=self.noise_bank)
         if self.task.kind == "affinities" and self.zero_label == "ignore":
             known = known & (labels != 0)
         if raw.ndim == 3:

@@ -12,7 +12,7 @@ import torch
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
 from psc_seg.train.augment import (
-    augment, blur_sections, flip, resample_linear, rotation_planes, section_defects, transpose,
+    NoiseBank, augment, augment_intensity, blur_sections, flip, gaussian_noise, resample_linear, rotation_planes, section_defects, transpose,
     tone, transposable_axes, warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig, load_config
@@ -196,6 +196,39 @@ def test_tone_is_contrast_then_gamma_then_scale_and_shift():
     np.testing.assert_allclose(got, step * 1.5 + 0.2, atol=4 * 1.5 * (high - low) / 4096)
     plain = tone(raw, np.random.default_rng(1), contrast=(0.5, 0.5), scale=(1.5, 1.5), shift=(0.2, 0.2))
     np.testing.assert_allclose(plain, ((raw - raw.mean()) * 0.5 + raw.mean()) * 1.5 + 0.2, rtol=1e-5, atol=1e-5)
+
+
+def test_noise_bank_windows_are_standard_normal_and_deterministic_per_seed():
+    bank = NoiseBank(20 * 30 * 30, seed=3)
+    assert bank.values.numel() == 2 * 20 * 30 * 30
+    np.testing.assert_array_equal(bank.values, NoiseBank(20 * 30 * 30, seed=3).values)
+    assert not torch.equal(bank.values, NoiseBank(20 * 30 * 30, seed=4).values)
+    rng = np.random.default_rng(0)
+    windows = [bank.window((20, 30, 30), rng) for _ in range(20)]
+    offsets = {int(w.data_ptr() - bank.values.data_ptr()) for w in windows}
+    assert len(offsets) > 15  # random offsets, views into the bank
+    for window in windows:
+        assert abs(float(window.mean())) < 0.05 and abs(float(window.std()) - 1.0) < 0.03
+    with pytest.raises(ValueError, match="cannot fill"):
+        bank.window((21, 30, 30), rng)
+
+
+def test_gaussian_noise_from_the_bank_has_its_sigma_and_adds_in_place():
+    raw = np.full((20, 30, 30), 0.5, dtype=np.float32)
+    bank = NoiseBank(raw.size, seed=0)
+    sigmas = []
+    for seed in range(6):
+        out = raw.copy()
+        got = gaussian_noise(out, np.random.default_rng(seed), max_sigma=0.2, bank=bank, out=out)
+        assert got is out
+        sigma = float(np.random.default_rng(seed).uniform(0.0, 0.2))  # the first draw of the generator
+        assert abs(float(out.mean()) - 0.5) < 0.01 and abs(float(out.std()) - sigma) < 0.03 * sigma + 1e-6
+        again = gaussian_noise(raw, np.random.default_rng(seed), max_sigma=0.2, bank=bank)
+        np.testing.assert_array_equal(again, out)  # deterministic per seed, input untouched
+        sigmas.append(sigma)
+    assert np.all(raw == 0.5) and len(set(sigmas)) == 6
+    fresh = gaussian_noise(raw, np.random.default_rng(0), max_sigma=0.2)  # no bank: fresh draws
+    assert abs(float(fresh.std()) - sigmas[0]) < 0.03 * sigmas[0]
 
 
 def test_augment_intensity_ranges_and_determinism():
