@@ -131,14 +131,22 @@ def _check_finite(values: np.ndarray, volume) -> None:
 
 
 def normalize(array: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """Apply a resolved normalisation ``spec`` to ``array`` (any shape); returns float32."""
-    x = np.asarray(array, dtype=np.float32)
+    """Apply a resolved normalisation ``spec`` to ``array`` (any shape); returns float32, a new
+    array (``array`` is never modified). Where ``array`` is not float32 its float32 copy is
+    normalised in place: one new array, not two (a training source box is ~5M voxels)."""
+    original = np.asarray(array)
+    x = original.astype(np.float32)  # always a copy (astype's default)
     kind = spec["kind"]
     if kind == "uint8":
-        return x * np.float32(1.0 / 255.0)
+        x *= np.float32(1.0 / 255.0)
+        return x
     if kind == "zscore":
-        return (x - np.float32(spec["mean"])) * np.float32(1.0 / spec["std"])
+        x -= np.float32(spec["mean"])
+        x *= np.float32(1.0 / spec["std"])
+        return x
     if kind == "percentile":
         lo, hi = np.float32(spec["low_value"]), np.float32(spec["high_value"])
-        return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+        x -= lo
+        x /= hi - lo
+        return np.clip(x, 0.0, 1.0, out=x)
     raise UserError(f"unknown normalisation {kind!r}; expected one of {', '.join(KINDS)}")
