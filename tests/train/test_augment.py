@@ -12,7 +12,7 @@ import torch
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
 from psc_seg.train.augment import (
-    NoiseBank, augment, augment_intensity, blur_sections, flip, gaussian_noise, resample_linear, rotation_planes, section_defects, transpose,
+    NoiseBank, Warp, augment, augment_intensity, blur_sections, flip, gaussian_noise, resample_linear, rotation_planes, section_defects, transpose,
     tone, transposable_axes, warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig, load_config
@@ -125,6 +125,28 @@ def test_the_planar_and_the_3d_resampling_agree(sections):
         assert planar.shape == (2, 20, 20, 20)
         np.testing.assert_allclose(planar, full, atol=2e-4)
     assert axes == {0} if sections else (len(axes) >= 2 and None not in axes)  # sections: z is never transposed
+
+
+def test_whole_sections_read_in_reverse_equal_the_mirrored_box():
+    """A warp reading whole source sections last to first (a z flip) reverses the grid's slices
+    instead of the box: the same patch as the old copy of the box mirrored along z."""
+    rng = np.random.default_rng(0)
+    source = rng.random((2, 9, 14, 14)).astype(np.float32)
+    shape = (9, 12, 12)
+    control = np.stack(np.meshgrid(*[np.linspace(0, s - 1, 3) for s in shape], indexing="ij")) + 1.0
+    control[1:] += rng.uniform(-1, 1, control[1:].shape)  # y and x warped, differently per z
+    control[0] = np.arange(3)[:, None, None] * 4.0  # whole sections 0 .. 8, in order
+    mirrored = control.copy()
+    mirrored[0] = 8.0 - control[0]  # sections 8 .. 0
+    forward = resample_linear(source, Warp(control, shape, planar=0))
+    got = resample_linear(source, Warp(mirrored, shape, planar=0))
+    np.testing.assert_allclose(got, resample_linear(np.ascontiguousarray(source[:, ::-1]), Warp(control, shape, planar=0)),
+                               atol=1e-6)
+    assert not np.allclose(got, forward)
+    shifts = rng.uniform(-2, 2, (9, 2))  # misalignment: per patch slice, whatever section it reads
+    np.testing.assert_allclose(
+        resample_linear(source, Warp(mirrored, shape, shifts, planar=0)),
+        resample_linear(np.ascontiguousarray(source[:, ::-1]), Warp(control, shape, shifts, planar=0)), atol=1e-6)
 
 
 def test_sections_stay_whole_sections():
