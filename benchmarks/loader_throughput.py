@@ -134,6 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    from psc_seg.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the psc-seg command does for itself and its forked loader workers
 
     gala = GALA.resolve()
     em_data = [f"data.train=[{{raw: '{gala}/train-image.h5:/stack', labels: '{gala}/train-gt.lzf.h5:/stack'}}]"]

@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from psc_seg.engine import Roi, read_mirrored
+from psc_seg.allocator import keep_freed_memory
 from psc_seg.errors import UserError
 from psc_seg.train.augment import (
     NoiseBank, augment_intensity, flip, resample_linear, resample_nearest, transpose, transposable_axes,
@@ -331,6 +332,9 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     torch.set_num_threads(1)
+    # a sample's 5-19 MB arrays reuse freed heap instead of fresh page-faulted mmaps (inherited from
+    # the psc-seg command's process under fork; set here for library callers and spawned workers)
+    keep_freed_memory()
     # lazily read volumes: drop file handles inherited from the parent, each worker reopens its own
     info = torch.utils.data.get_worker_info()
     for volume in info.dataset.volumes if info is not None else ():
