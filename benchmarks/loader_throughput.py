@@ -2,8 +2,9 @@
 
     python benchmarks/loader_throughput.py [--samples 20] [--repeats 3] [--old-samples 4] [--no-step]
 
-One process, ``torch.set_num_threads(1)``: what one DataLoader worker does (the loader's
-workers run single-threaded, :func:`psc_seg.train.data._seed_worker`). Each row times
+One process, ``torch.set_num_threads(1)`` and :func:`psc_seg.allocator.keep_freed_memory`:
+what one DataLoader worker does (the loader's workers run single-threaded with that allocator
+setting, :func:`psc_seg.train.data._seed_worker`). Each row times
 ``PatchDataset[i]`` (choose a labelled patch, read it, warp it, intensity augmentations,
 targets and masks) for ``--samples`` consecutive samples, ``--repeats`` times, and prints the
 median samples/s by wall clock and by the process's CPU time (the box these figures come from
@@ -27,10 +28,12 @@ and Adam step on one 132^3 patch, torch's default threads) against the time the 
 ``num_workers`` loader workers need per sample: the step does not wait on the loader while
 ``step seconds >= (1 / samples per second) / num_workers``.
 
-Measured (2-core AMD EPYC VM shared with other jobs; RESULTS.md, loader_throughput): em
-preset 7.5-8.8 samples/s, em 3d 3.8-4.0, em old 0.58-0.61 (12-15x slower), mri preset
-22-24, mri all 20; a CPU training step of the EM model 13-29 s, so it never waits on the
-loader.
+Measured (2-core AMD EPYC VM, the lead's training benchmark on the other core and load
+3.7-5.3; RESULTS.md, loader_throughput) at 121c96b, samples/s by wall clock / by CPU time:
+em preset 7.2 / 11.0 (91 ms of CPU a sample; 7.4 by wall clock on a quiet box before these
+changes, 135 ms), em 3d 3.0 / 4.5, em old 0.51 / 0.77 (14x slower), mri preset 17 / 26, mri
+all 17 / 26; a CPU training step of the EM model 44 s on the loaded box (13-29 s before), so
+it never waits on the loader.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ rotation, scale, elastic or misalignment (:attr:`AugmentConfig.resamples` false)
 transposes are exact axis reversals and permutations (:func:`flip`, :func:`transpose`).
 
 Intensity (raw only, after the geometry): contrast, gamma, scale and shift, out-of-focus
-sections, Gaussian noise, missing and low-contrast sections. All arrays are ``(Z, Y, X)``
+sections, Gaussian noise (in the training loader a scaled window of a per-dataset bank of
+normals, :class:`NoiseBank`), missing and low-contrast sections. All arrays are ``(Z, Y, X)``
 (raw may be ``(C, Z, Y, X)``); ``raw`` is the normalised float32 input.
 """
 
