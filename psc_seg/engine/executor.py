@@ -221,7 +221,10 @@ def local_cluster(workers: int) -> Iterator[Any]:
 
     with _sigint_ignored():  # the workers inherit it: Ctrl-C stops this process, which closes them
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=None, silence_logs=logging.CRITICAL,
+                               # its HTTP server (health routes) on a free port: the default 8787 may be
+                               # another cluster's, and dask would warn about it on stderr
+                               scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
     with cluster:
         yield cluster
 
