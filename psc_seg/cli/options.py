@@ -26,3 +26,11 @@ ShowIncompleteOption = Annotated[
     bool,
     typer.Option("--allow-incomplete", help="Show volumes that psc-seg marked unfinished (refused by default)."),
 ]
+PyramidOption = Annotated[
+    bool,
+    typer.Option("--pyramid/--no-pyramid",
+                 help="zarr outputs are OME-Zarr multiscale pyramids for viewers (levels downsampled by 2 along the "
+                      "finest axes until the smallest axis is under 64 voxels: images and affinities by mean, labels "
+                      "by mode), built after level 0 and part of the output's completeness; --no-pyramid writes "
+                      "level 0 only. NIfTI, HDF5, TIFF and .npy outputs have no pyramid."),
+]

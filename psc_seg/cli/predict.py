@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from psc_seg.cli.options import RoiOption, RoiVoxelsOption
+from psc_seg.cli.options import PyramidOption, RoiOption, RoiVoxelsOption
 
 MASK_HELP = ("Compute only the blocks whose region touches a nonzero voxel of this 3D volume, read at its own voxel "
              "size (an integer multiple of the input's, e.g. a tissue mask downsampled 4x) and offset; the other "
@@ -67,6 +67,7 @@ def predict_command(
     ] = False,
     roi: RoiOption = None,
     roi_voxels: RoiVoxelsOption = None,
+    pyramid: PyramidOption = True,
     mask: Annotated[str | None, typer.Option("--mask", metavar="VOLUME", help=MASK_HELP)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -81,7 +82,7 @@ def predict_command(
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
                       overwrite=overwrite, progress=not quiet, normalize=normalize,
                       ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete,
-                      exact_tiling=exact_tiling, roi=roi, roi_voxels=roi_voxels, mask=mask)
+                      exact_tiling=exact_tiling, roi=roi, roi_voxels=roi_voxels, pyramid=pyramid, mask=mask)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
     masked = f", {summary['masked']} outside the mask" if mask else ""
     typer.echo(

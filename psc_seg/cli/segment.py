@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from psc_seg.cli.options import RoiOption, RoiVoxelsOption
+from psc_seg.cli.options import PyramidOption, RoiOption, RoiVoxelsOption
 
 OFFSETS_HELP = ("Offsets of the affinity channels, for affinities whose metadata names none (psc-seg predict stores "
                 "them), in the config's form: \"[[-1,0,0],[0,-1,0],[0,0,-1]]\". The channels of these three nearest "
@@ -42,6 +42,7 @@ def segment_command(
     offsets: Annotated[str | None, typer.Option("--offsets", metavar="YAML", help=OFFSETS_HELP)] = None,
     roi: RoiOption = None,
     roi_voxels: RoiVoxelsOption = None,
+    pyramid: PyramidOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     allow_incomplete: Annotated[
         bool,
@@ -58,7 +59,7 @@ def segment_command(
         affinities, output, thresholds=threshold, scoring=scoring, fragments=fragments, decoder=decoder,
         min_size=min_size, block_shape=block_shape, workers=workers, scheduler=scheduler, resume=resume,
         overwrite=overwrite, progress=not quiet, allow_incomplete=allow_incomplete, offsets=offsets,
-        roi=roi, roi_voxels=roi_voxels,
+        roi=roi, roi_voxels=roi_voxels, pyramid=pyramid,
     )
     for spec in outputs:
         typer.echo(f"wrote {spec}")

@@ -212,6 +212,18 @@ def _run_dask(tasks: list, process: Callable, batched: bool, finish: Callable, *
 
 
 @contextlib.contextmanager
+def shared_cluster(workers: int | None, scheduler: str | None) -> Iterator[dict[str, Any]]:
+    """:func:`run_blockwise`'s ``workers`` / ``scheduler`` for several runs in a row (the steps
+    of a stage, its pyramid): ``workers=N`` starts one :func:`local_cluster` for all of them,
+    not one per run, since each start costs seconds of process spawning and imports."""
+    if not workers or workers < 0 or scheduler:  # run_blockwise handles (and refuses) these
+        yield {"workers": workers or 0, "scheduler": scheduler}
+        return
+    with local_cluster(workers) as cluster:
+        yield {"workers": 0, "scheduler": cluster.scheduler_address}
+
+
+@contextlib.contextmanager
 def local_cluster(workers: int) -> Iterator[Any]:
     """A dask.distributed ``LocalCluster`` of ``workers`` single-threaded worker processes on
     127.0.0.1, without a dashboard; closed on exit. Its workers log nothing below CRITICAL: a

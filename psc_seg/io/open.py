@@ -16,6 +16,7 @@ from psc_seg.errors import UserError
 from psc_seg.files import fixable_writes
 from psc_seg.io import stores
 from psc_seg.io.n5 import N5Volume
+from psc_seg.io.pyramid import Level, pyramid_levels
 from psc_seg.io.geometry import check_offset, moved_affine
 from psc_seg.io.spec import STAGED, VolumeSpec, parse_spec
 from psc_seg.io.volume import (
@@ -81,8 +82,11 @@ def default_provenance(extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def ome_multiscales(*, name: str, axis_names: Sequence[str], voxel_size: Sequence[float], offset: Sequence[float],
-                    unit: str | None, version: str) -> dict[str, Any]:
-    """One OME-Zarr multiscales entry with a single level ``"0"`` (channel axis scale 1)."""
+                    unit: str | None, version: str, levels: Sequence[Level] = (), method: str | None = None
+                    ) -> dict[str, Any]:
+    """One OME-Zarr multiscales entry: level ``"0"``, then ``levels`` as ``"1"``, ``"2"``, ...
+    (:mod:`psc_seg.io.pyramid`; channel axis scale 1), downsampled by ``method`` (kept as
+    the entry's ``type``)."""
     axes = []
     for ax in axis_names:
         if ax in SPATIAL_AXES:
@@ -90,17 +94,20 @@ def ome_multiscales(*, name: str, axis_names: Sequence[str], voxel_size: Sequenc
         else:
             axes.append({"name": ax, "type": "channel"})
     lead = len(axis_names) - 3
-    ms = {
+    placed = [(voxel_size, offset), *((level.voxel_size, level.translation) for level in levels)]
+    ms: dict[str, Any] = {
         "name": name,
         "axes": axes,
         "datasets": [{
-            "path": "0",
+            "path": str(index),
             "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * lead + [float(v) for v in voxel_size]},
-                {"type": "translation", "translation": [0.0] * lead + [float(v) for v in offset]},
+                {"type": "scale", "scale": [1.0] * lead + [float(v) for v in size]},
+                {"type": "translation", "translation": [0.0] * lead + [float(v) for v in where]},
             ],
-        }],
+        } for index, (size, where) in enumerate(placed)],
     }
+    if levels and method:
+        ms["type"] = method
     if version == "0.4":
         ms["version"] = "0.4"
     return ms
@@ -120,6 +127,8 @@ def create_volume(
     provenance: dict[str, Any] | None = None,
     reference: Volume | None = None,
     overwrite: bool = False,
+    pyramid: bool = False,
+    labels: bool = False,
 ) -> Volume:
     """Create an empty output volume and return it open for writing (mode "r+").
 
@@ -148,6 +157,15 @@ def create_volume(
             goes with the output, moved to the output's offset and voxel size: into a NIfTI
             output's header, into ``psc_seg.affine`` of a zarr or HDF5 output.
         overwrite: replace an existing output; without it an existing one is a UserError.
+        pyramid: a zarr output is an OME-Zarr multiscale pyramid: the arrays of the levels
+            below level 0 (:func:`~psc_seg.io.pyramid.pyramid_levels`) are made empty and
+            listed now, and filled by :func:`psc_seg.engine.build_pyramids` once level 0 is
+            written. Other formats have no pyramid.
+        labels: the output is a label volume (a segmentation, class labels): a zarr output
+            carries OME-Zarr ``image-label`` metadata and its pyramid keeps ids (mode, not
+            mean). Inside a container whose root is an OME-Zarr image, a label volume may be
+            written where the OME-Zarr labels convention puts it, ``CONTAINER.zarr/labels/NAME``
+            (listed in the ``labels`` group).
 
     The output is marked incomplete (``psc_seg.complete = false``) until ``finalize()``.
     """
@@ -199,7 +217,7 @@ def create_volume(
         if s.format == "zarr":
             try:
                 _create_zarr(s, shape=shape, dtype=dtype, chunks=full_chunks, voxel_size=voxel_size, offset=offset,
-                             unit=unit, axis_names=axis_names, attrs=user_attrs)
+                             unit=unit, axis_names=axis_names, attrs=user_attrs, pyramid=pyramid, labels=labels)
             except FileNotFoundError as exc:
                 if not s.url:
                     raise
@@ -213,7 +231,8 @@ def create_volume(
                             attrs=user_attrs, reference=reference, affine=affine)
 
 
-def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs) -> None:
+def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, unit, axis_names, attrs,
+                 pyramid: bool = False, labels: bool = False) -> None:
     import numcodecs
     import zarr
     from zarr.codecs import BloscCodec, ZstdCodec
@@ -227,10 +246,11 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
             raise UserError(f"{str(s.path)!r} exists and is not a zarr group ({exc}); choose another output") from None
     if s.inner:
         *parents, name = s.inner.split("/")
+        in_labels = labels and parents == [LABELS_GROUP] and _zarr_node_kind(root) == "image"
         for depth in range(len(parents) + 1):
             node = stores.join(root, *parents[:depth])
             kind = _zarr_node_kind(node)
-            if kind is not None:
+            if kind is not None and not (in_labels and depth == 0):  # the OME-Zarr labels convention
                 raise UserError(f"output {str(s)!r} would lie inside the {kind} {str(node)!r}, which holds data of its "
                                 "own; choose an output in a group or a new container")
         parent = zarr.open_group(stores.zarr_store(root, mode="a"), mode="a", zarr_format=zarr_format)
@@ -238,14 +258,22 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
             parent = parent.require_group(part)
         group = parent.create_group(name, overwrite=True)
     else:
+        in_labels = False
         name = s.path.stem
         group = zarr.open_group(stores.zarr_store(root, mode="w"), mode="w", zarr_format=zarr_format)
     name = name.removesuffix(f".{STAGED}")  # a replacement is named as the output it replaces
     version = "0.5" if zarr_format == 3 else "0.4"
+    levels = pyramid_levels(shape, voxel_size, offset) if pyramid else []
     ms = ome_multiscales(name=name, axis_names=axis_names, voxel_size=voxel_size, offset=offset, unit=unit,
-                         version=version)
-    ome = {"ome": {"version": "0.5", "multiscales": [ms]}} if zarr_format == 3 else {"multiscales": [ms]}
-    group.attrs.update({**ome, **attrs})
+                         version=version, levels=levels, method="mode" if labels else "mean")
+    ome: dict[str, Any] = {"multiscales": [ms]}
+    if labels:
+        ome["image-label"] = {"source": {"image": "../../"}} if in_labels else {}
+        if zarr_format == 2:
+            ome["image-label"]["version"] = version
+    group.attrs.update({**({"ome": {"version": "0.5", **ome}} if zarr_format == 3 else ome), **attrs})
+    if in_labels:
+        _list_label(stores.join(root, LABELS_GROUP), name, zarr_format)
     kwargs = {"dimension_names": list(axis_names)} if zarr_format == 3 else {}
     if np.dtype(dtype).kind == "f":  # network outputs: Blosc LZ4 + byte shuffle
         kwargs["compressors"] = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle") if zarr_format == 3
@@ -253,6 +281,24 @@ def _create_zarr(s: VolumeSpec, *, shape, dtype, chunks, voxel_size, offset, uni
     else:  # labels, raw: zstd
         kwargs["compressors"] = ZstdCodec(level=3) if zarr_format == 3 else numcodecs.Zstd(level=3)
     group.create_array("0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs)
+    lead = tuple(shape[:-3])
+    for index, level in enumerate(levels, start=1):
+        group.create_array(str(index), shape=(*lead, *level.shape), dtype=dtype, fill_value=0,
+                           chunks=(*lead, *(min(c, n) for c, n in zip(chunks[-3:], level.shape))), **kwargs)
+
+
+LABELS_GROUP = "labels"  # where the OME-Zarr labels convention puts the label images of an image
+
+
+def _list_label(where: Path | str, name: str, zarr_format: int) -> None:
+    """Add ``name`` to the ``labels`` list of the OME-Zarr labels group ``where``."""
+    import zarr
+
+    group = zarr.open_group(stores.zarr_store(where, mode="a"), mode="a", zarr_format=zarr_format)
+    attrs = dict(group.attrs)
+    held = attrs.get("ome", {}) if zarr_format == 3 else attrs
+    names = [n for n in held.get("labels", []) if n != name] + [name]
+    group.attrs.update({"ome": {**held, "version": "0.5", "labels": names}} if zarr_format == 3 else {"labels": names})
 
 
 def _zarr_node_kind(node: Path | str) -> str | None:

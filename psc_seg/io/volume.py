@@ -331,17 +331,20 @@ class Volume:
 
 
 # ====================================================================== zarr
-def _is_level0(array_path: Path | str) -> bool:
-    """Whether ``array_path`` is the level-0 array of an OME-Zarr image group."""
+def _ome_level(array_path: Path | str) -> int | None:
+    """The level of ``array_path`` in the OME-Zarr image group around it (0: full resolution),
+    or None where it is not one of its datasets."""
     import zarr
 
     try:
         parent = zarr.open_group(stores.zarr_store(stores.parent(array_path)), mode="r")
     except Exception:
-        return False
+        return None
     multiscales, _ = _ome_multiscales(dict(parent.attrs))
     datasets = (multiscales or [{}])[0].get("datasets") or [{}]
-    return str(datasets[0].get("path", "")).strip("/") == str(array_path).rstrip("/").rsplit("/", 1)[-1]
+    paths = [str(d.get("path", "")).strip("/") for d in datasets]
+    name = str(array_path).rstrip("/").rsplit("/", 1)[-1]
+    return paths.index(name) if name in paths else None
 
 
 def _ome_multiscales(attrs: dict) -> tuple[list | None, str | None]:
@@ -401,7 +404,13 @@ class ZarrVolume(Volume):
             raise
         except Exception as exc:
             raise UserError(f"{str(node_path)!r} is not a zarr array or group ({_one_line(exc)})") from None
-        if not isinstance(node, zarr.Group) and spec.inner and _is_level0(node_path):
+        level = _ome_level(node_path) if not isinstance(node, zarr.Group) and spec.inner else None
+        if level:  # a pyramid level: another voxel size than the image's, which psc-seg reads at level 0
+            image = str(spec).rstrip("/").rsplit("/", 1)[0]
+            raise UserError(f"{str(spec)!r} is level {level} of the OME-Zarr image pyramid "
+                            f"{image!r} (downsampled, for viewers); psc-seg reads an image at full resolution: "
+                            f"name {image!r}")
+        if level == 0:
             # the level-0 array of an OME-Zarr image (``img.zarr/0``) is that image: its voxel size,
             # task and completeness are the group's (an unfinished output must not pass as complete)
             node_path = stores.parent(node_path)
@@ -437,7 +446,7 @@ class ZarrVolume(Volume):
             offset = [translation[i] for i in space]
             units = [axes[i].get("unit") for i in space] if axes and isinstance(axes[0], dict) else []
             unit = unit_name(units)
-            attrs = {k: v for k, v in group_attrs.items() if k not in ("ome", "multiscales")}
+            attrs = {k: v for k, v in group_attrs.items() if k not in ("ome", "multiscales", "image-label")}
             # OME-Zarr from other tools is often (t, c, z, y, x) with t = 1 (and c = 1): drop those
             types = [ax.get("type") if isinstance(ax, dict) else None for ax in axes]
             lead = []

@@ -32,7 +32,8 @@ import numpy as np
 from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
 from psc_seg.engine import file_hash, prepare_outputs, run_blockwise
-from psc_seg.engine.executor import check_executor
+from psc_seg.engine.executor import check_executor, shared_cluster
+from psc_seg.engine.pyramid import build_pyramids
 from psc_seg.engine.region import check_mask, mask_blocks, mask_identity, resolve_roi
 from psc_seg.engine.roi import Roi
 from psc_seg.engine.resume import check_finished
@@ -170,6 +171,7 @@ def predict(
     roi: str | None = None,
     roi_voxels: str | None = None,
     mask: str | None = None,
+    pyramid: bool = True,
 ) -> dict[str, Any]:
     """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
 
@@ -216,6 +218,11 @@ def predict(
             multiple of the input's, or a divisor) and offset: only the blocks whose write ROI
             touches its nonzero voxels are computed; the others stay 0 and are recorded as
             done (:func:`~psc_seg.engine.region.mask_blocks`).
+        pyramid: zarr outputs are OME-Zarr multiscale pyramids (:mod:`psc_seg.io.pyramid`:
+            affinities and probabilities by mean, argmax labels by mode), built blockwise
+            once level 0 is written, like it (``workers``, ``scheduler``, resumable); an
+            output is complete with its last level. False: level 0 only. Other formats have
+            no pyramid.
 
     Returns a summary: outputs, blocks total / computed / skipped (done before) / masked
     (outside ``mask``, left at 0), seconds, voxels per second.
@@ -282,6 +289,8 @@ def predict(
         settings["precision"] = precision
     if region is not None:
         settings["roi"] = {"offset": list(region.begin), "shape": list(region.shape)}  # input voxels
+    if not pyramid:  # outputs with a pyramid keep the settings (and resume records) they had
+        settings["pyramid"] = False
 
     checkpoint = str(Path(checkpoint).resolve())
     blocks = geometry.blocks(shape, total)
@@ -295,7 +304,7 @@ def predict(
     with prepare_outputs(
         specs, settings, resume=resume, overwrite=overwrite,
         create=lambda where: _create_outputs(where, task, source=reference, dtype=dtype, geometry=geometry,
-                                             settings=settings, checkpoint=checkpoint),
+                                             settings=settings, checkpoint=checkpoint, pyramid=pyramid),
     ) as prepared:
         if prepared.done:
             return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks) - len(masked),
@@ -309,26 +318,32 @@ def predict(
             geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
             threads=threads, precision=precision,
         )
-        try:
-            stats = run_blockwise(blocks, predictor, workers=workers, scheduler=scheduler,
-                                  batch_size=batch_size if batch_size > 1 else None, record=prepared.record,
-                                  progress=progress, desc="predict", skip=masked)
-        except KeyboardInterrupt:
-            raise Interrupted(f"{len(prepared.record.done_ids())} of {len(blocks)} blocks written to "
-                              f"{prepared.written_to()} are kept") from None
+        with shared_cluster(workers, scheduler) as where:  # the blocks, then the pyramid
+            try:
+                stats = run_blockwise(blocks, predictor, batch_size=batch_size if batch_size > 1 else None,
+                                      record=prepared.record, progress=progress, desc="predict", skip=masked, **where)
+            except KeyboardInterrupt:
+                raise Interrupted(f"{len(prepared.record.done_ids())} of {len(blocks)} blocks written to "
+                                  f"{prepared.written_to()} are kept") from None
+            try:
+                build_pyramids(prepared.volumes.values(), progress=progress, **where)
+            except KeyboardInterrupt:
+                raise Interrupted(f"all {len(blocks)} blocks of {prepared.written_to()} are kept; its pyramid is "
+                                  "unfinished") from None
         prepared.finish(writer.finalize)
     return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped - len(masked),
                     masked=len(masked), seconds=stats.seconds, voxels=stats.voxels)
 
 
 def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,
-                    geometry: BlockGeometry, settings: dict, checkpoint: str) -> dict[str, Volume]:
+                    geometry: BlockGeometry, settings: dict, checkpoint: str, pyramid: bool = True
+                    ) -> dict[str, Volume]:
     shape = source.spatial_shape
     attrs: dict[str, Any] = {"task": task}
     if dtype == "uint8":
         attrs["value_scale"] = 1.0 / 255.0
     provenance = {"config": {"checkpoint": checkpoint, **settings, "block_geometry": asdict(geometry)}}
-    common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance)
+    common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance, pyramid=pyramid)
     outputs = {}
     if task["kind"] == "affinities":
         outputs["affinities"] = create_volume(specs["affinities"], shape=(len(task["offsets"]), *shape),
@@ -338,7 +353,7 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
         outputs["probabilities"] = create_volume(specs["probabilities"], shape=(k, *shape), dtype=dtype,
                                                  attrs=attrs, **common)
         outputs["labels"] = create_volume(specs["labels"], shape=shape, dtype=np.uint8 if k <= 256 else np.uint16,
-                                          attrs={"task": task}, **common)
+                                          attrs={"task": task}, labels=True, **common)
     return outputs
 
 

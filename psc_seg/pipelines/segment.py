@@ -172,6 +172,7 @@ def segment(
     offsets: str | Sequence[Sequence[int]] | None = None,
     roi: str | None = None,
     roi_voxels: str | None = None,
+    pyramid: bool = True,
 ) -> list[str]:
     """Segment the affinity volume ``affinities`` into ``output`` (one volume per threshold).
 
@@ -203,6 +204,11 @@ def segment(
             (e.g. nm), as if they were cropped to it; the outputs cover exactly it, placed
             where it lies (:func:`~psc_seg.engine.region.resolve_roi`).
         roi_voxels: the same in voxel indices; excludes ``roi``.
+        pyramid: zarr outputs are OME-Zarr multiscale pyramids (ids downsampled by mode, see
+            :mod:`psc_seg.io.pyramid`), part of their completeness; False: level 0 only.
+            Every zarr output carries OME-Zarr ``image-label`` metadata; one written to
+            ``IMAGE.zarr/labels/NAME``, where ``IMAGE.zarr`` is an OME-Zarr image (the raw),
+            is listed in its ``labels`` group as the OME-Zarr labels convention says.
 
     Returns:
         The output specs written, in the order of ``thresholds``. Ctrl-C raises
@@ -235,6 +241,7 @@ def segment(
 
         return segment_blockwise(
             affs, outputs, settings=settings, workers=workers, scheduler=scheduler, resume=resume,
-            overwrite=overwrite, progress=progress,
+            overwrite=overwrite, progress=progress, pyramid=pyramid,
         )
-    return segment_whole(affs, outputs, settings=settings, resume=resume, overwrite=overwrite, progress=progress)
+    return segment_whole(affs, outputs, settings=settings, resume=resume, overwrite=overwrite, progress=progress,
+                         pyramid=pyramid)

@@ -32,10 +32,9 @@ tables, step records) lives in a hidden folder beside the first output
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from psc_seg.engine import BlockRecord, ChunkCache, Roi, block_grid, run_blockwise
-from psc_seg.engine.executor import local_cluster
+from psc_seg.engine.executor import shared_cluster
+from psc_seg.engine.pyramid import build_pyramids
 from psc_seg.errors import Interrupted, UserError
 from psc_seg.files import atomic_path, fixable_writes
 from psc_seg.segment.agglomerate import scored_edges
@@ -283,6 +283,7 @@ def segment_blockwise(
     overwrite: bool = False,
     progress: bool = True,
     context: int = DEFAULT_CONTEXT,
+    pyramid: bool = True,
 ) -> list[str]:
     """Segment the affinity volume ``affs`` block by block into ``outputs`` (one per threshold).
 
@@ -296,6 +297,8 @@ def segment_blockwise(
             the old ones and take their place once complete).
         progress: progress bars, one per step.
         context: voxels added on each side of a block for fragments and region graphs.
+        pyramid: zarr outputs are OME-Zarr pyramids, built blockwise where the blocks ran once
+            level 0 is written (:func:`~psc_seg.segment.outputs.open_outputs`).
 
     Returns:
         ``outputs``.
@@ -310,7 +313,7 @@ def segment_blockwise(
     hashed = {**config, "context": context, "affinities_shape": list(affs.shape)}
     _work_dir(outputs[0])  # a remote output: refused before anything is made
     with open_outputs(affs, outputs, settings=settings, hashed=hashed, chunks=block_shape, resume=resume,
-                      overwrite=overwrite) as prepared:
+                      overwrite=overwrite, pyramid=pyramid) as prepared:
         if not prepared.done:
             _run(affs, prepared, outputs, settings=settings, hashed=hashed, total=total, context=context,
                  workers=workers, scheduler=scheduler, progress=progress)
@@ -330,7 +333,7 @@ def _run(affs, prepared, outputs: Sequence[str], *, settings: SegmentSettings, h
 
     blocks = block_grid(total, write_shape=block_shape, context=context)
     stride = int(np.prod(block_shape)) + 1
-    with _executor(workers, scheduler) as where:
+    with shared_cluster(workers, scheduler) as where:  # every step, and the pyramid
         run = {**where, "progress": progress}
         # cc: fragments and edges depend on the threshold, so each threshold is one pass
         passes = [[t] for t in thresholds] if settings.decoder == "cc" else [thresholds]
@@ -346,22 +349,13 @@ def _run(affs, prepared, outputs: Sequence[str], *, settings: SegmentSettings, h
                           run=run)
             except Interrupted as exc:
                 raise Interrupted(f"{prepared.written_to()} unfinished, {exc.kept}") from None
+        try:
+            build_pyramids(volumes, **run)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{prepared.written_to()} unfinished: level 0 is written, its pyramid is "
+                              "not") from None
     prepared.finish()
     shutil.rmtree(work, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _executor(workers: int | None, scheduler: str | None) -> Iterator[dict[str, Any]]:
-    """``run_blockwise``'s ``workers`` / ``scheduler`` for every step of a run.
-
-    ``--workers N`` starts one local cluster (the engine's) for all steps, not one per step: each start costs seconds of
-    process spawning and imports.
-    """
-    if not workers or workers < 0 or scheduler:  # the engine handles (and refuses) these
-        yield {"workers": workers or 0, "scheduler": scheduler}
-        return
-    with local_cluster(workers) as cluster:
-        yield {"workers": 0, "scheduler": cluster.scheduler_address}
 
 
 def _work_dir(output: str) -> Path:

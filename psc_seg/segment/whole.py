@@ -62,7 +62,7 @@ def segment_affinities(
 
 
 def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, resume: bool = False,
-                  overwrite: bool = False, progress: bool = True) -> list[str]:
+                  overwrite: bool = False, progress: bool = True, pyramid: bool = True) -> list[str]:
     """Segment the affinity volume ``affs`` in memory into ``outputs`` (one per threshold).
 
     Args:
@@ -73,6 +73,8 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
         overwrite: replace existing outputs, once the new segmentation is computed and written
             beside them (a failure before, e.g. NaNs in the affinities, leaves them as they were).
         progress: a progress bar over the three steps (read, decode, write).
+        pyramid: zarr outputs are OME-Zarr pyramids, built (in this process) once level 0 is
+            written (:func:`~psc_seg.segment.outputs.open_outputs`).
 
     Returns:
         ``outputs``. Ctrl-C raises :class:`~psc_seg.errors.Interrupted`: resumable once writing
@@ -80,6 +82,7 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     """
     from tqdm.auto import tqdm
 
+    from psc_seg.engine.pyramid import build_pyramids
     from psc_seg.engine.resume import existing_outputs
     from psc_seg.errors import Interrupted, UserError
     from psc_seg.segment.outputs import open_outputs
@@ -88,7 +91,8 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
     hashed = {**settings.as_dict(), "affinities_shape": list(affs.shape)}
 
     def prepare():
-        return open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite)
+        return open_outputs(affs, outputs, settings=settings, hashed=hashed, resume=resume, overwrite=overwrite,
+                            pyramid=pyramid)
 
     # a finished run is kept without recomputing it; otherwise the outputs are created (beside
     # any old ones, which stay until the new ones are complete) only once the affinities have
@@ -117,6 +121,7 @@ def segment_whole(affs, outputs: Sequence[str], *, settings: SegmentSettings, re
             prepared = prepared or prepare()
             for spec, labels in zip(outputs, segmentations):
                 prepared.volumes[spec].write((slice(None),) * 3, labels)
+            build_pyramids(prepared.volumes.values(), progress=False)
             prepared.finish()
             bar.update()
     except KeyboardInterrupt:
