@@ -22,6 +22,7 @@ edge the last voxel counts for its missing neighbour (the mean is that of the vo
 from __future__ import annotations
 
 from collections.abc import Sequence
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,19 +71,31 @@ def downsample(data: np.ndarray, factors: Sequence[int], method: str) -> np.ndar
     pad = [(0, (-s) % f) for s, f in zip(data.shape[-3:], factors)]
     if any(p for _, p in pad):  # a factor of 2 pads at most one slice: each voxel inside counts equally
         data = np.pad(data, [(0, 0)] * len(lead) + pad, mode="edge")
-    z, y, x = (s // f for s, f in zip(data.shape[-3:], factors))
-    n = len(lead)
-    grouped = data.reshape(*lead, z, factors[0], y, factors[1], x, factors[2])
-    grouped = np.moveaxis(grouped, (n + 1, n + 3, n + 5), (-3, -2, -1)).reshape(*lead, z, y, x, -1)
-    if method == "mean":
-        mean = grouped.mean(axis=-1, dtype=np.float64 if data.dtype == np.float64 else np.float32)
+    corners = list(itertools.product(*(range(f) for f in factors)))
+    if method == "mean":  # a sum of strided views: no transposed copy of the data
+        total = np.zeros(data[(..., *(slice(0, None, f) for f in factors))].shape,
+                         dtype=np.float64 if data.dtype == np.float64 else np.float32)
+        for corner in corners:
+            total += data[(..., *(slice(c, None, f) for c, f in zip(corner, factors)))]
+        total /= len(corners)
         if np.issubdtype(data.dtype, np.integer):
-            mean = np.rint(mean)
-        return mean.astype(data.dtype, copy=False)
-    ordered = np.sort(grouped, axis=-1)
-    counts = (ordered[..., :, None] == ordered[..., None, :]).sum(axis=-1)
-    first = counts.argmax(axis=-1)[..., None]  # the first of the most frequent: the smallest id
-    return np.take_along_axis(ordered, first, axis=-1)[..., 0]
+            np.rint(total, out=total)
+        return total.astype(data.dtype, copy=False)
+    # mode: for each of the k voxels of a group, how many of the k hold its id (k(k-1)/2 comparisons
+    # of whole views, no sort); the smallest id among the most frequent
+    values = [np.ascontiguousarray(data[(..., *(slice(c, None, f) for c, f in zip(corner, factors)))])
+              for corner in corners]
+    counts = [np.ones(values[0].shape, dtype=np.uint8) for _ in values]
+    for i, j in itertools.combinations(range(len(values)), 2):
+        same = values[i] == values[j]
+        counts[i] += same
+        counts[j] += same
+    best = np.max(counts, axis=0)
+    largest = np.iinfo(data.dtype).max if np.issubdtype(data.dtype, np.integer) else np.inf
+    result = np.full(best.shape, largest, dtype=data.dtype)
+    for value, count in zip(values, counts):
+        np.minimum(result, np.where(count == best, value, largest), out=result)
+    return result
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,7 @@ def _train(preset: str, data: list[str], out: Path, *, size: DemoSize, device: s
 
 def _run_em(out: Path, *, size: DemoSize, device: str, progress: bool, log) -> dict[str, Any]:
     from psc_seg.affinities import DEFAULT_OFFSETS
+    from psc_seg.engine.pyramid import build_pyramids
     from psc_seg.io import create_volume, open_volume
     from psc_seg.pipelines.evaluate import evaluate
     from psc_seg.pipelines.predict import predict
@@ -175,8 +176,10 @@ def _run_em(out: Path, *, size: DemoSize, device: str, progress: bool, log) -> d
     base = create_volume(baseline, shape=(3, *raw_array.shape), dtype="float32", voxel_size=raw.voxel_size,
                          unit=raw.unit, axis_names=("c", "z", "y", "x"),
                          attrs={"task": {"kind": "affinities", "offsets": [list(o) for o in DEFAULT_OFFSETS]}},
-                         provenance={"command": "psc-seg demo", "config": {"baseline": "intensity", "sigma": 1.0}})
+                         provenance={"command": "psc-seg demo", "config": {"baseline": "intensity", "sigma": 1.0}},
+                         pyramid=True)
     base.write(None, intensity_affinities(raw_array, sigma=1.0, offsets=DEFAULT_OFFSETS))
+    build_pyramids([base], progress=False)
     base.finalize()
     rows, best = [], {}
     for method, affs in (("learned", affinities), ("baseline", baseline)):

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from psc_seg.engine.pyramid import build_pyramids
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume
 from psc_seg.io.spec import HDF5_SUFFIXES, ZARR_SUFFIXES
@@ -82,7 +83,8 @@ def synth_em(
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     _remove(partial)
     for name, spec in em_specs(partial, fmt).items():
-        _write(spec, data[name], voxel_size=volume["voxel_size"], unit="nanometer", params=params)
+        _write(spec, data[name], voxel_size=volume["voxel_size"], unit="nanometer", params=params,
+               labels=name != "raw")
     _remove(path)
     os.replace(partial, path)
     _remove(partial)  # its lock file
@@ -131,7 +133,7 @@ def synth_mri(
     params = {"kind": "mri", "shape": [int(s) for s in volume["raw"].shape], "seed": int(seed), **options}
     for name, path in paths.items():
         _write(str(path), volume[name], voxel_size=volume["voxel_size"], unit="millimeter", params=params,
-               overwrite=overwrite)
+               overwrite=overwrite, labels=name != "raw")
     labels = volume["labels"]
     return {
         "raw": str(paths["raw"]),
@@ -204,8 +206,10 @@ def _remove(path: Path) -> None:
     lock_path(path).unlink(missing_ok=True)
 
 
-def _write(spec: str, data: np.ndarray, *, voxel_size, unit: str, params: dict, overwrite: bool = False) -> None:
-    """Write one whole array as a finished volume (incomplete until the last step)."""
+def _write(spec: str, data: np.ndarray, *, voxel_size, unit: str, params: dict, overwrite: bool = False,
+           labels: bool = False) -> None:
+    """Write one whole array as a finished volume (incomplete until the last step); a zarr one
+    with its OME-Zarr pyramid (``labels``: a label volume, by mode)."""
     volume = create_volume(
         spec,
         shape=data.shape,
@@ -215,7 +219,10 @@ def _write(spec: str, data: np.ndarray, *, voxel_size, unit: str, params: dict, 
         unit=unit,
         provenance={"synth": params},
         overwrite=overwrite,
+        pyramid=True,
+        labels=labels,
     )
     volume.write(tuple(slice(0, n) for n in data.shape), data)
+    build_pyramids([volume], progress=False)
     volume.finalize()
     volume.close()

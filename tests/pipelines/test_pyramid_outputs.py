@@ -4,6 +4,8 @@ dies while building it is refused as an input and finished by --resume); --no-py
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import zarr
@@ -123,3 +125,13 @@ def test_segmentations_carry_image_label_and_a_mode_pyramid(tmp_path, affinities
     assert set(np.unique(levels[1])) <= set(np.unique(levels[0]))
     np.testing.assert_array_equal(levels[1], downsample(levels[0], (2, 2, 2), "mode"))
     assert open_volume(str(out)).complete
+
+
+def test_segment_into_the_labels_group_of_the_raw_image(tmp_path, raw, affinities):
+    image = tmp_path / "raw.zarr"
+    shutil.copytree(raw, image)
+    (out,) = segment(affinities, f"{image}/labels/seg", thresholds=[0.5], progress=False)
+    assert _attrs(image / "labels")["labels"] == ["seg"]
+    assert _attrs(image / "labels" / "seg")["image-label"] == {"source": {"image": "../../"}}
+    assert open_volume(out).complete and open_volume(out).shape == (64, 64, 72)
+    np.testing.assert_array_equal(open_volume(str(image)).read(), open_volume(raw).read())  # the raw as it was
