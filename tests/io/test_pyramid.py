@@ -201,3 +201,28 @@ def test_segmentation_in_the_labels_group_of_the_raw_image(tmp_path):
     with pytest.raises(UserError, match="would lie inside the image"):  # not where the convention puts labels
         create_volume(str(tmp_path / "raw.zarr/seg2"), shape=(64, 64, 64), dtype=np.uint64, labels=True)
     assert json.loads((tmp_path / "raw.zarr" / "zarr.json").read_text())["attributes"]["ome"]["multiscales"]
+
+
+def test_pyramid_of_an_output_in_s3_resumes_from_its_record(s3_bucket, monkeypatch):
+    from psc_seg.io.pyramid import PyramidStep
+
+    out = f"{s3_bucket()}/affs.zarr"
+    data = RNG.random((64, 64, 96), dtype=np.float32)
+    volume = _filled(out, data, chunks=(16, 32, 32))  # level 1 (32, 32, 48): 4 blocks
+    original, calls = PyramidStep.compute, []
+
+    def fail_third(self, region):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return original(self, region)
+
+    monkeypatch.setattr(PyramidStep, "compute", fail_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_pyramids([volume], progress=False)
+    monkeypatch.undo()
+    assert build_pyramids([open_volume(out, mode="r+")], progress=False) == 2  # the first 2 were kept
+    from psc_seg.io import stores
+
+    group = zarr.open_group(stores.zarr_store(out), mode="r")
+    np.testing.assert_array_equal(group["1"][...], downsample(data, (2, 2, 2), "mean"))

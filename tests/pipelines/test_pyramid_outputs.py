@@ -135,3 +135,15 @@ def test_segment_into_the_labels_group_of_the_raw_image(tmp_path, raw, affinitie
     assert _attrs(image / "labels" / "seg")["image-label"] == {"source": {"image": "../../"}}
     assert open_volume(out).complete and open_volume(out).shape == (64, 64, 72)
     np.testing.assert_array_equal(open_volume(str(image)).read(), open_volume(raw).read())  # the raw as it was
+
+
+def test_synth_writes_pyramids_raw_by_mean_labels_by_mode(tmp_path):
+    from psc_seg.pipelines.synth import synth_em
+
+    specs = synth_em(tmp_path / "em.zarr", shape=(64, 64, 64))["specs"]
+    assert _attrs(specs["raw"])["multiscales"][0]["type"] == "mean" and "image-label" not in _attrs(specs["raw"])
+    for name in ("labels", "mask"):
+        assert "image-label" in _attrs(specs[name]) and _attrs(specs[name])["multiscales"][0]["type"] == "mode"
+        levels = _levels(specs[name])
+        np.testing.assert_array_equal(levels[1], downsample(levels[0], (2, 2, 2), "mode"))
+        assert open_volume(specs[name]).complete
