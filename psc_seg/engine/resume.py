@@ -44,6 +44,7 @@ from psc_seg.engine.owner import OutputOwner
 from psc_seg.errors import UserError, check_exclusive
 from psc_seg.files import atomic_path, fixable_writes
 from psc_seg.io import stores
+from psc_seg.io.pyramid import pyramid_steps
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -444,7 +445,7 @@ def check_finished(volume, role: str, *, allow_incomplete: bool = False) -> str 
     plural = role.endswith("s")
     they, them, are = ("they", "them", "are") if plural else ("it", "it", "is")
     record = _record_of(volume, meta)
-    unfinished = f"{role} {volume.spec!r} {are} unfinished{_written(record)}"
+    unfinished = f"{role} {volume.spec!r} {are} unfinished{_written(record, volume)}"
     if allow_incomplete:
         return f"{unfinished}; used as {they} {are}"
     flag = "--resume" if record is not None else "--overwrite"
@@ -473,10 +474,12 @@ def _record_of(volume, meta: dict[str, Any]) -> BlockRecord | None:
     return None
 
 
-def _written(record: BlockRecord | None) -> str:
+def _written(record: BlockRecord | None, volume=None) -> str:
     if record is None:
         return ""
     done, total = len(record.done_ids()), record.total()
+    if total and done >= total and volume is not None and pyramid_steps(volume):
+        return f": all {total} blocks written, not yet its pyramid levels"
     if total:
         return f": {done} of {total} blocks ({100 * done // total}%) written"  # floor: never 100% unfinished
     return f" ({done} blocks done)" if done else ""

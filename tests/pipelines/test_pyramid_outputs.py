@@ -75,6 +75,8 @@ def test_no_pyramid_writes_level_0_only(tmp_path, raw, checkpoint, affinities):
     levels = _levels(out)
     assert len(levels) == 1
     np.testing.assert_array_equal(levels[0], _levels(affinities)[0])
+    with pytest.raises(UserError, match=r"complete but was written with other settings"):  # pyramid or not: settings
+        predict(checkpoint, raw, out, block_shape=BLOCK, resume=True, progress=False)
     assert "--no-pyramid" in runner.invoke(app, ["segment", "--help"]).output
 
 
@@ -99,7 +101,8 @@ def test_a_run_that_dies_in_the_pyramid_is_unfinished_and_resume_completes_it(tm
     monkeypatch.undo()
     assert not open_volume(str(out)).complete
     assert (out / "0" / ".psc-seg-pyramid-1" / "done.log").read_text().count("\n") == 1
-    with pytest.raises(UserError, match=r"affinities '.*' are unfinished.*--resume"):  # not an input yet
+    with pytest.raises(UserError, match=r"affinities '.*' are unfinished: all 16 blocks written, not yet its "
+                                         r"pyramid levels; finish them with `.*--resume`"):  # not an input yet
         segment(str(out), str(tmp_path / "seg.zarr"), progress=False)
     summary = predict(checkpoint, raw, str(out), block_shape=BLOCK, resume=True, progress=False)
     assert summary["computed"] == 0  # level 0 kept; the pyramid finished from its record
