@@ -33,6 +33,9 @@ def info_command(
         if sample["min"] is not None else f"values      no finite values ({where})",
         f"complete    {'yes' if info['complete'] else 'NO (unfinished output)'}",
     ]
+    if info["pyramid"]:
+        lines.append("pyramid     " + ", ".join(str(tuple(shape)) for shape in info["pyramid"]) + " (OME-Zarr levels "
+                     "1, 2, ... for viewers; psc-seg reads level 0)")
     if sample["non_finite"]:
         lines.append(f"non-finite  {sample['non_finite']:,} voxels of the sample are NaN or infinite")
     if "affine" in info:

@@ -7,13 +7,15 @@ from typing import Any
 import numpy as np
 
 from psc_seg.io import open_volume, sample_values
+from psc_seg.io.pyramid import pyramid_steps
 
 INFO_SAMPLE_VOXELS = 1_000_000
 
 
 def volume_info(spec: str) -> dict[str, Any]:
-    """Shape, dtype, chunks, voxel size, offset, unit, world ROI, completeness, metadata and the value
-    range of a sample (at most about a million voxels) of the volume ``spec``."""
+    """Shape, dtype, chunks, voxel size, offset, unit, world ROI, completeness, the spatial shapes
+    of its OME-Zarr pyramid levels below level 0 (``pyramid``), metadata and the value range of
+    a sample (at most about a million voxels) of the volume ``spec``."""
     vol = open_volume(spec)
     values = sample_values(vol, max_voxels=INFO_SAMPLE_VOXELS)
     finite = values[np.isfinite(values)]
@@ -29,6 +31,7 @@ def volume_info(spec: str) -> dict[str, Any]:
         "unit": vol.unit,
         "roi": vol.roi.as_dict(),
         "complete": vol.complete,
+        "pyramid": [list(step.shape) for step in pyramid_steps(vol)],
         "sample": {
             "voxels": int(values.size),
             "whole_volume": int(values.size) == int(np.prod(vol.shape)),

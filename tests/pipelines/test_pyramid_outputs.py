@@ -58,6 +58,8 @@ def test_predict_writes_a_mean_pyramid(affinities):
     assert ms["datasets"][1]["coordinateTransformations"] == [
         {"type": "scale", "scale": [1.0, 16.0, 16.0, 16.0]}, {"type": "translation", "translation": [0.0, 4.0, 4.0, 4.0]}]
     assert "image-label" not in _attrs(affinities)
+    shown = runner.invoke(app, ["info", affinities])
+    assert shown.exit_code == 0 and "pyramid     (32, 32, 36) (OME-Zarr levels" in shown.output, shown.output
 
 
 def test_predict_pyramid_on_workers_equals_in_process(tmp_path, raw, checkpoint, affinities):
