@@ -79,6 +79,9 @@ def test_no_pyramid_writes_level_0_only(tmp_path, raw, checkpoint, affinities):
     np.testing.assert_array_equal(levels[0], _levels(affinities)[0])
     with pytest.raises(UserError, match=r"complete but was written with other settings"):  # pyramid or not: settings
         predict(checkpoint, raw, out, block_shape=BLOCK, resume=True, progress=False)
+    predict(checkpoint, raw, out, block_shape=BLOCK, overwrite=True, progress=False)  # built beside, swapped in
+    for got, want in zip(_levels(out), _levels(affinities), strict=True):
+        np.testing.assert_array_equal(got, want)
     assert "--no-pyramid" in runner.invoke(app, ["segment", "--help"]).output
 
 
