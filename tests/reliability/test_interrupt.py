@@ -129,6 +129,26 @@ def test_sigint_with_dask_workers_is_one_line(tmp_path, raw, checkpoint):
     continue_command(err, rf"interrupted: \d+ of 256 blocks written to {re.escape(out)} are kept; continue with `.*`")
 
 
+def test_workers_beside_another_cluster_on_port_8787_print_nothing(tmp_path, raw, checkpoint):
+    """Another dask cluster's dashboard (8787) does not make predict's workers warn on stderr."""
+    import socket
+
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
+    except OSError:
+        pass  # already taken by someone else: the same situation
+    try:
+        out = str(tmp_path / "pred.zarr")
+        done = subprocess.run([PSC_SEG, "predict", str(checkpoint), raw, out, "--block-shape", "16", "32", "32", "-q",
+                               "--workers", "1"], env=ENV, capture_output=True, text=True, timeout=300)
+    finally:
+        taken.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+
+
 def test_sigint_in_blockwise_segment_keeps_blocks_and_resume_finishes(tmp_path, affinities):
     from psc_seg.pipelines.segment import segment
 
