@@ -28,12 +28,10 @@ and Adam step on one 132^3 patch, torch's default threads) against the time the 
 ``num_workers`` loader workers need per sample: the step does not wait on the loader while
 ``step seconds >= (1 / samples per second) / num_workers``.
 
-Measured (2-core AMD EPYC VM, the lead's training benchmark on the other core and load
-3.7-5.3; RESULTS.md, loader_throughput) at 121c96b, samples/s by wall clock / by CPU time:
-em preset 7.2 / 11.0 (91 ms of CPU a sample; 7.4 by wall clock on a quiet box before these
-changes, 135 ms), em 3d 3.0 / 4.5, em old 0.51 / 0.77 (14x slower), mri preset 17 / 26, mri
-all 17 / 26; a CPU training step of the EM model 44 s on the loaded box (13-29 s before), so
-it never waits on the loader.
+Measured on a quiet 2-core AMD EPYC VM (AVX2) at 03064b8 (RESULTS.md, loader_throughput):
+em preset 13.4 samples/s (7.4 before the speed work), em 3d 6.0, em old 1.0 (13x slower), mri
+preset 40.8, mri all 31.2; a CPU training step of the EM model 8.4 s, so it never waits on
+the loader.
 """
 
 from __future__ import annotations
