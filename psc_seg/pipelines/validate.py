@@ -41,7 +41,8 @@ def _predict(checkpoint: Path, raw: str, output: Path, *, config: TrainConfig, d
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Note)
         return predict(checkpoint, raw, str(output), block_shape=list(block) if block else None,
-                       device=str(device), overwrite=True, progress=False, allow_incomplete=True)
+                       device=str(device), overwrite=True, progress=False, allow_incomplete=True,
+                       pyramid=False)  # scored, never viewed: no levels for viewers
 
 
 def _scored(volume: LabelledVolume) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray | None]:
