@@ -84,6 +84,19 @@ def transpose(arrays: Sequence[np.ndarray], groups: Sequence[Sequence[int]], rng
     return [np.transpose(a, [*range(a.ndim - 3), *(a.ndim - 3 + o for o in order)]) for a in arrays]
 
 
+def flip_and_transpose(arrays: Sequence[np.ndarray], rng: np.random.Generator, config: AugmentConfig,
+                       transpose_groups: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The geometry of a sample without resampling (:attr:`AugmentConfig.resamples` false):
+    exact axis reversals (``config.flip``) then permutations (``config.transpose``, within
+    ``transpose_groups``) of all ``arrays`` alike; views where possible."""
+    arrays = list(arrays)
+    if config.flip:
+        arrays = flip(arrays, rng)
+    if config.transpose and transpose_groups:
+        arrays = transpose(arrays, transpose_groups, rng)
+    return arrays
+
+
 ROTATION_PLANES = ((1, 2), (0, 2), (0, 1))
 """The planes turned by a rotation about z, about y and about x."""
 
@@ -533,10 +546,6 @@ def augment(
         labels, known = resample_nearest([labels, known], warp)
         known = known & inside.numpy()
     else:
-        arrays = [raw, labels, known]
-        if config.flip:
-            arrays = flip(arrays, rng)
-        if config.transpose and transpose_groups:
-            arrays = transpose(arrays, transpose_groups, rng)
-        raw, labels, known = (np.ascontiguousarray(a) for a in arrays)
+        raw, labels, known = (np.ascontiguousarray(a) for a in flip_and_transpose([raw, labels, known], rng, config,
+                                                                                   transpose_groups))
     return augment_intensity(raw, rng, config), labels, known

@@ -54,7 +54,7 @@ from psc_seg.engine import Roi, read_mirrored
 from psc_seg.allocator import keep_freed_memory
 from psc_seg.errors import UserError
 from psc_seg.train.augment import (
-    NoiseBank, augment_intensity, flip, resample_linear, resample_nearest, transpose, transposable_axes,
+    NoiseBank, augment_intensity, flip_and_transpose, resample_linear, resample_nearest, transposable_axes,
     warp_coordinates,
 )
 from psc_seg.train.config import AugmentConfig, TaskConfig
@@ -277,12 +277,7 @@ class PatchDataset(Dataset):
         config, region = self.augment_config, self.target_region
         if not config.resamples:  # exact flips and transposes of the patch read as it is
             index, _, raw, labels, known = self.draw(rng)
-            arrays = [raw, labels, known]
-            if config.flip:
-                arrays = flip(arrays, rng)
-            if config.transpose and self.transpose_groups[index]:
-                arrays = transpose(arrays, self.transpose_groups[index], rng)
-            raw, labels, known = arrays
+            raw, labels, known = flip_and_transpose([raw, labels, known], rng, config, self.transpose_groups[index])
             return index, np.ascontiguousarray(raw), labels[region], known[region], rng
         index, start, _, _ = self.choose(rng, (0, 0, 0))
         volume = self.volumes[index]
