@@ -112,7 +112,8 @@ def world_roi(offset: Sequence[float], voxel_size: Sequence[float], shape: Seque
     return WorldRoi(offset, tuple(n * v for n, v in zip(shape[-3:], voxel_size)), unit)
 
 
-def _size(values: Sequence[float]) -> str:
+def number_list(values: Sequence[float]) -> str:
+    """``"(40, 4, 4)"``: world numbers for messages."""
     return "(" + ", ".join(_num(v) for v in values) + ")"
 
 
@@ -120,8 +121,8 @@ def check_offset(where: str, voxel_size: Sequence[float], offset: Sequence[float
     """UserError unless ``offset`` is a whole number of voxels of ``voxel_size`` on every axis."""
     for axis, o, v in zip(AXES, offset, voxel_size):
         if v > 0 and abs(o / v - round(o / v)) > ALIGN_TOLERANCE:
-            raise UserError(f"{where} has offset {_size(offset)} that is not a multiple of its voxel size "
-                            f"{_size(voxel_size)} (z, y, x) on axis {axis}; fix the offset in its metadata")
+            raise UserError(f"{where} has offset {number_list(offset)} that is not a multiple of its voxel size "
+                            f"{number_list(voxel_size)} (z, y, x) on axis {axis}; fix the offset in its metadata")
 
 
 def voxel_slices(roi: WorldRoi, offset: Sequence[float], voxel_size: Sequence[float]) -> tuple[slice, ...] | None:

@@ -28,6 +28,7 @@ import numpy as np
 from psc_seg.engine.resume import check_finished
 from psc_seg.errors import UserError, note
 from psc_seg.evaluate import CONVENTIONS, contingency_tables_blockwise, dice_scores, instance_scores
+from psc_seg.io.geometry import number_list
 
 
 def _open_labels(spec: str, role: str, *, allow_incomplete: bool = False):
@@ -83,8 +84,8 @@ def scored_region(gt, others: Sequence[tuple[str, Any]]):
                 "them), or give them an offset in their metadata")
         if not _same_size(volume, gt) and (not same_place or (volume.has_voxel_size and gt.has_voxel_size)):
             raise UserError(
-                f"{role} {volume.spec!r} (ROI {volume.roi}, voxel size {_size(volume.voxel_size)}) and the ground "
-                f"truth {gt.spec!r} (ROI {gt.roi}, voxel size {_size(gt.voxel_size)}) differ in voxel size; score "
+                f"{role} {volume.spec!r} (ROI {volume.roi}, voxel size {number_list(volume.voxel_size)}) and the ground "
+                f"truth {gt.spec!r} (ROI {gt.roi}, voxel size {number_list(gt.voxel_size)}) differ in voxel size; score "
                 "volumes of one voxel size (resample one of them)")
     if same_place:
         return gt.roi, [v for _, v in volumes]
@@ -104,10 +105,6 @@ def scored_region(gt, others: Sequence[tuple[str, Any]]):
                             "voxel; fix the offset in the metadata of one of them")
         crops.append(volume if key == tuple(slice(0, n) for n in volume.spatial_shape) else _Crop(volume, key))
     return roi, crops
-
-
-def _size(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 def _check_report_path(path: Path, inputs: Sequence[str]) -> None:

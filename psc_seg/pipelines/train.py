@@ -20,6 +20,7 @@ from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
 from psc_seg.engine import Roi
 from psc_seg.io import Volume, check_image, normalize, open_volume, resolve_normalization
+from psc_seg.io.geometry import number_list
 from psc_seg.models import read_checkpoint
 from psc_seg.owned import marked_entries, marker_path, other_entries, remove_entries, write_marker
 from psc_seg.train.config import TrainConfig, VolumeSet, WorldRoi, load_config
@@ -95,10 +96,6 @@ def open_labelled(volume_set: VolumeSet, config: TrainConfig, *, preload: bool,
     )
 
 
-def _numbers(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
-
-
 def world_roi(volume: Volume) -> str:
     """``volume``'s region in world units, for messages: ``"z 0:512, y 0:768, x 0:768 nanometer"``."""
     ends = [o + s * v for o, s, v in zip(volume.offset, volume.spatial_shape, volume.voxel_size)]
@@ -128,15 +125,15 @@ def place_in_raw(other: Volume, raw: Volume, role: str) -> Roi:
         return Roi((0, 0, 0), shape)
     if not np.allclose(other.voxel_size, raw.voxel_size, rtol=1e-4, atol=0):
         raise UserError(
-            f"{role} {other.spec!r} has voxel size {_numbers(other.voxel_size)} but raw {raw.spec!r} has "
-            f"{_numbers(raw.voxel_size)}; resample the {role} to the raw's voxel size"
+            f"{role} {other.spec!r} has voxel size {number_list(other.voxel_size)} but raw {raw.spec!r} has "
+            f"{number_list(raw.voxel_size)}; resample the {role} to the raw's voxel size"
         )
     steps = np.subtract(other.offset, raw.offset) / np.asarray(raw.voxel_size)
     if not np.allclose(steps, np.round(steps), atol=1e-3):
         raise UserError(
-            f"{role} {other.spec!r} at offset {_numbers(other.offset)} is off the voxel grid of raw {raw.spec!r} "
-            f"(offset {_numbers(raw.offset)}, voxel size {_numbers(raw.voxel_size)}): the offsets differ by "
-            f"{_numbers(np.subtract(other.offset, raw.offset))}, not a multiple of the voxel size"
+            f"{role} {other.spec!r} at offset {number_list(other.offset)} is off the voxel grid of raw {raw.spec!r} "
+            f"(offset {number_list(raw.offset)}, voxel size {number_list(raw.voxel_size)}): the offsets differ by "
+            f"{number_list(np.subtract(other.offset, raw.offset))}, not a multiple of the voxel size"
         )
     placed = Roi(np.round(steps).astype(int).tolist(), shape)
     if not Roi((0, 0, 0), raw.spatial_shape).contains(placed):
@@ -158,8 +155,8 @@ def roi_in_raw(roi: WorldRoi, raw: Volume, labels: Volume, labels_roi: Roi) -> R
     shape = np.asarray(roi.shape) / voxel_size
     if not (np.allclose(begin, np.round(begin), atol=1e-3) and np.allclose(shape, np.round(shape), atol=1e-3)):
         raise UserError(
-            f"roi (offset {_numbers(roi.offset)}, shape {_numbers(roi.shape)}) of labels {labels.spec!r} is off the "
-            f"voxel grid of raw {raw.spec!r} (offset {_numbers(raw.offset)}, voxel size {_numbers(raw.voxel_size)}); "
+            f"roi (offset {number_list(roi.offset)}, shape {number_list(roi.shape)}) of labels {labels.spec!r} is off the "
+            f"voxel grid of raw {raw.spec!r} (offset {number_list(raw.offset)}, voxel size {number_list(raw.voxel_size)}); "
             "give multiples of the voxel size from the raw's offset"
         )
     placed = Roi(np.round(begin).astype(int).tolist(), np.round(shape).astype(int).tolist())
