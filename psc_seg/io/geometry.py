@@ -176,3 +176,24 @@ def moved_affine(affine: np.ndarray, *, voxel_size: Sequence[float], offset: Seq
     matrix[:3, :3] = matrix[:3, :3] * scale
     matrix[:3, 3] = origin
     return matrix
+
+
+def placed_by_index(other, raw, role: str) -> bool:
+    """Whether ``other`` (the ``role`` volume: labels, mask, affinities) is aligned with ``raw``
+    by array index, as it is where either has no voxel size in its metadata (then
+    ``has_voxel_size`` is false); it must then have the raw's shape.
+
+    Raises:
+        UserError: aligned by index with another shape than the raw's.
+    """
+    if raw.has_voxel_size and other.has_voxel_size:
+        return False
+    if other.spatial_shape != raw.spatial_shape:
+        missing = role if not other.has_voxel_size else "raw"
+        raise UserError(
+            f"{role} {other.spec!r} has shape {other.spatial_shape} but raw {raw.spec!r} has {raw.spatial_shape}, and "
+            f"without a voxel size in the metadata of the {missing} one cannot be placed over the other; give both "
+            f"voxel size and offset metadata (resolution / offset attributes or OME-Zarr scale / translation), or "
+            f"{role} of the raw's shape"
+        )
+    return True

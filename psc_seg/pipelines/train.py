@@ -20,7 +20,7 @@ from psc_seg.errors import UserError, check_exclusive, note
 from psc_seg.files import atomic_path
 from psc_seg.engine import Roi
 from psc_seg.io import Volume, check_image, normalize, open_volume, resolve_normalization
-from psc_seg.io.geometry import number_list
+from psc_seg.io.geometry import number_list, placed_by_index
 from psc_seg.models import read_checkpoint
 from psc_seg.owned import marked_entries, marker_path, other_entries, remove_entries, write_marker
 from psc_seg.train.config import TrainConfig, VolumeSet, WorldRoi, load_config
@@ -113,15 +113,7 @@ def place_in_raw(other: Volume, raw: Volume, role: str) -> Roi:
             offset difference that is not a multiple of the voxel size; not inside the raw.
     """
     shape = other.spatial_shape
-    if not (raw.has_voxel_size and other.has_voxel_size):
-        if shape != raw.spatial_shape:
-            missing = role if not other.has_voxel_size else "raw"
-            raise UserError(
-                f"{role} {other.spec!r} has shape {shape} but raw {raw.spec!r} has {raw.spatial_shape}, and without "
-                f"a voxel size in the metadata of the {missing} one cannot be placed within the other; give both voxel "
-                f"size and offset metadata (resolution / offset attributes or OME-Zarr scale / translation), or "
-                f"{role} of the raw's shape"
-            )
+    if placed_by_index(other, raw, role):
         return Roi((0, 0, 0), shape)
     if not np.allclose(other.voxel_size, raw.voxel_size, rtol=1e-4, atol=0):
         raise UserError(

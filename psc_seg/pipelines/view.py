@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from psc_seg.errors import Interrupted, UserError, note
+from psc_seg.io.geometry import placed_by_index
 
 NEEDS_NEUROGLANCER = 'psc-seg view needs neuroglancer: pip install "psc-seg[view]"'
 NEEDS_CHROMIUM = ("--screenshot needs Chromium and its driver for a headless browser; install them "
@@ -101,13 +102,7 @@ def _unit(name: str | None) -> str | None:
 def _layer(volume, name: str, kind: str, raw, unit: str | None) -> ViewLayer:
     """``volume`` placed in ``raw``'s world frame (see :func:`view_layers`), ``unit`` the frame's."""
     role = {"image": "raw", "segmentation": "labels", "affinities": "affinities"}[kind]
-    if volume is raw or not (raw.has_voxel_size and volume.has_voxel_size):
-        if volume is not raw and volume.spatial_shape != raw.spatial_shape:
-            missing = role if not volume.has_voxel_size else "raw"
-            raise UserError(
-                f"{role} {volume.spec!r} has shape {volume.spatial_shape} but raw {raw.spec!r} has "
-                f"{raw.spatial_shape}, and without a voxel size in the metadata of the {missing} one cannot be placed "
-                f"over the other; give both a voxel size and offset in their metadata, or {role} of the raw's shape")
+    if volume is raw or placed_by_index(volume, raw, role):
         size, offset = raw.voxel_size, raw.offset
     else:
         if volume.unit and raw.unit and volume.unit != raw.unit:
