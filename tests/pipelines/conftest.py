@@ -9,12 +9,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from psc_seg.models import build_model, save_checkpoint
 
 OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+
+
+def seeded_raw(spec: str, shape: tuple[int, int, int]) -> str:
+    """A finished uint8 volume of seeded noise at 8 nm written to ``spec``; returns ``spec``."""
+    from psc_seg.io import create_volume
+
+    volume = create_volume(spec, shape=shape, dtype=np.uint8, voxel_size=(8, 8, 8), unit="nanometer")
+    volume.write(None, np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+    volume.finalize()
+    return spec
 
 
 def tiny_checkpoint(path: Path, **metadata) -> Path:

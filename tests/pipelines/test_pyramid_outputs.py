@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.errors import Interrupted, UserError
-from psc_seg.io import create_volume, open_volume
+from psc_seg.io import open_volume
 from psc_seg.io.pyramid import PyramidStep, downsample
 from psc_seg.pipelines.predict import predict
 from psc_seg.pipelines.segment import segment
+from tests.pipelines.conftest import seeded_raw
 
 runner = CliRunner()
 BLOCK = (16, 32, 36)  # 16 blocks; pyramid level 1 (32, 32, 36): 2 blocks
@@ -36,9 +37,7 @@ def _levels(path) -> list[np.ndarray]:
 def raw(tmp_path_factory):
     """A seeded ``(64, 64, 72)`` uint8 volume at 8 nm: one pyramid level (32, 32, 36)."""
     spec = str(tmp_path_factory.mktemp("raw") / "raw.zarr")
-    volume = create_volume(spec, shape=(64, 64, 72), dtype=np.uint8, voxel_size=(8, 8, 8), unit="nanometer")
-    volume.write(None, np.random.default_rng(0).integers(0, 256, (64, 64, 72), dtype=np.uint8))
-    volume.finalize()
+    seeded_raw(spec, (64, 64, 72))
     return spec
 
 

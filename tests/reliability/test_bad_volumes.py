@@ -16,7 +16,8 @@ import zarr
 from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
-from psc_seg.io import create_volume, open_volume, volume_exists
+from psc_seg.io import open_volume, volume_exists
+from tests.pipelines.conftest import seeded_raw
 
 from .test_read_faults import RAW, fails_in_one_line, train_args
 
@@ -79,19 +80,16 @@ def test_nifti_affinities_with_a_bad_affine_are_refused_before_segment_computes_
 
 
 def test_an_oversized_block_shape_is_capped_to_the_volume_with_a_note(tmp_path, unet):
-    raw = create_volume(str(tmp_path / "raw.zarr"), shape=(32, 64, 64), dtype=np.uint8, voxel_size=(8, 8, 8),
-                        unit="nanometer")
-    raw.write(None, np.random.default_rng(0).integers(0, 256, (32, 64, 64), dtype=np.uint8))
-    raw.finalize()
+    raw = seeded_raw(str(tmp_path / "raw.zarr"), (32, 64, 64))  # the spec
     out, reference = str(tmp_path / "affs.zarr"), str(tmp_path / "reference.zarr")
-    result = runner.invoke(app, ["predict", unet, raw.spec, out, "--block-shape", "4096", "4096", "4096", "-q"])
+    result = runner.invoke(app, ["predict", unet, raw, out, "--block-shape", "4096", "4096", "4096", "-q"])
     assert result.exit_code == 0, result.output
     assert "note: block shape 4096 4096 4096 is larger than the 32x64x64 volume; capped to 32 64 64" in result.stderr
     assert open_volume(out).chunks == (3, 32, 64, 64)
-    assert runner.invoke(app, ["predict", unet, raw.spec, reference, "--block-shape", "32", "64", "64",
+    assert runner.invoke(app, ["predict", unet, raw, reference, "--block-shape", "32", "64", "64",
                                "-q"]).exit_code == 0
     np.testing.assert_array_equal(open_volume(out).read(), open_volume(reference).read())
-    result = runner.invoke(app, ["predict", unet, raw.spec, str(tmp_path / "fits.zarr"), "--block-shape", "16",
+    result = runner.invoke(app, ["predict", unet, raw, str(tmp_path / "fits.zarr"), "--block-shape", "16",
                                  "16", "16", "-q"])
     assert result.exit_code == 0 and "capped" not in result.stderr
 

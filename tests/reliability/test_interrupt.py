@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.io import create_volume, open_volume
+from tests.pipelines.conftest import seeded_raw
 
 runner = CliRunner()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -84,9 +85,7 @@ def assert_interrupted(args: list[str], message: str) -> None:
 def raw(tmp_path_factory):
     """A seeded ``(32, 64, 64)`` uint8 volume at 8 nm."""
     spec = str(tmp_path_factory.mktemp("raw") / "raw.zarr")
-    volume = create_volume(spec, shape=(32, 64, 64), dtype=np.uint8, voxel_size=(8, 8, 8), unit="nanometer")
-    volume.write(None, np.random.default_rng(0).integers(0, 256, (32, 64, 64), dtype=np.uint8))
-    volume.finalize()
+    seeded_raw(spec, (32, 64, 64))
     return spec
 
 

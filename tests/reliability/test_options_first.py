@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from psc_seg.cli.main import app
 from psc_seg.io import create_volume
+from tests.pipelines.conftest import seeded_raw
 
 runner = CliRunner()
 
@@ -63,9 +64,7 @@ def affinities(tmp_path_factory, checkpoint):
     """Affinities predicted from a seeded ``(32, 32, 32)`` volume (``raw.zarr`` beside them)."""
     folder = tmp_path_factory.mktemp("affs")
     raw = str(folder / "raw.zarr")
-    volume = create_volume(raw, shape=(32, 32, 32), dtype=np.uint8, voxel_size=(8, 8, 8), unit="nanometer")
-    volume.write(None, np.random.default_rng(0).integers(0, 256, (32, 32, 32), dtype=np.uint8))
-    volume.finalize()
+    seeded_raw(raw, (32, 32, 32))
     result = runner.invoke(app, ["predict", str(checkpoint), raw, str(folder / "affs.zarr"), "-q"])
     assert result.exit_code == 0, result.output
     return str(folder / "affs.zarr")
