@@ -61,3 +61,19 @@ def fixable_writes(what: str, *, then: str = "rerun", options: Sequence[str] = (
         if fault is None:
             raise
         raise UserError(f"cannot {what} ({fault[0]}); {fault[1]}, then {then}", options=options) from exc
+
+
+def check_png_output(out: Path, what: str, *, inputs: Sequence[str], overwrite: bool) -> None:
+    """UserError unless ``out`` may receive a PNG: a ``.png`` name, not an existing file
+    without ``overwrite``, and not inside the file or container of one of ``inputs`` (volume
+    specs), where a foreign file would sit among the input's own."""
+    from psc_seg.io.spec import parse_spec
+
+    if out.suffix.lower() != ".png":
+        raise UserError(f"{what} {str(out)!r}: give a .png file name")
+    for spec in inputs:
+        parsed = parse_spec(spec)
+        if not parsed.url and out.resolve().is_relative_to(Path(parsed.path).resolve()):
+            raise UserError(f"{what} {str(out)!r} lies inside the input {spec!r}; write it outside the input")
+    if out.exists() and not overwrite:
+        raise UserError(f"{str(out)!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))

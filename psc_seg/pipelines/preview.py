@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from psc_seg.engine.resume import check_finished
+from psc_seg.files import check_png_output
 from psc_seg.errors import UserError, note
 from psc_seg.io import open_volume
 from psc_seg.preview import write_preview
@@ -47,10 +48,8 @@ def preview_volume(
     from psc_seg.io.crop import CroppedVolume
 
     out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise UserError(f"preview output {str(out)!r}: give a .png file name")
-    if out.exists() and not overwrite:
-        raise UserError(f"{str(out)!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
+    check_png_output(out, "preview output", inputs=[v for v in (volume, labels, affinities) if v],
+                     overwrite=overwrite)
     raw = open_volume(volume)
     label_volume = open_volume(labels) if labels else None
     affinity_volume = open_volume(affinities) if affinities else None

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from psc_seg.errors import Interrupted, UserError, note
+from psc_seg.files import check_png_output
 from psc_seg.io.geometry import placed_by_index
 
 NEEDS_NEUROGLANCER = 'psc-seg view needs neuroglancer: pip install "psc-seg[view]"'
@@ -362,10 +363,8 @@ def view_volumes(
 
     out = Path(screenshot) if screenshot is not None else None
     if out is not None:
-        if out.suffix.lower() != ".png":
-            raise UserError(f"screenshot {str(out)!r}: give a .png file name")
-        if out.exists() and not overwrite:
-            raise UserError(f"{str(out)!r} exists; pass {{overwrite}} to replace it", options=("overwrite",))
+        check_png_output(out, "screenshot", inputs=[raw, *labels, *([affinities] if affinities else [])],
+                         overwrite=overwrite)
     neuroglancer_module()
     browser = chromium_binary() if out is not None else None
     volumes = [open_volume(raw), [open_volume(s) for s in labels], open_volume(affinities) if affinities else None]

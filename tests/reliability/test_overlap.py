@@ -91,3 +91,16 @@ def test_dots_in_a_node_path_name_the_same_node(tmp_path, checkpoint):
     result = runner.invoke(app, ["predict", str(checkpoint), f"{tmp_path}/h.h5:/raw", f"{tmp_path}/d.zarr/../x",
                                  "-q"])
     assert result.exit_code == 2 and "leaves its container with '..'" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["preview", "view"])
+def test_a_png_inside_its_input_is_refused(raw_zarr, command):
+    """preview -o and view --screenshot write no file among the input's own."""
+    pytest.importorskip("neuroglancer") if command == "view" else None
+    before = sorted(p.name for p in Path(raw_zarr).rglob("*"))
+    result = runner.invoke(app, [command, raw_zarr, "-o", f"{raw_zarr}/shot.png"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: {'preview output' if command == 'preview' else 'screenshot'} '{raw_zarr}/shot.png' lies inside the "
+        f"input '{raw_zarr}'; write it outside the input"]
+    assert sorted(p.name for p in Path(raw_zarr).rglob("*")) == before
