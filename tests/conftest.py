@@ -1,4 +1,4 @@
-"""Make test modules importable by name in dask worker processes.
+"""Make test modules importable by name in dask worker processes; predict's auto precision float32.
 
 pytest imports test files with ``--import-mode=importlib`` as ``tests.<dir>.<file>``; a
 LocalCluster worker unpickling a function defined there must import that module too, so the
@@ -18,6 +18,10 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+# predict's precision "auto" is float32 on every machine (in subprocesses too): results compared
+# to float32 references must not depend on whether the CPU has bfloat16 instructions; the tests
+# of auto's choice (tests/engine/test_precision.py) lift it
+os.environ["PSC_SEG_AUTO_BF16"] = "0"
 
 
 class NoteLog:

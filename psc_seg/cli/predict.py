@@ -33,10 +33,19 @@ def predict_command(
     dtype: Annotated[str, typer.Option("--dtype", help="float32, or uint8 (round(255 p)).")] = "float32",
     precision: Annotated[
         str,
-        typer.Option("--precision", help="Compute precision: auto, float32, bfloat16 or float16. bfloat16 and float16 "
-                                          "(autocast) are for --device cuda only for now; auto is float32 on CPU, "
-                                          "bfloat16 (else float16) on CUDA."),
+        typer.Option("--precision", help="Compute precision: auto, float32, bfloat16 or float16 (cuda only). auto on "
+                                          "CPU: bfloat16 where the CPU has bfloat16 instructions (amx_bf16, "
+                                          "avx512_bf16) and a short calibration shows it faster for this network, "
+                                          "else float32; on cuda: bfloat16 (else float16) autocast. The choice is "
+                                          "printed and stored with the output."),
     ] = "auto",
+    tta: Annotated[
+        str,
+        typer.Option("--tta", help="Mirror test-time augmentation: none, flips (mean over the 8 axis flips: 8x the "
+                                   "time) or flips+transposes (also the axis swaps the voxel size allows: 16x for "
+                                   "anisotropic EM, 48x isotropic). Affinities are mapped back per offset; class "
+                                   "probabilities are averaged before the argmax."),
+    ] = "none",
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished output made with the same settings (a killed run's, or an unfinished --overwrite replacement); takes over from a run that is no longer running.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output. The new one is written beside it (OUT.psc-seg-new) and takes its place only once complete: a run that fails or is killed leaves the old one as it was.")] = False,
     normalize: Annotated[
@@ -82,12 +91,13 @@ def predict_command(
                       device=device, batch_size=batch_size, dtype=dtype, precision=precision, resume=resume,
                       overwrite=overwrite, progress=not quiet, normalize=normalize,
                       ignore_voxel_size=ignore_voxel_size, allow_incomplete=allow_incomplete,
-                      exact_tiling=exact_tiling, roi=roi, roi_voxels=roi_voxels, pyramid=pyramid, mask=mask)
+                      exact_tiling=exact_tiling, roi=roi, roi_voxels=roi_voxels, pyramid=pyramid, mask=mask, tta=tta)
     where = ", ".join(f"{name} -> {spec}" for name, spec in summary["outputs"].items())
     masked = f", {summary['masked']} outside the mask" if mask else ""
     typer.echo(
         f"wrote {where}: {summary['computed']} blocks computed, {summary['skipped']} already done{masked} "
-        f"(of {summary['blocks']}), {summary['seconds']:.1f} s, {summary['voxels_per_second']:,.0f} voxels/s"
+        f"(of {summary['blocks']}), {summary['seconds']:.1f} s, {summary['voxels_per_second']:,.0f} voxels/s, "
+        f"{summary['precision'].used}{' with TTA ' + tta if tta != 'none' else ''}"
     )
 
 

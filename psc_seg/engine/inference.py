@@ -50,6 +50,7 @@ import torch
 from psc_seg.allocator import keep_freed_memory
 from psc_seg.engine.blocks import Block, block_grid, read_mirrored
 from psc_seg.engine.chunk_cache import ChunkCache
+from psc_seg.engine.precision import cpu_dtype
 from psc_seg.engine.roi import Roi
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
@@ -66,7 +67,6 @@ WHOLE_VOLUME_VOXELS = 192**3
 CLIPPED_BLOCK = 128
 READ_CACHE_BYTES = 32 * 2**20  # decoded input chunks kept per process (a row of blocks' reads)
 DTYPES = ("float32", "uint8")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def exact_fits(model, volume_shape: Sequence[int]) -> bool:
 
 
 def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool = True,
-                  origin: Sequence[int] = (0, 0, 0)) -> BlockGeometry:
+                  origin: Sequence[int] = (0, 0, 0), margin: Sequence[int] = (0, 0, 0)) -> BlockGeometry:
     """The :class:`BlockGeometry` of ``model`` for ``block_shape``; UserError naming the
     model's ``shape_step`` if the block shape is not a positive multiple of it. ``twin``: the
     valid twin of a same-padding UNet if the caller has built it (:func:`prepare_model`).
@@ -184,7 +184,10 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool =
     halo around each block instead (not exact near block borders; bounded memory).
     ``origin``: the first voxel of the region tiled (an ROI's begin; write ROIs start at
     ``origin + k * block_shape``); valid-padding inputs still start on the whole volume's
-    ``shape_step`` lattice, so an ROI's output equals that region of the whole volume's."""
+    ``shape_step`` lattice, so an ROI's output equals that region of the whole volume's.
+    ``margin``: the network's output must reach this many voxels beyond the write ROI on each
+    side (mirror TTA's shifted affinities, :mod:`psc_seg.engine.tta`); a valid-padding network
+    then starts its output whole ``shape_step`` lattice steps earlier (same lattice)."""
     block_shape = tuple(int(b) for b in block_shape)
     step = tuple(model.shape_step)
     shift = tuple(int(o) % s for o, s in zip(origin, step))
@@ -196,28 +199,35 @@ def plan_geometry(model, block_shape: Sequence[int], *, twin=None, exact: bool =
             f"{' '.join(map(str, round_up([max(1, b) for b in block_shape], step)))}",
             options=("block_shape",),
         )
+    margin = tuple(int(m) for m in margin)
     if model.padding == "valid":
-        return _valid_geometry(model, block_shape, crop=shift)
+        return _valid_geometry(model, block_shape, crop=shift, margin=margin)
     if getattr(model, "has_valid_twin", False):
         # prepare_model runs the valid twin: its input starts `crop` voxels earlier than a valid
         # model's would, so that its pooling windows are those of the same-padding network
         # on tiles that start on multiples of shape_step
         crop = tuple((p - c + o) % s for p, c, o, s in zip(model.pooling_offset, model.context, shift, step))
-        return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop)
+        return _valid_geometry(twin if twin is not None else model.valid_twin(), block_shape, crop=crop,
+                               margin=margin)
     halo = round_up(model.context, step)
     clipped = exact and reads_receptive_field(model)
     context = round_up(model.receptive_radius, step) if clipped else halo
     read_shape = tuple(b + 2 * c for b, c in zip(block_shape, context))
     if tuple(model.output_shape(read_shape)) != read_shape:
         raise ValueError(f"same-padding model changes shape {read_shape}")
+    if any(m > c for m, c in zip(margin, context)):
+        raise ValueError(f"a margin of {margin} voxels exceeds the {context}-voxel context of the blocks")
     if clipped:
         return ClippedGeometry(block_shape, read_shape, context, context, halo, step)  # type: ignore[arg-type]
     return BlockGeometry(block_shape, read_shape, context, context)  # type: ignore[arg-type]
 
 
-def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...]) -> BlockGeometry:
-    """A valid-padding ``model`` computing ``block_shape`` voxels after ``crop`` ones."""
-    output = model.valid_output_shape([b + c for b, c in zip(block_shape, crop)])
+def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...],
+                    margin: tuple[int, ...] = (0, 0, 0)) -> BlockGeometry:
+    """A valid-padding ``model`` computing ``block_shape`` voxels after ``crop`` ones (``crop``
+    grown by whole shape steps to at least ``margin``), and at least ``margin`` after them."""
+    crop = tuple(c + -(-max(0, m - c) // s) * s for c, m, s in zip(crop, margin, model.shape_step))
+    output = model.valid_output_shape([b + c + m for b, c, m in zip(block_shape, crop, margin)])
     read_shape = tuple(model.valid_input_shape(output))
     context = tuple(c + k for c, k in zip(model.context, crop))
     if any(r - o != 2 * c for r, o, c in zip(read_shape, output, model.context)):
@@ -225,29 +235,17 @@ def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...
     return BlockGeometry(block_shape, read_shape, context, crop)  # type: ignore[arg-type]
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """The compute precision: ``"float32"`` on CPU; on CUDA ``"auto"`` is bfloat16 autocast
-    where the GPU supports it, else float16 autocast."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if not device.startswith("cuda"):
-        if precision in ("bfloat16", "float16"):
-            raise UserError(f"--precision {precision} is for --device cuda; on CPU predict runs in float32")
-        return "float32"
-    if precision == "auto":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return precision
-
-
-def prepare_model(model: torch.nn.Module) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """The network predict runs for ``model``: in eval mode with channels_last_3d weights
     (faster convolutions on oneDNN CPUs and on cuDNN tensor cores; see
     :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
     weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
-    centre of each tile that predict keeps, not the halo it crops away."""
+    centre of each tile that predict keeps, not the halo it crops away. ``dtype``: the weights'
+    dtype for CPU bfloat16 (:func:`~psc_seg.engine.precision.cpu_dtype`), else as they are."""
     if getattr(model, "has_valid_twin", False):
         model = model.valid_twin()
-    return to_channels_last(model.eval())
+    model = to_channels_last(model.eval())
+    return model if dtype is None else model.to(dtype)
 
 
 class PredictionWriter:
@@ -311,15 +309,21 @@ class BlockPredictor:
     the blocks of a task flow one by one through a pipeline (pinned host buffers; the upload
     of block i+1 on a side stream overlaps the forward of block i; results come back with
     non-blocking copies while the next block computes and are written meanwhile), under
-    autocast in ``precision`` (bfloat16 / float16) unless it is float32.
+    autocast in ``precision`` (bfloat16 / float16) unless it is float32. CPU bfloat16: the
+    network's weights and inputs are bfloat16 (:mod:`psc_seg.engine.precision`). Either way
+    the output is cast to float32 before predict's final activation.
+
+    ``tta``: a :class:`~psc_seg.engine.tta.MirrorTTA` (each block's output is the mean of its
+    passes), or None.
     """
 
     def __init__(self, *, checkpoint: str, model: torch.nn.Module | None, device: str, geometry: BlockGeometry,
                  source: Volume, writer: PredictionWriter, norm: dict[str, Any], activation: str | None,
-                 threads: int | None, precision: str = "float32") -> None:
+                 threads: int | None, precision: str = "float32", tta=None) -> None:
         self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
         self.source, self.writer, self.norm = source, writer, norm
-        self.threads, self.precision = threads, precision
+        self.threads, self.precision, self.tta = threads, precision, tta
+        self._dtype = cpu_dtype(precision, device)
         self._final = make_activation(activation)
         self.check_finite = np.issubdtype(source.dtype, np.floating)
         # neighbouring blocks' reads (with context) share storage chunks: decode each about once
@@ -332,12 +336,13 @@ class BlockPredictor:
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device)
+            key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device, self._dtype)
             if key not in _MODELS:
                 if self.threads:  # a worker process of our LocalCluster (psc_seg.allocator)
                     torch.set_num_threads(self.threads)
                     keep_freed_memory()
-                _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model)
+                _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model,
+                                             self._dtype)
             self._model = _MODELS[key]
         return self._model
 
@@ -368,15 +373,21 @@ class BlockPredictor:
                     self.write(blocks[i], y[k])
         return len(blocks)
 
-    def _activate(self, y: torch.Tensor) -> torch.Tensor:
-        return y if self._final is None else self._final(y)
+    def _infer(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The activated float32 output of ``model`` on ``x`` (under inference mode), averaged
+        over the TTA passes if any."""
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            y = model(x).float()
+            return y if self._final is None else self._final(y)
+
+        return forward(x) if self.tta is None else self.tta.average(forward, x)
 
     def forward_cpu(self, model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
         """``(B, C, Z, Y, X)`` float32 -> the activated network output ``(B, C', Z', Y', X')``
-        (a channels-last strided array: no copy back to NCDHW)."""
+        float32 (a channels-last strided array: no copy back to NCDHW)."""
+        x = torch.from_numpy(batch)
         with torch.inference_mode():
-            y = self._activate(model(to_channels_last(torch.from_numpy(batch))))
-            return y.float().numpy()
+            return self._infer(model, to_channels_last(x if self._dtype is None else x.to(self._dtype))).numpy()
 
     def _forward_cuda(self, model: torch.nn.Module, inputs: list[np.ndarray]):
         """Yield the activated output ``(C', Z', Y', X')`` of each input (see the class
@@ -406,7 +417,7 @@ class BlockPredictor:
                 following = upload(inputs[i + 1])  # overlaps the forward below
             autocast = torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
             with torch.inference_mode(), autocast:
-                y = self._activate(model(x)).float()
+                y = self._infer(model, x)
             host_y = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
             host_y.copy_(y, non_blocking=True)
             done = torch.cuda.Event()

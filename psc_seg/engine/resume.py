@@ -361,6 +361,19 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
         raise
 
 
+def stored_settings(specs: Mapping[str, str]) -> dict[str, Any] | None:
+    """The settings recorded by the run that wrote the outputs ``specs`` (its unfinished
+    ``overwrite`` replacements first), or None where there is no record."""
+    from psc_seg.io import open_volume, staged_spec, volume_exists
+
+    first = next(iter(specs.values()))
+    for spec in (str(staged_spec(first)), first):
+        if volume_exists(spec):
+            stored = BlockRecord(open_volume(spec).sidecar_dir(RECORD)).stored_settings()
+            return None if stored is None else stored.get("settings")
+    return None
+
+
 def _check_not_a_link(spec) -> None:
     """UserError for a local output that is a symbolic link: a replacement is renamed into the
     output's place, which would replace the link, not the data it points to."""

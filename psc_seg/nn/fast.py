@@ -25,7 +25,9 @@ these decide how fast a PmSCn or conv3d network runs, more than its FLOPs:
   processes call it (``PSC_SEG_MALLOC=system`` opts out).
 
 :func:`conv3d` applies these to one ``nn.Conv3d``; it falls back to the module itself for
-anything else (CUDA, other dtypes, dilated or grouped convs, string padding). With one
+anything else (CUDA, other dtypes, dilated or grouped convs, string padding). bfloat16
+tensors (predict's ``--precision bfloat16`` on CPU) take the same paths where oneDNN
+computes bfloat16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: AVX-512 or AMX). With one
 thread PyTorch also sends every 1x1x1 conv to the slow kernel (13x slower than oneDNN for
 36 -> 12 channels at 68^3), so those go through oneDNN as well.
 """
@@ -74,11 +76,27 @@ def fast_enabled() -> bool:
     return _ENABLED[0]
 
 
+def _bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# bfloat16 where oneDNN computes it (AVX-512 or AMX; elsewhere PyTorch's own kernels run it)
+_FAST_DTYPES = (torch.float32, torch.bfloat16) if _bf16_supported() else (torch.float32,)
+
+
+def fast_dtype(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a CPU tensor of a dtype the fast paths take (float32; bfloat16 where
+    oneDNN computes it) and the fast paths are on."""
+    return _ENABLED[0] and x.device.type == "cpu" and x.dtype in _FAST_DTYPES
+
+
 def _eligible(conv: nn.Conv3d, x: torch.Tensor) -> bool:
     return (
-        _ENABLED[0]
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        fast_dtype(x)
+        and conv.weight.dtype == x.dtype
         and x.dim() == 5
         and conv.groups == 1
         and conv.padding_mode == "zeros"

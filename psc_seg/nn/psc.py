@@ -27,7 +27,7 @@ from numbers import Integral
 import torch
 from torch import nn
 
-from psc_seg.nn.fast import cat_channels, conv3d, fast_enabled, run_sequential, widen_single_channel
+from psc_seg.nn.fast import cat_channels, conv3d, fast_dtype, run_sequential, widen_single_channel
 from psc_seg.nn.layers import make_activation, make_norm
 
 # For each stream: the axis (0=z, 1=y, 2=x) of its 1D convolution; the 2D plane is the other two.
@@ -218,7 +218,7 @@ class PSC(nn.Module):
         calls this method on any layer that has it, with the activation that follows."""
         # a one-channel input is widened once for all streams (see psc_seg.nn.fast)
         widened = None
-        if self.in_channels == 1 and fast_enabled() and x.device.type == "cpu" and x.dtype == torch.float32:
+        if self.in_channels == 1 and fast_dtype(x):
             widened = widen_single_channel(x)
         outs = []
         for stream in self.streams:

@@ -15,8 +15,9 @@ Outputs (``OUTPUT`` names the main one):
 ``dtype="uint8"`` stores ``round(255 * p)`` (attribute ``value_scale = 1/255``). Finished
 blocks are recorded with the main output (see :mod:`psc_seg.engine.resume`), keyed by a
 hash of the checkpoint file, the input, the block shape, the output dtype, the resolved
-normalisation, (unless float32) the compute precision and (for a DenseNet's exact tiling) the
-geometry.
+normalisation, (unless float32) the compute precision, (if any) the mirror TTA mode and (for a
+DenseNet's exact tiling) the geometry. The provenance also records how the precision was
+chosen (:class:`~psc_seg.engine.precision.PrecisionChoice`: asked, used, why, the CPU).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from psc_seg.affinities import DEFAULT_OFFSETS
 from psc_seg.device import resolve_device
 from psc_seg.engine import file_hash, prepare_outputs, run_blockwise
+from psc_seg.engine.resume import stored_settings
 from psc_seg.engine.executor import check_executor, shared_cluster
 from psc_seg.engine.pyramid import build_pyramids
 from psc_seg.engine.region import check_mask, mask_blocks, mask_identity, resolve_roi
@@ -39,8 +41,10 @@ from psc_seg.engine.roi import Roi
 from psc_seg.engine.resume import check_finished
 from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, cap_block_shape, default_block_shape,
-    exact_fits, plan_geometry, prepare_model, reads_receptive_field, resolve_precision,
+    exact_fits, plan_geometry, prepare_model, reads_receptive_field,
 )
+from psc_seg.engine.precision import calibration_shape, check_precision, choose_precision, cpu_dtype
+from psc_seg.engine.tta import plan_tta, tta_margin
 from psc_seg.errors import Interrupted, UserError, check_exclusive, note
 from psc_seg.io import (
     check_apart, check_image, check_value_range, create_volume, open_volume, parse_spec, resolve_normalization,
@@ -172,6 +176,7 @@ def predict(
     roi_voxels: str | None = None,
     mask: str | None = None,
     pyramid: bool = True,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Predict ``output`` from ``input`` with the network in ``checkpoint``, block by block.
 
@@ -188,9 +193,10 @@ def predict(
         device: "cpu" or "cuda".
         batch_size: blocks per forward pass.
         dtype: "float32" or "uint8" (quantised ``round(255 p)``).
-        precision: compute precision (:func:`~psc_seg.engine.inference.resolve_precision`):
-            "auto" (float32 on CPU, bfloat16 or float16 autocast on CUDA), "float32", "bfloat16",
-            "float16".
+        precision: compute precision (:mod:`psc_seg.engine.precision`): "auto" (CPU: bfloat16
+            where the CPU has bfloat16 instructions and a calibration shows it faster for this
+            network, else float32; CUDA: bfloat16 or float16 autocast), "float32", "bfloat16",
+            "float16" (CUDA only). A resumed ``auto`` run keeps the precision it started with.
         resume: continue an unfinished output made with the same settings.
         overwrite: replace an existing output.
         progress: tqdm bar over blocks.
@@ -223,8 +229,12 @@ def predict(
             once level 0 is written, like it (``workers``, ``scheduler``, resumable); an
             output is complete with its last level. False: level 0 only. Other formats have
             no pyramid.
+        tta: mirror test-time augmentation (:mod:`psc_seg.engine.tta`): "none", "flips" (the
+            mean over the 8 axis flips) or "flips+transposes" (also the axis permutations that
+            the voxel size and the network allow); affinity channels are mapped and shifted
+            back, class probabilities averaged before the argmax.
 
-    Returns a summary: outputs, blocks total / computed / skipped (done before) / masked
+    Returns a summary: outputs, precision (what was used and why), blocks total / computed / skipped (done before) / masked
     (outside ``mask``, left at 0), seconds, voxels per second.
     Ctrl-C raises :class:`~psc_seg.errors.Interrupted` saying how many blocks are kept (the
     output stays unfinished; ``resume`` continues it).
@@ -238,7 +248,7 @@ def predict(
     resolve_device(device)
     if batch_size < 1:
         raise UserError(f"{{batch_size}} must be >= 1, got {batch_size}", options=("batch_size",))
-    precision = resolve_precision(precision, device)
+    check_precision(precision, device)
     ckpt = load_checkpoint(checkpoint, map_location=device)
     model = ckpt.model
     task = resolve_task(ckpt)
@@ -265,7 +275,11 @@ def predict(
     else:
         block_shape = default_block_shape(model, total.shape, exact=exact)
     runner = prepare_model(model)  # the network that runs (a same-padding UNet's valid twin)
-    geometry = plan_geometry(model, block_shape, twin=runner, exact=exact, origin=total.begin)
+    voxel_size = source.voxel_size if source.has_voxel_size else (ckpt.metadata.get("voxel_size") or None)
+    mirror = plan_tta(tta, offsets=task.get("offsets") if task["kind"] == "affinities" else None,
+                      voxel_size=voxel_size, model=runner)
+    geometry = plan_geometry(model, block_shape, twin=runner, exact=exact, origin=total.begin,
+                             margin=tta_margin(mirror))
     if not exact:
         reach = 2 * max(round_up(model.receptive_radius, model.shape_step))
         note(f"not exact near block borders: the {type(model).__name__}'s receptive field "
@@ -285,8 +299,13 @@ def predict(
     }
     if isinstance(geometry, ClippedGeometry):  # reads differ from the fixed-halo blocks before it: no resume across
         settings["geometry"] = "clipped-receptive-field"
-    if precision != "float32":  # float32 runs keep the settings (and resume records) they had
-        settings["precision"] = precision
+    choice = choose_precision(_resumed_precision(specs, precision) if resume else precision, device,
+                              model=runner, shape=calibration_shape(runner, geometry.write_shape))
+    note(f"computing in {choice}")
+    if choice.used != "float32":  # float32 runs keep the settings (and resume records) they had
+        settings["precision"] = choice.used
+    if mirror is not None:
+        settings["tta"] = mirror.mode
     if region is not None:
         settings["roi"] = {"offset": list(region.begin), "shape": list(region.shape)}  # input voxels
     if not pyramid:  # outputs with a pyramid keep the settings (and resume records) they had
@@ -304,19 +323,21 @@ def predict(
     with prepare_outputs(
         specs, settings, resume=resume, overwrite=overwrite,
         create=lambda where: _create_outputs(where, task, source=reference, dtype=dtype, geometry=geometry,
-                                             settings=settings, checkpoint=checkpoint, pyramid=pyramid),
+                                             settings=settings, checkpoint=checkpoint, pyramid=pyramid,
+                                             precision=choice.provenance(device)),
     ) as prepared:
         if prepared.done:
             return _summary(specs, total=len(blocks), computed=0, skipped=len(blocks) - len(masked),
-                            masked=len(masked), seconds=0.0, voxels=0)
+                            masked=len(masked), seconds=0.0, voxels=0, precision=choice)
         parallel = bool(workers or scheduler)
         # our LocalCluster's workers share this machine's cores; a user's --scheduler workers are left as they are
         threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
         writer = PredictionWriter(prepared.volumes, kind=task["kind"], dtype=dtype, origin=total.begin)
         predictor = BlockPredictor(
-            checkpoint=checkpoint, model=None if parallel else runner, device=device,
+            checkpoint=checkpoint, model=None if parallel else prepare_model(runner, cpu_dtype(choice.used, device)),
+            device=device,
             geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
-            threads=threads, precision=precision,
+            threads=threads, precision=choice.used, tta=mirror,
         )
         with shared_cluster(workers, scheduler) as where:  # the blocks, then the pyramid
             try:
@@ -332,17 +353,27 @@ def predict(
                                   "unfinished") from None
         prepared.finish(writer.finalize)
     return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped - len(masked),
-                    masked=len(masked), seconds=stats.seconds, voxels=stats.voxels)
+                    masked=len(masked), seconds=stats.seconds, voxels=stats.voxels, precision=choice)
+
+
+def _resumed_precision(specs: dict[str, str], precision: str) -> str:
+    """For a resumed ``auto`` run, the precision its record holds (what it started with; none:
+    float32), so that all its blocks are computed alike; else ``precision``."""
+    if precision != "auto":
+        return precision
+    settings = stored_settings(specs)
+    return precision if settings is None else settings.get("precision", "float32")
 
 
 def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,
-                    geometry: BlockGeometry, settings: dict, checkpoint: str, pyramid: bool = True
-                    ) -> dict[str, Volume]:
+                    geometry: BlockGeometry, settings: dict, checkpoint: str, pyramid: bool = True,
+                    precision: dict | None = None) -> dict[str, Volume]:
     shape = source.spatial_shape
     attrs: dict[str, Any] = {"task": task}
     if dtype == "uint8":
         attrs["value_scale"] = 1.0 / 255.0
-    provenance = {"config": {"checkpoint": checkpoint, **settings, "block_geometry": asdict(geometry)}}
+    provenance = {"config": {"checkpoint": checkpoint, **settings, "block_geometry": asdict(geometry),
+                             "compute_precision": precision}}
     common = dict(chunks=geometry.write_shape, reference=source, provenance=provenance, pyramid=pyramid)
     outputs = {}
     if task["kind"] == "affinities":
@@ -358,7 +389,8 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
 
 
 def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, masked: int, seconds: float,
-             voxels: int) -> dict[str, Any]:
-    return {"outputs": specs, "blocks": total, "computed": computed, "skipped": skipped, "masked": masked,
+             voxels: int, precision) -> dict[str, Any]:
+    return {"outputs": specs, "precision": precision, "blocks": total, "computed": computed, "skipped": skipped,
+            "masked": masked,
             "seconds": seconds, "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}
 

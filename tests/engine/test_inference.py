@@ -1,4 +1,4 @@
-"""psc_seg.engine.inference: block geometry, precision choice, the prediction writer."""
+"""psc_seg.engine.inference: block geometry, the prediction writer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from psc_seg.engine import Roi
-from psc_seg.engine.inference import PredictionWriter, plan_geometry, resolve_precision
+from psc_seg.engine.inference import PredictionWriter, plan_geometry
 from psc_seg.errors import UserError
 from psc_seg.io import create_volume, open_volume
 from psc_seg.models import build_model
@@ -20,13 +20,16 @@ def test_same_padding_halo_is_cropped():
     assert geometry.context == geometry.crop == (20, 20, 20) and geometry.read_shape == (72, 60, 60)
 
 
-def test_precision_is_float32_on_cpu_and_checked():
-    assert resolve_precision("auto", "cpu") == "float32"
-    assert resolve_precision("float32", "cpu") == "float32"
-    with pytest.raises(UserError, match="--device cuda"):
-        resolve_precision("bfloat16", "cpu")
-    with pytest.raises(UserError, match="--precision must be one of"):
-        resolve_precision("int8", "cpu")
+def test_margin_moves_a_valid_output_by_whole_steps():
+    """Mirror TTA's margin: the output starts whole shape steps before the write ROI (the same
+    input lattice) and reaches at least the margin past its end."""
+    model = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[1, 2, 2], [2, 2, 2]])
+    plain = plan_geometry(model, (16, 32, 32))
+    wide = plan_geometry(model, (16, 32, 32), margin=(1, 1, 1))
+    assert plain.crop == (0, 0, 0) and wide.crop == model.shape_step == (2, 4, 4)
+    assert all((w - p) % s == 0 for w, p, s in zip(wide.context, plain.context, model.shape_step))
+    out = model.output_shape(wide.read_shape)
+    assert all(o >= c + b + 1 for o, c, b in zip(out, wide.crop, (16, 32, 32)))
 
 
 def test_writer_semantic_uint8_labels_and_finalize(tmp_path):
