@@ -19,7 +19,10 @@ baseline.
    the baseline with its best smoothing), chosen on the test crop itself: an optimistic
    figure for all alike.
 
-``--checkpoint PATH`` skips training and scores an existing checkpoint.
+``--checkpoint PATH`` skips training and scores an existing checkpoint. ``--tta none flips
+flips+transposes`` predicts with each mirror TTA mode (``psc-seg predict --tta``) and scores
+each, with its predict time; ``--precision`` is predict's (default float32, so that results
+do not depend on the CPU).
 
 Figures: ``benchmarks/RESULTS.md``, section gala_train.
 
@@ -72,14 +75,16 @@ def train_one(conv: str, out: Path, *, overrides: list[str], minutes: float | No
     return summary
 
 
-def predict_and_score(checkpoint: Path, out: Path, gala: Path, gt: np.ndarray, *, scoring: str) -> tuple[list, float]:
+def predict_and_score(checkpoint: Path, out: Path, gala: Path, gt: np.ndarray, *, scoring: str, tta: str = "none",
+                      precision: str = "float32") -> tuple[list, float]:
     """Predict the test crop with ``checkpoint``; (score rows, predict seconds)."""
     from psc_seg.io import open_volume
     from psc_seg.pipelines.predict import predict
 
     started = time.perf_counter()
-    prediction = out / "test-affinities.zarr"
-    predict(checkpoint, f"{gala}/test-image.h5:/stack", str(prediction), overwrite=True, progress=False)
+    prediction = out / f"test-affinities-{tta}.zarr"
+    predict(checkpoint, f"{gala}/test-image.h5:/stack", str(prediction), overwrite=True, progress=False, tta=tta,
+            precision=precision)
     predict_s = time.perf_counter() - started
     return score(open_volume(str(prediction)).read(), gt, scoring=scoring), predict_s
 
@@ -97,6 +102,9 @@ def main() -> int:
                         help="baseline smoothings (Gaussian sigma, voxels); the best one is reported")
     parser.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training one")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra train config overrides")
+    parser.add_argument("--tta", nargs="+", default=["none"], choices=["none", "flips", "flips+transposes"],
+                        help="predict with each of these mirror TTA modes and score each")
+    parser.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16"])
     args = parser.parse_args()
     if not GALA.is_dir():
         print(f"gala data not found at {GALA}", file=sys.stderr)
@@ -121,37 +129,43 @@ def main() -> int:
         gt = f["stack"][:]
 
     results, times = {}, {}
+    def predict_each(method: str, checkpoint: Path, run: Path, train_times: tuple = (0, 0.0, 0.0)) -> None:
+        for tta in args.tta:
+            name = method if tta == "none" else f"{method} tta={tta}"
+            results[name], predict_s = predict_and_score(checkpoint, run, gala, gt, scoring=args.scoring, tta=tta,
+                                                         precision=args.precision)
+            its, train_s, cpu_s = train_times
+            times[name] = (its, train_s, predict_s, cpu_s)
+
     if args.checkpoint is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        results["learned"], predict_s = predict_and_score(args.checkpoint, args.out, gala, gt, scoring=args.scoring)
-        times["learned"] = (0, 0.0, predict_s, 0.0)
+        predict_each("learned", args.checkpoint, args.out)
     else:
         iterations = args.iterations
         for conv in args.convs:
             run = args.out / conv.replace("(", "").replace(")", "").replace(",", "")
             summary = train_one(conv, run, overrides=overrides, minutes=args.minutes, iterations=iterations)
             iterations = summary["iteration"]  # the later convs train as many iterations
-            results[conv], predict_s = predict_and_score(Path(summary["last"]), run, gala, gt, scoring=args.scoring)
-            times[conv] = (summary["iteration"], summary["elapsed_s"], predict_s, summary["cpu_s"])
+            predict_each(conv, Path(summary["last"]), run, (summary["iteration"], summary["elapsed_s"], summary["cpu_s"]))
 
     baselines = {sigma: score(intensity_affinities(raw, sigma=sigma), gt, scoring=args.scoring) for sigma in args.sigmas}
     best_sigma = min(baselines, key=lambda sigma: min(r["voi"] for r in baselines[sigma]))
     results[f"baseline s={best_sigma:g}"] = baselines[best_sigma]
-    print(f"{'method':<16}{'threshold':>10}{'voi_split':>11}{'voi_merge':>11}{'voi':>8}{'arand':>8}{'segments':>10}")
+    print(f"{'method':<28}{'threshold':>10}{'voi_split':>11}{'voi_merge':>11}{'voi':>8}{'arand':>8}{'segments':>10}")
     best = {}
     for method, rows in results.items():
         for row in rows:
-            print(f"{method:<16}{row['threshold']:>10.2f}{row['voi_split']:>11.3f}{row['voi_merge']:>11.3f}"
+            print(f"{method:<28}{row['threshold']:>10.2f}{row['voi_split']:>11.3f}{row['voi_merge']:>11.3f}"
                   f"{row['voi']:>8.3f}{row['arand']:>8.3f}{row['n_segments']:>10d}")
         best[method] = min(rows, key=lambda r: r["voi"])
     for sigma, rows in baselines.items():
         row = min(rows, key=lambda r: r["voi"])
         print(f"baseline sigma {sigma:g}: best VI {row['voi']:.3f} at t={row['threshold']}")
-    print(f"\n{'method':<20}{'iterations':>11}{'train s':>9}{'CPU s':>7}{'predict s':>10}{'t':>6}{'split':>8}"
+    print(f"\n{'method':<28}{'iterations':>11}{'train s':>9}{'CPU s':>7}{'predict s':>10}{'t':>6}{'split':>8}"
           f"{'merge':>8}{'VI':>8}{'ARAND':>8}")
     for method, row in best.items():
         its, train_s, predict_s, cpu_s = times.get(method, (0, 0.0, 0.0, 0.0))
-        print(f"{method:<20}{its:>11}{train_s:>9.0f}{cpu_s:>7.0f}{predict_s:>10.1f}{row['threshold']:>6.2f}{row['voi_split']:>8.3f}"
+        print(f"{method:<28}{its:>11}{train_s:>9.0f}{cpu_s:>7.0f}{predict_s:>10.1f}{row['threshold']:>6.2f}{row['voi_split']:>8.3f}"
               f"{row['voi_merge']:>8.3f}{row['voi']:>8.3f}{row['arand']:>8.3f}")
     baseline = best[f"baseline s={best_sigma:g}"]["voi"]
     return 0 if all(row["voi"] < baseline for m, row in best.items() if not m.startswith("baseline")) else 1

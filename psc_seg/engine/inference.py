@@ -50,7 +50,7 @@ import torch
 from psc_seg.allocator import keep_freed_memory
 from psc_seg.engine.blocks import Block, block_grid, read_mirrored
 from psc_seg.engine.chunk_cache import ChunkCache
-from psc_seg.engine.precision import cpu_dtype
+from psc_seg.engine.precision import cpu_dtype, input_dtype, to_bfloat16
 from psc_seg.engine.roi import Roi
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
@@ -241,11 +241,17 @@ def prepare_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> t
     :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
     weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
     centre of each tile that predict keeps, not the halo it crops away. ``dtype``: the weights'
-    dtype for CPU bfloat16 (:func:`~psc_seg.engine.precision.cpu_dtype`), else as they are."""
+    dtype for CPU bfloat16 (:func:`~psc_seg.engine.precision.cpu_dtype`; bfloat16 is the only
+    one: :func:`~psc_seg.engine.precision.to_bfloat16`), else as they are.
+    The network's own final sigmoid or softmax is taken off: :class:`BlockPredictor` applies
+    the task's activation to the float32 output (bfloat16 sigmoids would round every
+    affinity above 0.996 to 1.0, and waterz would then see plateaus where there were ridges)."""
     if getattr(model, "has_valid_twin", False):
         model = model.valid_twin()
+    if isinstance(getattr(model, "final", None), (torch.nn.Sigmoid, torch.nn.Softmax)):
+        model.final = torch.nn.Identity()  # the predictor applies it, in float32 (BlockPredictor)
     model = to_channels_last(model.eval())
-    return model if dtype is None else model.to(dtype)
+    return model if dtype is None else to_bfloat16(model)
 
 
 class PredictionWriter:
@@ -387,7 +393,7 @@ class BlockPredictor:
         float32 (a channels-last strided array: no copy back to NCDHW)."""
         x = torch.from_numpy(batch)
         with torch.inference_mode():
-            return self._infer(model, to_channels_last(x if self._dtype is None else x.to(self._dtype))).numpy()
+            return self._infer(model, to_channels_last(x.to(input_dtype(model)))).numpy()
 
     def _forward_cuda(self, model: torch.nn.Module, inputs: list[np.ndarray]):
         """Yield the activated output ``(C', Z', Y', X')`` of each input (see the class

@@ -3,8 +3,9 @@
 * CUDA: ``bfloat16`` / ``float16`` run under autocast; ``auto`` is bfloat16 where the GPU
   supports it, else float16.
 * CPU: ``bfloat16`` runs the network with bfloat16 weights and activations (oneDNN
-  convolutions accumulate in float32 and round each layer's output to bfloat16); the last
-  activation is applied in float32. ``float16`` is refused (no CPU computes it faster).
+  convolutions accumulate in float32 and round each layer's output to bfloat16), except a
+  UNet's full-resolution level, which stays float32 (:func:`to_bfloat16`); the final sigmoid
+  or softmax is applied in float32. ``float16`` is refused (no CPU computes it faster).
   ``auto`` picks bfloat16 only where the CPU lists bfloat16 instructions (``amx_bf16``: Intel
   AMX, Sapphire Rapids and later; ``avx512_bf16``: Cooper Lake, AMD Zen 4 and later) *and* a
   short calibration (:func:`calibrate`: the network on one block-sized input, each precision
@@ -141,8 +142,8 @@ def calibrate(model: torch.nn.Module, shape: Sequence[int], *, pairs: int = 3, m
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((1, getattr(model, "in_channels", 1), *shape), generator=generator)
-    runs = {"float32": (model, to_channels_last(x)),
-            "bfloat16": (copy.deepcopy(model).to(torch.bfloat16), to_channels_last(x.to(torch.bfloat16)))}
+    fast = to_bfloat16(copy.deepcopy(model))
+    runs = {"float32": (model, to_channels_last(x)), "bfloat16": (fast, to_channels_last(x.to(input_dtype(fast))))}
     times: dict[str, list[float]] = {name: [] for name in runs}
     started = time.perf_counter()
     with torch.inference_mode():
@@ -157,6 +158,20 @@ def calibrate(model: torch.nn.Module, shape: Sequence[int], *, pairs: int = 3, m
             if done >= max_pairs or (done >= pairs and time.perf_counter() - started >= min_seconds):
                 break
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def to_bfloat16(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (in place) as CPU bfloat16 runs it: a UNet's levels below full resolution in
+    bfloat16, its full-resolution level in float32 (:meth:`~psc_seg.models.UNet.coarse_levels_to`:
+    faster and more accurate than all of it in bfloat16); other networks wholly in bfloat16."""
+    if hasattr(model, "coarse_levels_to"):
+        return model.coarse_levels_to(torch.bfloat16)
+    return model.to(torch.bfloat16)
+
+
+def input_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype ``model`` takes its input in: that of its first weights."""
+    return next(model.parameters()).dtype
 
 
 def cpu_dtype(precision: str, device: str) -> torch.dtype | None:

@@ -337,17 +337,37 @@ class UNet(nn.Module):
         weight = self.head.weight
         return twin.to(device=weight.device, dtype=weight.dtype).train(self.training)
 
+    def coarse_levels_to(self, dtype: torch.dtype) -> UNet:
+        """Put the weights of every level below full resolution (the bottom, and the
+        upsampling into each such level) in ``dtype``; the full-resolution level and the head
+        stay as they are, and :meth:`forward` casts each level's input to its weights' dtype.
+        Predict's CPU bfloat16 (:mod:`psc_seg.engine.precision`): the full-resolution level
+        has the fewest channels, where bfloat16 kernels pay least (measured slower than float32
+        there), and it is last before the output, where rounding costs most accuracy."""
+        levels = len(self.down)
+        for level in range(1, levels):
+            for module in (self.down[level], self.up[level], self.upsample_layers[level]):
+                module.to(dtype)
+        self.bottom.to(dtype)
+        first = self.head.weight.dtype
+        self._level_dtypes = [first] + [dtype] * levels
+        return self
+
+    def _at_level(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        dtypes = getattr(self, "_level_dtypes", None)
+        return x if dtypes is None else x.to(dtypes[level])
+
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, Z, Y, X)`` -> ``(N, out_channels, Z', Y', X')``."""
         skips = []
-        for block, pool in zip(self.down, self.pool):
-            x = block(x)
+        for level, (block, pool) in enumerate(zip(self.down, self.pool)):
+            x = block(self._at_level(x, level))
             skips.append(x)
             x = pool(x)
-        x = self.bottom(x)
+        x = self.bottom(self._at_level(x, len(self.down)))
         for level in reversed(range(len(self.up))):
-            x = self._upsample(level, x)
+            x = self._upsample(level, self._at_level(x, level))
             skip = skips[level]
             if skip.shape[2:] != x.shape[2:]:
                 skip = _center_crop(skip, x.shape[2:])

@@ -97,11 +97,10 @@ def output_specs(output: str, task: dict[str, Any]) -> dict[str, str]:
     return {"probabilities": str(s.path.with_name(f"{stem}_probabilities{suffix}")), "labels": str(output)}
 
 
-def _activation(checkpoint, task: dict[str, Any]) -> str | None:
-    final = checkpoint.kwargs.get("final_activation")
-    if task["kind"] == "affinities":
-        return None if final == "sigmoid" else "sigmoid"
-    return None if final == "softmax" else "softmax"
+def _activation(task: dict[str, Any]) -> str:
+    """The activation predict applies to the network's float32 output (the network's own final
+    sigmoid or softmax is taken off by :func:`~psc_seg.engine.inference.prepare_model`)."""
+    return "sigmoid" if task["kind"] == "affinities" else "softmax"
 
 
 VOXEL_SIZE_TOLERANCE = 0.25  # relative difference per axis between input and training data
@@ -336,7 +335,7 @@ def predict(
         predictor = BlockPredictor(
             checkpoint=checkpoint, model=None if parallel else prepare_model(runner, cpu_dtype(choice.used, device)),
             device=device,
-            geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(ckpt, task),
+            geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(task),
             threads=threads, precision=choice.used, tta=mirror,
         )
         with shared_cluster(workers, scheduler) as where:  # the blocks, then the pyramid

@@ -79,6 +79,26 @@ def test_calibration_times_both_precisions_on_the_planned_shape():
     assert next(model.parameters()).dtype == torch.float32  # the model itself is left as it was
 
 
+def test_to_bfloat16_keeps_a_unets_full_resolution_level_float32():
+    from psc_seg.engine.precision import input_dtype, to_bfloat16
+    from psc_seg.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", num_fmaps=4, fmap_inc_factor=2, downsample_factors=[[2, 2, 2], [2, 2, 2]]).eval()
+    x = torch.rand(1, 1, *model.valid_input_shape(model.valid_output_shape((8, 8, 8))))
+    with torch.inference_mode():
+        reference = model(x)
+        mixed = to_bfloat16(model)
+        assert input_dtype(mixed) == torch.float32 and mixed.head.weight.dtype == torch.float32
+        assert {p.dtype for p in mixed.bottom.parameters()} == {torch.bfloat16}
+        assert {p.dtype for p in mixed.down[1].parameters()} == {torch.bfloat16}
+        y = mixed(x)
+    assert y.dtype == torch.float32 and 0 < (y - reference).abs().max() < 1e-2
+    densenet = to_bfloat16(build_model("densenet", in_channels=1, num_classes=4, stem_channels=4, growth_rate=4,
+                                       block_layers=[1, 1], dropout=0.0))
+    assert {p.dtype for p in densenet.parameters()} == {torch.bfloat16}
+
+
 def test_cpu_info_names_the_cpu():
     name, flags = cpu_info()
     assert name and set(flags) <= {"amx_bf16", "avx512_bf16"}

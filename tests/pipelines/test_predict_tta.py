@@ -151,6 +151,15 @@ def test_offsets_not_closed_under_flips_are_refused():
         plan_tta("mirror", offsets=OFFSETS, voxel_size=None, model=model)
 
 
+def test_predict_refuses_tta_for_such_offsets_before_any_output(tmp_path):
+    ckpt = _demo_network(tmp_path / "long.pt", offsets=[*OFFSETS, [-1, -2, 0]])
+    raw, _ = _raw(tmp_path / "raw.zarr", (12, 24, 24))
+    with pytest.raises(UserError, match=r"flipping axes \(0,\) .* predict without tta"):
+        predict(ckpt, raw, str(tmp_path / "out.zarr"), tta="flips", progress=False)
+    assert not (tmp_path / "out.zarr").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.pt", "raw.zarr"]
+
+
 def test_semantic_tta_averages_probabilities_before_the_argmax(tmp_path):
     torch.manual_seed(0)
     model = build_model("densenet", in_channels=1, num_classes=4, stem_channels=4, growth_rate=4,
