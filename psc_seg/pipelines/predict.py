@@ -43,7 +43,9 @@ from psc_seg.engine.inference import (
     DTYPES, BlockGeometry, BlockPredictor, ClippedGeometry, PredictionWriter, cap_block_shape, default_block_shape,
     exact_fits, plan_geometry, prepare_model, reads_receptive_field,
 )
-from psc_seg.engine.precision import calibration_shape, check_precision, choose_precision, cpu_dtype
+from psc_seg.engine.precision import (
+    PrecisionChoice, calibration_shape, check_precision, choose_precision, cpu_dtype,
+)
 from psc_seg.engine.tta import plan_tta, tta_margin
 from psc_seg.errors import Interrupted, UserError, check_exclusive, note
 from psc_seg.io import (
@@ -298,8 +300,9 @@ def predict(
     }
     if isinstance(geometry, ClippedGeometry):  # reads differ from the fixed-halo blocks before it: no resume across
         settings["geometry"] = "clipped-receptive-field"
-    choice = choose_precision(_resumed_precision(specs, precision) if resume else precision, device,
-                              model=runner, shape=calibration_shape(runner, geometry.write_shape))
+    resumed = _resumed_precision(specs) if resume and precision == "auto" else None
+    choice = (PrecisionChoice(resumed, "auto", "the precision of the run being resumed") if resumed else
+              choose_precision(precision, device, model=runner, shape=calibration_shape(runner, geometry.write_shape)))
     note(f"computing in {choice}")
     if choice.used != "float32":  # float32 runs keep the settings (and resume records) they had
         settings["precision"] = choice.used
@@ -355,13 +358,12 @@ def predict(
                     masked=len(masked), seconds=stats.seconds, voxels=stats.voxels, precision=choice)
 
 
-def _resumed_precision(specs: dict[str, str], precision: str) -> str:
-    """For a resumed ``auto`` run, the precision its record holds (what it started with; none:
-    float32), so that all its blocks are computed alike; else ``precision``."""
-    if precision != "auto":
-        return precision
+def _resumed_precision(specs: dict[str, str]) -> str | None:
+    """The precision the record of the outputs ``specs`` holds (none there: float32), or None
+    where there is no record: a resumed ``auto`` run keeps it, so that all its blocks are
+    computed alike."""
     settings = stored_settings(specs)
-    return precision if settings is None else settings.get("precision", "float32")
+    return None if settings is None else settings.get("precision", "float32")
 
 
 def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,

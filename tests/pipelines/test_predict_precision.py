@@ -65,3 +65,4 @@ def test_a_resumed_auto_run_keeps_the_precision_it_started_with(both, monkeypatc
     root, specs, outputs = both
     summary = predict(DEMO, specs["raw"], outputs["bfloat16"], precision="auto", resume=True, progress=False)
     assert summary["precision"].used == "bfloat16" and summary["computed"] == 0
+    assert summary["precision"].reason == "the precision of the run being resumed"
