@@ -117,6 +117,16 @@ def test_tta_does_not_depend_on_block_shape_or_workers(tiny, mode):
         assert np.abs(results[name] - results["whole"]).max() <= 1e-5, name
 
 
+def test_an_roi_with_tta_is_that_region_of_the_whole_volumes(tiny):
+    root, ckpt, raw = tiny
+    whole, part = root / "roi-whole.zarr", root / "roi-part.zarr"
+    predict(ckpt, raw, str(whole), tta="flips+transposes", precision="float32", progress=False)
+    predict(ckpt, raw, str(part), tta="flips+transposes", precision="float32", roi_voxels="3:17,5:30,6:29",
+            block_shape=(8, 16, 16), progress=False)
+    expected = open_volume(whole).read()[:, 3:17, 5:30, 6:29]
+    assert np.abs(open_volume(part).read() - expected).max() <= 1e-5
+
+
 def test_transposes_follow_the_voxel_size_and_the_network():
     isotropic = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[2, 2, 2]])
     anisotropic = build_model("unet", num_fmaps=2, fmap_inc_factor=2, downsample_factors=[[1, 2, 2]])
