@@ -47,6 +47,7 @@ from psc_seg.nn import (
     make_activation,
     make_convs,
     make_norm,
+    max_pool3d,
     parse_conv_spec,
     receptive_span,
     run_sequential,
@@ -364,7 +365,7 @@ class UNet(nn.Module):
         for level, (block, pool) in enumerate(zip(self.down, self.pool)):
             x = block(self._at_level(x, level))
             skips.append(x)
-            x = pool(x)
+            x = max_pool3d(pool, x)
         x = self.bottom(self._at_level(x, len(self.down)))
         for level in reversed(range(len(self.up))):
             x = self._upsample(level, self._at_level(x, level))

@@ -8,7 +8,7 @@ from torch import nn
 
 from psc_seg.models import build_model
 from psc_seg.nn import PSC
-from psc_seg.nn.fast import cat_channels, conv3d, fast_paths, is_channels_last, to_channels_last
+from psc_seg.nn.fast import _bf16_supported, cat_channels, conv3d, fast_paths, is_channels_last, max_pool3d, to_channels_last
 
 
 def _plain(module, x):
@@ -103,3 +103,36 @@ def test_unet_channels_last_fast_equals_the_plain_network(conv, upsample):
         got = to_channels_last(model)(to_channels_last(x))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("factor,shape", [((2, 2, 2), (8, 10, 12)), ((1, 2, 3), (5, 9, 13)), (3, (7, 6, 9))])
+def test_max_pool3d_equals_the_module(dtype, factor, shape):
+    torch.manual_seed(0)
+    pool = nn.MaxPool3d(factor, stride=factor)
+    x = to_channels_last(torch.randn(2, 5, *shape)).to(dtype)
+    x[0, 1, 0, 0, 0] = float("nan")
+    with torch.inference_mode():
+        got = max_pool3d(pool, x)
+        want = pool(x.contiguous())
+    assert got.dtype == dtype and is_channels_last(got)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    y = x.detach().requires_grad_()  # training: the module itself (its gradient at ties)
+    torch.testing.assert_close(max_pool3d(pool, y), want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.skipif(not _bf16_supported(), reason="oneDNN computes no bfloat16 on this CPU")
+@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)"])
+def test_bfloat16_unet_fast_equals_plain_and_float32(conv):
+    torch.manual_seed(0)
+    model = build_model("unet", conv=conv, num_fmaps=4, fmap_inc_factor=3,
+                        downsample_factors=[[2, 2, 2], [1, 2, 2]]).eval()
+    shape = model.valid_input_shape(model.valid_output_shape((6, 8, 8)))
+    x = torch.rand(1, 1, *shape)
+    with torch.inference_mode():
+        want32 = model(to_channels_last(x))
+        model = to_channels_last(model).to(torch.bfloat16)
+        want = _plain(model, x.to(torch.bfloat16)).float()
+        got = model(to_channels_last(x.to(torch.bfloat16))).float()
+    torch.testing.assert_close(got, want, atol=1e-2, rtol=0)  # both round each layer to bf16
+    torch.testing.assert_close(got, want32, atol=1e-2, rtol=0)  # sigmoid outputs
