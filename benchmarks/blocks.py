@@ -19,6 +19,14 @@ Three execution modes per row (``--modes``):
     python benchmarks/blocks.py [--device cpu|cuda] [--size 64] [--repeats 3]
         [--channels 24 48 96] [--specs conv3d "psc(2,2)"] [--modes ncdhw fast] [--no-train]
         [--no-blocks] [--no-unets] [--threads N] [--malloc psc-seg|system]
+        [--precisions float32 bfloat16]
+
+``--precisions float32 bfloat16`` (default both) times every row in each precision side by side
+(bfloat16: the model's weights and input cast to bfloat16, as ``psc-seg predict --precision
+bfloat16`` on CPU; the fast paths take bfloat16 where oneDNN computes it), with the time ratio
+bfloat16 / float32 after each pair; the CPU's model name and bfloat16 flags (``amx_bf16``,
+``avx512_bf16``) are printed at the top. A bfloat16 row's max |diff| is against the float32
+``ncdhw`` reference.
 
 ``--modes ... compile`` adds, for whole UNets, ``torch.compile`` (inductor; inference with
 weight freezing) of the channels-last model on the plain paths, and prints its compile time.
@@ -44,9 +52,11 @@ from torch import nn
 from psc_seg.models import build_model
 from psc_seg.nn import fast_paths, make_convs, to_channels_last
 from psc_seg.allocator import keep_freed_memory
+from psc_seg.engine.precision import cpu_info
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
 MODES = ["ncdhw", "ndhwc", "fast"]
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 COMPILE = "compile"  # whole UNets only, on request: --modes fast compile
 UNET = dict(num_fmaps=12, fmap_inc_factor=3, downsample_factors=[[2, 2, 2], [2, 2, 2]])
 
@@ -99,10 +109,10 @@ def matmul_gflops(device: str, *, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / seconds / 1e9
 
 
-def time_model(model: nn.Module, x: torch.Tensor, *, mode: str, repeats: int, device: str, train: bool,
-               reference: torch.Tensor | None = None) -> dict:
-    """Median inference (and training step) seconds of ``model`` on ``x`` in ``mode``."""
-    model, x = prepare(model, x, mode, device)
+def time_model(model: nn.Module, x: torch.Tensor, *, mode: str, precision: str, repeats: int, device: str,
+               train: bool, reference: torch.Tensor | None = None) -> dict:
+    """Median inference (and training step) seconds of ``model`` on ``x`` in ``mode`` and ``precision``."""
+    model, x = prepare(model, x, mode, device, precision)
     result: dict = {}
     with fast_paths(mode == "fast"):
         model.eval()
@@ -134,8 +144,8 @@ def reference_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x.contiguous()).float()
 
 
-def print_row(name: str, mode: str, flops: int, r: dict, peak: float, *, before: dict | None) -> None:
-    line = f"{name:<22}{mode:<7}{flops / 1e9:>7.2f}{r['infer'] * 1e3:>10.1f}"
+def print_row(name: str, mode: str, precision: str, flops: int, r: dict, peak: float, *, before: dict | None) -> None:
+    line = f"{name:<22}{mode:<7}{precision:<9}{flops / 1e9:>7.2f}{r['infer'] * 1e3:>10.1f}"
     g = flops / r["infer"] / 1e9
     line += f"{g:>8.1f}{100 * g / peak:>5.0f}%"
     if "train" in r:
@@ -152,6 +162,20 @@ def print_row(name: str, mode: str, flops: int, r: dict, peak: float, *, before:
     print(line, flush=True)
 
 
+def print_precision_ratios(name: str, results: dict, precisions: list[str], modes: list[str]) -> None:
+    """One line: per mode, bfloat16's time over float32's (below 1: bfloat16 faster)."""
+    if "float32" not in precisions or "bfloat16" not in precisions:
+        return
+    parts = []
+    for mode in modes:
+        f32, bf16 = results[(mode, "float32")], results[(mode, "bfloat16")]
+        part = f"{mode} {bf16['infer'] / f32['infer']:.2f}"
+        if "train" in f32 and "train" in bf16:
+            part += f" (train {bf16['train'] / f32['train']:.2f})"
+        parts.append(part)
+    print(f"{name:<22}time bfloat16/float32: {', '.join(parts)}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -166,6 +190,8 @@ def main() -> None:
                         help="psc-seg: keep_freed_memory() as the psc-seg command; system: glibc defaults")
     parser.add_argument("--no-blocks", action="store_true", help="skip the per-block rows")
     parser.add_argument("--no-unets", action="store_true", help="skip the whole-UNet rows")
+    parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                        help="time every row in each (bfloat16: weights and input cast, as predict on CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -174,9 +200,13 @@ def main() -> None:
     device = args.device
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"malloc {'keeps freed memory' if kept else 'system defaults'}", flush=True)
+    if device == "cpu":
+        name, flags = cpu_info()
+        print(f"CPU {name}, bfloat16 flags: {', '.join(flags) or 'none'}; oneDNN bfloat16: "
+              f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}", flush=True)
     peak = matmul_gflops(device)
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s\n", flush=True)
-    print(f"{'what':<22}{'mode':<7}{'GFLOP':>7}{'infer ms':>10}{'GFLOP/s':>8}{'%mm':>6}"
+    print(f"{'what':<22}{'mode':<7}{'prec':<9}{'GFLOP':>7}{'infer ms':>10}{'GFLOP/s':>8}{'%mm':>6}"
           f"{'train ms':>10}{'GFLOP/s':>8}{'%mm':>6}  (speed-up vs {args.modes[0]}; max |diff| vs ncdhw plain)",
           flush=True)
     train = not args.no_train
@@ -187,18 +217,26 @@ def main() -> None:
                 block = nn.Sequential(*make_convs(spec, channels, channels, num_convs=2, padding="same"))
                 flops = conv_flops(block, x)
                 ref = reference_output(block, x) if device == "cpu" else None
-                first = None
-                for mode in (m for m in args.modes if m != COMPILE):
-                    r = time_model(block, x, mode=mode, repeats=args.repeats, device=device, train=train,
-                                   reference=ref if mode != "ncdhw" else None)
-                    first = first or r
-                    print_row(f"C={channels} {spec}", mode, flops, r, peak, before=first)
+                modes = [m for m in args.modes if m != COMPILE]
+                results = {}
+                for precision in args.precisions:
+                    first = None
+                    for mode in modes:
+                        r = time_model(block, x, mode=mode, precision=precision, repeats=args.repeats, device=device,
+                                       train=train, reference=ref if (mode, precision) != ("ncdhw", "float32") else None)
+                        first = first or r
+                        results[(mode, precision)] = r
+                        print_row(f"C={channels} {spec}", mode, precision, flops, r, peak, before=first)
+                print_precision_ratios(f"C={channels} {spec}", results, args.precisions, modes)
     if not args.no_unets:
         unet_rows(args, peak, train=train)
 
 
-def prepare(model: nn.Module, x: torch.Tensor, mode: str, device: str) -> tuple[nn.Module, torch.Tensor]:
-    model, x = model.to(device), x.to(device)
+def prepare(model: nn.Module, x: torch.Tensor, mode: str, device: str,
+            precision: str = "float32") -> tuple[nn.Module, torch.Tensor]:
+    """A copy of ``model`` and ``x`` on ``device``, in ``precision``, laid out for ``mode``."""
+    dtype = PRECISIONS[precision]
+    model, x = copy.deepcopy(model).to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
     if mode == "ncdhw":
         return model.to(memory_format=torch.contiguous_format), x.contiguous()
     return to_channels_last(model), to_channels_last(x)
@@ -225,8 +263,8 @@ def unet_rows(args, peak: float, *, train: bool) -> None:
         flops[spec] = conv_flops(model, inputs[spec])
         refs[spec] = reference_output(model, inputs[spec]) if device == "cpu" else None
     results: dict = {}
-    keys = [(spec, mode) for spec in args.specs for mode in args.modes]
-    prepared = {(spec, mode): prepare(copy.deepcopy(models[spec]), inputs[spec], mode, device) for spec, mode in keys}
+    keys = [(spec, mode, precision) for spec in args.specs for precision in args.precisions for mode in args.modes]
+    prepared = {key: prepare(models[key[0]], inputs[key[0]], key[1], device, key[2]) for key in keys}
     runners = {key: compiled(prepared[key][0].eval(), train=False) if key[1] == COMPILE else prepared[key][0]
                for key in keys}
 
@@ -238,7 +276,7 @@ def unet_rows(args, peak: float, *, train: bool) -> None:
     times = interleaved(infer, keys, repeats=args.repeats, device=device)
     for key in keys:
         results[key] = {"infer": times[key]}
-        if refs[key[0]] is not None and key[1] != "ncdhw":
+        if refs[key[0]] is not None and key[1:] != ("ncdhw", "float32"):
             results[key]["max_abs_diff"] = float((infer(key).float() - refs[key[0]]).abs().max())
     if train:
         runners = {key: compiled(prepared[key][0].train(), train=True) if key[1] == COMPILE else prepared[key][0]
@@ -257,16 +295,21 @@ def unet_rows(args, peak: float, *, train: bool) -> None:
         for key in keys:
             results[key]["train"] = times[key]
     for spec in args.specs:
+        for precision in args.precisions:
+            for mode in args.modes:
+                print_row(f"UNet12x3 {spec}", mode, precision, flops[spec], results[(spec, mode, precision)], peak,
+                          before=results[(spec, args.modes[0], precision)])
+        print_precision_ratios(f"UNet12x3 {spec}", {key[1:]: r for key, r in results.items() if key[0] == spec},
+                               args.precisions, args.modes)
+    print("\nUNet predict throughput (output voxels/s of the forward pass) relative to conv3d, same mode and "
+          "precision:")
+    for precision in args.precisions:
         for mode in args.modes:
-            print_row(f"UNet12x3 {spec}", mode, flops[spec], results[(spec, mode)], peak,
-                      before=results[(spec, args.modes[0])])
-    print("\nUNet predict throughput (output voxels/s of the forward pass) relative to conv3d, same mode:")
-    for mode in args.modes:
-        base = results.get(("conv3d", mode))
-        for spec in args.specs:
-            v = out_voxels[spec] / results[(spec, mode)]["infer"]
-            ratio = f"  x{base['infer'] / results[(spec, mode)]['infer']:.2f} of conv3d" if base else ""
-            print(f"  {spec:<10}{mode:<7}{v / 1e6:8.3f} Mvox/s{ratio}", flush=True)
+            base = results.get(("conv3d", mode, precision))
+            for spec in args.specs:
+                v = out_voxels[spec] / results[(spec, mode, precision)]["infer"]
+                ratio = f"  x{base['infer'] / results[(spec, mode, precision)]['infer']:.2f} of conv3d" if base else ""
+                print(f"  {spec:<10}{mode:<7}{precision:<9}{v / 1e6:8.3f} Mvox/s{ratio}", flush=True)
 
 
 def report_compile_time(fn, keys: list, what: str) -> None:
