@@ -209,7 +209,7 @@ def max_pool3d(pool: nn.MaxPool3d, x: torch.Tensor) -> torch.Tensor:
     kernel = _triple(pool.kernel_size)
     if not (_ENABLED[0] and x.device.type == "cpu" and is_channels_last(x) and _triple(pool.stride) == kernel
             and _triple(pool.padding) == (0, 0, 0) and _triple(pool.dilation) == (1, 1, 1)
-            and not pool.ceil_mode and not pool.return_indices
+            and not pool.ceil_mode and not pool.return_indices and max(kernel) > 1
             and not (torch.is_grad_enabled() and x.requires_grad)):
         return pool(x)
     for axis, k in zip((2, 3, 4), kernel):
