@@ -19,14 +19,15 @@ models_app = typer.Typer(help="The model zoo: parameter counts and untrained che
 def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the registered models with their parameter count for each conv spec at the default size."""
+    """List the registered models (and their named variants) with their parameter count for each
+    conv spec at the default size."""
     from psc_seg.pipelines.models import model_table
 
     rows = model_table(COMPARED_SPECS)
     if as_json:
         typer.echo(json.dumps({"specs": list(COMPARED_SPECS), "models": rows}, indent=2))
         return
-    header = f"{'model':<10}" + "".join(f"{spec:>16}" for spec in COMPARED_SPECS)
+    header = f"{'model':<17}" + "".join(f"{spec:>16}" for spec in COMPARED_SPECS)
     typer.echo(header)
     for row in rows:
         cells = []
@@ -34,7 +35,8 @@ def list_command(
             count = row["parameters"][spec]
             ratio = count / row["parameters"]["conv3d"]
             cells.append(f"{count / 1e6:>9.2f}M {ratio:>4.2f}x")
-        typer.echo(f"{row['name']:<10}" + "".join(cells))
+        label = row["name"] if row["variant"] is None else f"{row['name']} ({row['variant']})"
+        typer.echo(f"{label:<17}" + "".join(cells))
     typer.echo("(parameters at the default size; ratio to conv3d)")
 
 

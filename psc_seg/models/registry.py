@@ -18,17 +18,23 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """``variants``: named sets of arguments over ``defaults`` that stand for another published
+    layout of the same model (the paper's DenseNet), shown by ``psc-seg models list``; each is
+    ``(description, kwargs)``."""
+
     builder: Callable[..., nn.Module]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    variants: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], *, defaults: dict[str, Any], description: str) -> None:
-    """Register ``builder`` under ``name`` with its default keyword arguments."""
-    _REGISTRY[name] = ModelEntry(builder, dict(defaults), description)
+def register_model(name: str, builder: Callable[..., nn.Module], *, defaults: dict[str, Any], description: str,
+                   variants: dict[str, tuple[str, dict[str, Any]]] | None = None) -> None:
+    """Register ``builder`` under ``name`` with its default keyword arguments (and named variants)."""
+    _REGISTRY[name] = ModelEntry(builder, dict(defaults), description, dict(variants or {}))
 
 
 def list_models() -> list[str]:

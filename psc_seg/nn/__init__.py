@@ -25,6 +25,7 @@ from psc_seg.nn.psc import PSC, kernel_triple, psc_parameter_count, stream_out_c
 from psc_seg.nn.specs import (
     ACCEPTED_SPECS,
     ConvSpec,
+    dense_groups,
     make_convs,
     parse_conv_spec,
     receptive_span,
@@ -36,6 +37,7 @@ __all__ = [
     "PSC",
     "ConvSpec",
     "cat_channels",
+    "dense_groups",
     "conv3d",
     "fast_enabled",
     "fast_paths",

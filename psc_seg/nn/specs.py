@@ -2,7 +2,8 @@
 
 A conv spec is one of ``"conv3d"``, ``"psc(m,n)"`` (m in 1..3 streams, n >= 1 2D convs per
 stream) or ``"r2plus1d"`` (= ``psc(1,1)``). Models build their convolutions through
-:func:`make_convs`, which applies the replacement rule of DESIGN.md section 2;
+:func:`make_convs`, which applies the replacement rule of DESIGN.md section 2 (in a dense block
+through :func:`dense_groups`);
 :func:`receptive_span` and :func:`valid_shrink` give what one of those convolutions does to
 the size of each axis. This module sits above :mod:`psc_seg.nn.psc`; the activation and norm
 factories are in :mod:`psc_seg.nn.layers`.
@@ -101,6 +102,20 @@ def make_convs(
                     activation=activation, bias=bias)
             )
     return convs
+
+
+def dense_groups(spec: str | ConvSpec, num_layers: int) -> list[ConvSpec]:
+    """The replacement rule in a dense block of ``num_layers`` single-conv layers: the spec of
+    each group of consecutive layers that becomes one block, its ``n`` the group's depth.
+
+    ``conv3d`` and ``psc(m,1)``: one group per layer; ``psc(m,n)``, n >= 2: groups of n layers,
+    each one ``PSC(m,n)`` producing the n layers' channels at once, and a remainder of r < n
+    layers one ``PSC(m,r)`` (4 layers with ``psc(2,3)``: ``psc(2,3)``, ``psc(2,1)``)."""
+    parsed = parse_conv_spec(spec)
+    if parsed.kind == "conv3d" or parsed.n == 1:
+        return [parsed] * num_layers
+    full, rest = divmod(num_layers, parsed.n)
+    return [parsed] * full + ([ConvSpec("psc", parsed.m, rest)] if rest else [])
 
 
 def receptive_span(module: nn.Module) -> tuple[int, int, int]:

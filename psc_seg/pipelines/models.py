@@ -14,15 +14,18 @@ from psc_seg.models import build_model, count_parameters, list_models, model_ent
 
 
 def model_table(specs: Sequence[str]) -> list[dict[str, Any]]:
-    """For each registered model: name, description, and parameter count per conv spec at the
-    registry's default size (models are built on the meta device: no memory is allocated)."""
+    """For each registered model, then each of its named variants: name, variant (None for
+    the defaults), description, and parameter count per conv spec at the registry's default
+    size (models are built on the meta device: no memory is allocated)."""
     rows = []
     for name in list_models():
-        counts = {}
-        for spec in specs:
-            with torch.device("meta"):
-                counts[spec] = count_parameters(build_model(name, conv=spec))
-        rows.append({"name": name, "description": model_entry(name).description, "parameters": counts})
+        entry = model_entry(name)
+        for variant, (description, kwargs) in [(None, (entry.description, {})), *entry.variants.items()]:
+            counts = {}
+            for spec in specs:
+                with torch.device("meta"):
+                    counts[spec] = count_parameters(build_model(name, **{**kwargs, "conv": spec}))
+            rows.append({"name": name, "variant": variant, "description": description, "parameters": counts})
     return rows
 
 

@@ -25,8 +25,11 @@ def test_models_list_json():
     unet = next(row for row in data["models"] if row["name"] == "unet")
     assert set(unet["parameters"]) == {"conv3d", "psc(1,1)", "psc(2,2)", "psc(2,3)", "psc(3,2)"}
     assert unet["parameters"]["psc(2,2)"] < 0.65 * unet["parameters"]["conv3d"]
+    paper = next(row for row in data["models"] if row["name"] == "densenet" and row["variant"] == "paper")
+    assert abs(paper["parameters"]["conv3d"] - 5.2e6) < 0.52e6  # the paper's DenseNet: 5.2M
     table = runner.invoke(app, ["models", "list"])
     assert table.exit_code == 0 and "unet" in table.output and "densenet" in table.output
+    assert "densenet (paper)" in table.output
 
 
 def test_models_init_writes_loadable_checkpoint(tmp_path):

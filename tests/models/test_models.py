@@ -1,16 +1,22 @@
-"""Every registered model x conv spec builds and trains a step; UNet shape arithmetic."""
+"""Every registered model x conv spec builds and trains a step, with pinned parameter
+counts; UNet shape arithmetic; the DenseNet's receptive radius."""
 
 import pytest
 import torch
 
-from psc_seg.models import build_model, count_parameters, list_models
+from psc_seg.cli.models import COMPARED_SPECS
+from psc_seg.models import build_model, count_parameters, list_models, model_entry
+from psc_seg.pipelines.models import model_table
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(2,3)", "psc(3,2)"]
 
+PAPER_DENSENET = model_entry("densenet").variants["paper"][1]
 TINY = {
-    "unet": dict(num_fmaps=3, fmap_inc_factor=2, downsample_factors=[[1, 2, 2]], upsample="transposed"),
-    "densenet": dict(stem_channels=4, growth_rate=3, block_layers=[1, 1, 1, 1], bottleneck_factor=2),
-    "resnet": dict(in_channels=1, num_classes=3, layers=[1, 1, 1, 1], widths=[4, 4, 8, 8]),
+    "unet": ("unet", dict(num_fmaps=3, fmap_inc_factor=2, downsample_factors=[[1, 2, 2]], upsample="transposed")),
+    "densenet": ("densenet", dict(stem_channels=4, growth_rate=3, block_layers=[1, 1, 1, 1], bottleneck_factor=2)),
+    # the paper's layout (five blocks of four layers...) at tiny widths
+    "densenet (paper)": ("densenet", {**PAPER_DENSENET, "stem_channels": 4, "growth_rate": 2}),
+    "resnet": ("resnet", dict(in_channels=1, num_classes=3, layers=[1, 1, 1, 1], widths=[4, 4, 8, 8])),
 }
 
 
@@ -19,17 +25,19 @@ def test_registry_lists_the_three_models():
 
 
 @pytest.mark.parametrize("conv", SPECS)
-@pytest.mark.parametrize("name", ["unet", "densenet", "resnet"])
-def test_forward_backward_tiny(name, conv):
+@pytest.mark.parametrize("tiny", list(TINY))
+def test_forward_backward_tiny(tiny, conv):
     torch.manual_seed(0)
-    model = build_model(name, conv=conv, **TINY[name])
+    name, kwargs = TINY[tiny]
+    model = build_model(name, conv=conv, **kwargs)
     if name == "unet":
         shape = model.valid_input_shape(model.valid_output_shape((4, 4, 4)))
         x = torch.randn(1, 1, *shape)
         expected = (1, 3, *model.output_shape(shape))
     elif name == "densenet":
-        x = torch.randn(2, 1, 16, 16, 16)  # batch 2: BatchNorm at the 1-voxel coarsest level
-        expected = (2, 4, 16, 16, 16)
+        size = model.shape_step[0]  # batch 2: BatchNorm at the 1-voxel coarsest level
+        x = torch.randn(2, 1, size, size, size)
+        expected = (2, 4, size, size, size)
     else:
         x = torch.randn(2, 1, 4, 16, 16)
         expected = (2, 3)
@@ -37,6 +45,27 @@ def test_forward_backward_tiny(name, conv):
     assert tuple(y.shape) == expected
     y.float().square().mean().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# Every row of `psc-seg models list` (the README's table), pinned.
+PARAMETERS = {
+    "unet": {"conv3d": 21404859, "psc(1,1)": 10391387, "psc(2,2)": 11924659, "psc(2,3)": 18459519,
+             "psc(3,2)": 10330635},
+    "densenet": {"conv3d": 830220, "psc(1,1)": 517180, "psc(2,2)": 773076, "psc(2,3)": 989052, "psc(3,2)": 854770},
+    "densenet (paper)": {"conv3d": 5136126, "psc(1,1)": 3382194, "psc(2,2)": 4528900, "psc(2,3)": 4912564,
+                         "psc(3,2)": 5255761},
+    "resnet": {"conv3d": 63681104, "psc(1,1)": 29053520, "psc(2,2)": 47191386, "psc(2,3)": 71076836,
+               "psc(3,2)": 43354302},
+}
+
+
+def test_parameter_counts_of_every_model_and_spec():
+    rows = model_table(COMPARED_SPECS)
+    counts = {row["name"] if row["variant"] is None else f"{row['name']} ({row['variant']})": row["parameters"]
+              for row in rows}
+    assert counts == PARAMETERS
+    # the paper's DenseNet: 5.2M with conv3d (within 10 %)
+    assert abs(counts["densenet (paper)"]["conv3d"] - 5.2e6) < 0.52e6
 
 
 def test_paper_unet_parameter_counts():
@@ -154,14 +183,20 @@ def test_valid_twin_follows_dtype_and_mode():
     assert all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), same.state_dict().values()))
 
 
-@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)", "psc(1,1)"])
-def test_densenet_receptive_radius_is_measured_reach(conv):
+@pytest.mark.parametrize("conv,options", [
+    ("conv3d", {}), ("psc(2,2)", {}), ("psc(1,1)", {}),
+    # the paper's layout: no bottleneck, grouped layers with a remainder, interpolating heads
+    ("psc(2,3)", dict(block_layers=[4, 1], bottleneck_factor=0, compression=1.0, upsample="trilinear")),
+    ("psc(2,2)", dict(block_layers=[3, 2], bottleneck_factor=0, compression=1.0, upsample="nearest")),
+])
+def test_densenet_receptive_radius_is_measured_reach(conv, options):
     # the gradient of output voxels of every phase with respect to the input: the farthest
     # input voxel that counts lies `receptive_radius` voxels away, along each axis (ReLUs made
     # identities so that no dead unit hides a path)
     torch.manual_seed(0)
-    model = build_model("densenet", conv=conv, num_classes=2, stem_channels=2, growth_rate=2, block_layers=[1, 2],
-                        bottleneck_factor=1, dropout=0.0).double().eval()
+    model = build_model("densenet", conv=conv, **{
+        **dict(num_classes=2, stem_channels=2, growth_rate=2, block_layers=[1, 2], bottleneck_factor=1, dropout=0.0),
+        **options}).double().eval()
     for module in list(model.modules()):
         for name, child in module.named_children():
             if isinstance(child, torch.nn.ReLU):
@@ -182,5 +217,10 @@ def test_densenet_receptive_radius_is_measured_reach(conv):
 
 
 def test_default_densenet_receptive_radius():
-    assert build_model("densenet", conv="conv3d").receptive_radius == (146, 146, 146)
-    assert build_model("densenet", conv="psc(2,2)").receptive_radius == (265, 265, 265)
+    # psc(2,2): grouped dense layers reach as far as the convs they replace; the stem's three
+    # convs are one PSC(2,2), one voxel less
+    with torch.device("meta"):
+        assert build_model("densenet", conv="conv3d").receptive_radius == (146, 146, 146)
+        assert build_model("densenet", conv="psc(2,2)").receptive_radius == (145, 145, 145)
+        assert build_model("densenet", conv="conv3d", **PAPER_DENSENET).receptive_radius == (298, 298, 298)
+        assert build_model("densenet", conv="psc(2,2)", **PAPER_DENSENET).receptive_radius == (297, 297, 297)

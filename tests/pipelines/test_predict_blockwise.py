@@ -243,20 +243,25 @@ def test_resume_after_sigkill(tmp_path, kill_after):
     np.testing.assert_array_equal(open_volume(out).read(), open_volume(full).read())
 
 
-def _tiny_densenet(path: Path, conv: str, vivid) -> Path:
+PAPER_LAYOUT = dict(bottleneck_factor=0, compression=1.0, upsample="trilinear")  # the paper variant's options
+
+
+def _tiny_densenet(path: Path, conv: str, vivid, **options) -> Path:
     torch.manual_seed(0)
-    model = build_model("densenet", conv=conv, num_classes=3, stem_channels=4, growth_rate=3, block_layers=[2, 2],
-                        bottleneck_factor=2, dropout=0.0)
+    model = build_model("densenet", conv=conv, **{
+        **dict(num_classes=3, stem_channels=4, growth_rate=3, block_layers=[2, 2], bottleneck_factor=2, dropout=0.0),
+        **options})
     vivid(model)  # larger weights and running statistics: the coarse levels visibly count
     return save_checkpoint(path, model.eval(), metadata={"task": {"kind": "semantic", "num_classes": 3},
                                                          "normalize": {"kind": "uint8"}})
 
 
-@pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)"])
-def test_densenet_does_not_depend_on_the_block_shape(tmp_path, vivid, conv):
+@pytest.mark.parametrize("conv,options", [("conv3d", {}), ("psc(2,2)", {}), ("psc(2,3)", PAPER_LAYOUT)])
+def test_densenet_does_not_depend_on_the_block_shape(tmp_path, vivid, conv, options):
     # each block reads its write ROI grown by the receptive field, clipped to the padded volume:
     # every block shape (edge blocks clipped, batched) gives the whole volume's one-block result
-    ckpt = _tiny_densenet(tmp_path / "dn.pt", conv, vivid)
+    # (also for the paper's layout: grouped dense layers, trilinear heads)
+    ckpt = _tiny_densenet(tmp_path / "dn.pt", conv, vivid, **options)
     model = load_checkpoint(ckpt).model
     shape = (90, 66, 62)  # not a multiple of the step (4): the padded volume ends past the mirrored edge
     spec, _ = _raw(tmp_path / "raw.zarr", shape=shape, seed=3)

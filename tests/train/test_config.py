@@ -18,6 +18,7 @@ def test_presets_are_shipped_and_valid():
     for variant in PAPER_VARIANTS:
         assert f"em/unet-{variant}" in presets
         assert f"mri/densenet-{variant}" in presets
+        assert f"mri/densenet-paper-{variant}" in presets
     assert {"em/demo-small", "mri/demo-small"} <= set(presets)
     for name in presets:
         config = load_config(name, DATA)
@@ -33,6 +34,24 @@ def test_em_presets_are_the_paper_unet(variant, conv):
     assert config.model.builder_kwargs()["fmap_inc_factor"] == 3
     assert (config.train.lr, tuple(config.train.betas), config.train.weight_decay) == (1e-4, (0.99, 0.999), 5e-6)
     assert config.task.out_channels == 3
+
+
+@pytest.mark.parametrize("variant,conv", [("conv3d", "conv3d"), ("p1sc1", "psc(1,1)"), ("p2sc2", "psc(2,2)"),
+                                          ("p2sc3", "psc(2,3)")])
+def test_mri_paper_presets_are_the_registered_paper_densenet(variant, conv):
+    # the presets spell out the registry's "paper" variant (what `psc-seg models list` counts)
+    from psc_seg.models import model_entry
+
+    config = load_config(f"mri/densenet-paper-{variant}", DATA)
+    assert config.model.conv == conv
+    paper = model_entry("densenet").variants["paper"][1]
+    kwargs = config.model.builder_kwargs()
+    assert {key: kwargs[key] for key in paper} == paper
+    import torch
+
+    with torch.device("meta"):
+        model = build_training_model(config)
+    assert check_patch_shape(model, config.train.patch_shape) == (64, 64, 64)
 
 
 def test_paper_unet_patch_44_needs_input_132():
