@@ -2,7 +2,7 @@
 a registry and checkpoints that rebuild a model from the file alone."""
 
 from psc_seg.models.checkpoint import (
-    Checkpoint, load_checkpoint, read_checkpoint, read_checkpoint_metadata, save_checkpoint,
+    Checkpoint, load_checkpoint, load_weights, read_checkpoint, read_checkpoint_metadata, save_checkpoint,
 )
 from psc_seg.models.registry import build_model, count_parameters, list_models, model_entry, register_model
 from psc_seg.models.densenet import DenseNet
@@ -53,6 +53,7 @@ __all__ = [
     "count_parameters",
     "list_models",
     "load_checkpoint",
+    "load_weights",
     "model_entry",
     "read_checkpoint",
     "read_checkpoint_metadata",

@@ -105,15 +105,38 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return dict(read_checkpoint(path, mmap=True).get("metadata", {}))
 
 
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """``model.load_state_dict(state_dict)``; weights that do not fit are a one-line ValueError
+    that counts the missing, unexpected and reshaped entries and names the first of each."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    reshaped = [f"{key} {tuple(state_dict[key].shape)} for {tuple(own[key].shape)}" for key in own
+                if key in state_dict and tuple(state_dict[key].shape) != tuple(own[key].shape)]
+    wrong = [f"{len(keys)} {what} (first {keys[0]})" for what, keys in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+    if wrong:
+        raise ValueError(f"weights do not fit the model: {'; '.join(wrong)}")
+    model.load_state_dict(state_dict)
+
+
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model stored at ``path`` (in eval mode, on ``map_location``)."""
     payload = read_checkpoint(path)
     spec = payload["model"]
     try:
         model = build_model(spec["name"], **spec["kwargs"])
-        model.load_state_dict(payload["state_dict"])
-    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"checkpoint {str(path)!r} does not match its model description: {exc}") from exc
+    try:
+        load_weights(model, payload["state_dict"])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        written = payload.get("psc_seg_version") or "an unknown version"
+        raise UserError(
+            f"checkpoint {str(path)!r} does not fit the {spec['name']} its description builds in psc-seg "
+            f"{__version__} ({exc}); it was written by psc-seg {written}, and models whose layout changed since "
+            "(a DenseNet with psc(m,n), n >= 2, now groups n dense layers per block) must be trained again"
+        ) from exc
     model.to(map_location).eval()
     return Checkpoint(
         model=model,

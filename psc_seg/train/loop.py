@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from psc_seg.errors import Interrupted, UserError
 from psc_seg.files import atomic_path
-from psc_seg.models import read_checkpoint, save_checkpoint
+from psc_seg.models import load_weights, read_checkpoint, save_checkpoint
 from psc_seg.train.config import TrainConfig, TrainSettings
 from psc_seg.train.data import PatchDataset, make_loader, worker_error
 from psc_seg.train.losses import affinity_loss, semantic_loss
@@ -149,7 +149,7 @@ def _load_states(path: Path, payload: dict[str, Any], model: nn.Module,
         raise UserError(f"{str(path)!r} has no {' / '.join(missing)} state to resume from (it is not a last.pt "
                         "psc-seg train wrote); pass {overwrite} to start the run again", options=("overwrite",))
     try:
-        model.load_state_dict(payload["state_dict"])
+        load_weights(model, payload["state_dict"])
         optimizer.load_state_dict(extra["optimizer"])
     except (KeyError, RuntimeError, ValueError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]

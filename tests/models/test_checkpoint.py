@@ -39,3 +39,27 @@ def test_missing_corrupt_and_foreign_files(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(UserError, match="corrupt"):
         load_checkpoint(truncated)
+
+
+def test_a_densenet_checkpoint_of_the_ungrouped_layout_is_a_one_line_error(tmp_path):
+    # before dense layers were grouped, a psc(2,2) DenseNet had one PSC(2,2) per dense layer;
+    # its checkpoint describes a model that is now built with one PSC(2,2) per two layers
+    from torch import nn
+
+    from psc_seg.models.densenet import DenseLayer
+    from psc_seg.nn import parse_conv_spec
+
+    model = build_model("densenet", conv="psc(2,2)", stem_channels=4, growth_rate=2, block_layers=[2, 2],
+                        bottleneck_factor=2, dropout=0.0)
+    for index, block in enumerate(model.blocks):  # the old layout: two single layers, a PSC(2,2) each
+        channels = block[0].body[0].num_features
+        model.blocks[index] = nn.Sequential(*[
+            DenseLayer(channels + i * 2, 2, bottleneck=4, dropout=0.0, conv=parse_conv_spec("psc(2,2)"), kernel_size=3)
+            for i in range(2)])
+    old = save_checkpoint(tmp_path / "old.pt", model)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(old)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "does not fit the densenet" in message and "unexpected (first blocks.0.1.body." in message
+    assert "of another shape (first blocks.0.0.body." in message and "must be trained again" in message
