@@ -1,7 +1,7 @@
 """Train the paper's MRI DenseNet with conv3d and with psc(2,2) side by side at equal
 iterations on the MRI phantom of ``psc-seg synth mri``, then score Dice per class.
 
-    python benchmarks/mri_train.py --out /tmp/mri-train            # 300 iterations each, 5-13 min on 2 cores
+    python benchmarks/mri_train.py --out /tmp/mri-train            # 300 iterations each, 5-15 min on 2 cores
     python benchmarks/mri_train.py --quick --out /tmp/mri-train    # 60 iterations each, ~2 min
 
 1. ``psc-seg synth mri``: a training phantom (seed 0) and a validation phantom (seed 1),
@@ -9,7 +9,7 @@ iterations on the MRI phantom of ``psc-seg synth mri``, then score Dice per clas
 2. ``psc-seg train mri/densenet-paper-<conv>`` (the paper's DenseNet at full width: growth 21,
    5.14M parameters with conv3d) on the training phantom, ``--iterations`` each, with the
    preset's augmentation and loss but ``--patch`` patches, ``--batch`` and ``--lr`` (the
-   presets' 64^3 x 4 at lr 2e-4 is days of CPU);
+   presets' 20,000 iterations of 64^3 x 4 are days of CPU);
 3. ``psc-seg predict`` of the validation phantom with each ``last.pt`` and ``psc-seg evaluate
    --semantic``: Dice of CSF, GM, WM and their mean.
 
