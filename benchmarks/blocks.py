@@ -19,11 +19,13 @@ Three execution modes per row (``--modes``):
     python benchmarks/blocks.py [--device cpu|cuda] [--size 64] [--repeats 3]
         [--channels 24 48 96] [--specs conv3d "psc(2,2)"] [--modes ncdhw fast] [--no-train]
         [--no-blocks] [--no-unets] [--threads N] [--malloc psc-seg|system]
-        [--precisions float32 bfloat16]
+        [--precisions float32 bfloat16 bf16-all]
 
-``--precisions float32 bfloat16`` (default both) times every row in each precision side by side
-(bfloat16: the model's weights and input cast to bfloat16, as ``psc-seg predict --precision
-bfloat16`` on CPU; the fast paths take bfloat16 where oneDNN computes it), with the time ratio
+``--precisions float32 bfloat16 bf16-all`` (default all) times every row in each precision side
+by side (bfloat16: as ``psc-seg predict --precision bfloat16`` runs the network on CPU,
+:func:`psc_seg.engine.precision.to_bfloat16`: a UNet's full-resolution level in float32, the
+rest in bfloat16; ``bf16-all``: every weight and the input in bfloat16; the fast paths take
+bfloat16 where oneDNN computes it; a single block is the same in both), with the time ratio
 bfloat16 / float32 after each pair; the CPU's model name and bfloat16 flags (``amx_bf16``,
 ``avx512_bf16``) are printed at the top. A bfloat16 row's max |diff| is against the float32
 ``ncdhw`` reference.
@@ -52,11 +54,11 @@ from torch import nn
 from psc_seg.models import build_model
 from psc_seg.nn import fast_paths, make_convs, to_channels_last
 from psc_seg.allocator import keep_freed_memory
-from psc_seg.engine.precision import cpu_info
+from psc_seg.engine.precision import cpu_info, input_dtype, to_bfloat16
 
 SPECS = ["conv3d", "psc(1,1)", "psc(2,2)", "psc(3,2)"]
 MODES = ["ncdhw", "ndhwc", "fast"]
-PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "bf16-all": torch.bfloat16}
 COMPILE = "compile"  # whole UNets only, on request: --modes fast compile
 UNET = dict(num_fmaps=12, fmap_inc_factor=3, downsample_factors=[[2, 2, 2], [2, 2, 2]])
 
@@ -191,7 +193,7 @@ def main() -> None:
     parser.add_argument("--no-blocks", action="store_true", help="skip the per-block rows")
     parser.add_argument("--no-unets", action="store_true", help="skip the whole-UNet rows")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
-                        help="time every row in each (bfloat16: weights and input cast, as predict on CPU)")
+                        help="time every row in each (bfloat16: as predict on CPU; bf16-all: every weight)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -235,8 +237,12 @@ def main() -> None:
 def prepare(model: nn.Module, x: torch.Tensor, mode: str, device: str,
             precision: str = "float32") -> tuple[nn.Module, torch.Tensor]:
     """A copy of ``model`` and ``x`` on ``device``, in ``precision``, laid out for ``mode``."""
-    dtype = PRECISIONS[precision]
-    model, x = copy.deepcopy(model).to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
+    model = copy.deepcopy(model).to(device=device)
+    if precision == "bfloat16":  # as predict runs it: a UNet's full-resolution level stays float32
+        model = to_bfloat16(model)
+    else:
+        model = model.to(PRECISIONS[precision])
+    x = x.to(device=device, dtype=input_dtype(model))
     if mode == "ncdhw":
         return model.to(memory_format=torch.contiguous_format), x.contiguous()
     return to_channels_last(model), to_channels_last(x)
