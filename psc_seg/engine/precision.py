@@ -72,6 +72,12 @@ class PrecisionChoice:
     used: str
     requested: str
     reason: str
+    measured: bool = False  # a calibration decided
+
+    @property
+    def worth_a_note(self) -> bool:
+        """Whether predict says how it chose (anything but plain float32 is told)."""
+        return self.used != "float32" or self.measured
 
     def provenance(self, device: str) -> dict:
         record = asdict(self)
@@ -120,7 +126,7 @@ def choose_precision(precision: str, device: str, *, model: torch.nn.Module | No
     seconds = (measure or calibrate)(model, shape)
     speedup = seconds["float32"] / seconds["bfloat16"]
     used = "bfloat16" if speedup >= MIN_SPEEDUP else "float32"
-    return PrecisionChoice(used, "auto", f"bfloat16 measured {speedup:.2f}x float32's speed for this network on "
+    return PrecisionChoice(used, "auto", measured=True, reason=f"bfloat16 measured {speedup:.2f}x float32's speed for this network on "
                                          f"this CPU ({', '.join(cpu_info()[1])}); "
                                          f"{'faster' if used == 'bfloat16' else f'below the {MIN_SPEEDUP}x auto asks'}")
 

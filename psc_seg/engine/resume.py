@@ -364,12 +364,14 @@ def prepare_outputs(specs: Mapping[str, str], settings: dict[str, Any], *,
 def stored_settings(specs: Mapping[str, str]) -> dict[str, Any] | None:
     """The settings recorded by the run that wrote the outputs ``specs`` (its unfinished
     ``overwrite`` replacements first), or None where there is no record."""
-    from psc_seg.io import open_volume, staged_spec, volume_exists
+    from psc_seg.io import open_volume, staged_spec, volume_complete, volume_exists
 
     first = next(iter(specs.values()))
     for spec in (str(staged_spec(first)), first):
         if volume_exists(spec):
-            stored = BlockRecord(open_volume(spec).sidecar_dir(RECORD)).stored_settings()
+            # "r+": an unfinished NIfTI / npy output opens only as the run that continues it
+            mode = "r" if volume_complete(spec) else "r+"
+            stored = BlockRecord(open_volume(spec, mode=mode).sidecar_dir(RECORD)).stored_settings()
             return None if stored is None else stored.get("settings")
     return None
 

@@ -303,7 +303,8 @@ def predict(
     resumed = _resumed_precision(specs) if resume and precision == "auto" else None
     choice = (PrecisionChoice(resumed, "auto", "the precision of the run being resumed") if resumed else
               choose_precision(precision, device, model=runner, shape=calibration_shape(runner, geometry.write_shape)))
-    note(f"computing in {choice}")
+    if choice.worth_a_note:  # float32 without a calibration: the summary says it
+        note(f"computing in {choice}")
     if choice.used != "float32":  # float32 runs keep the settings (and resume records) they had
         settings["precision"] = choice.used
     if mirror is not None:

@@ -193,7 +193,10 @@ def test_cli_tta_and_precision_are_printed_and_checked(tiny, tmp_path):
     result = runner.invoke(app, ["predict", ckpt, raw, str(tmp_path / "a.zarr"), "--tta", "flips", "-q",
                                  "--precision", "float32"])
     assert result.exit_code == 0, result.output
-    assert "float32 with TTA flips" in result.stdout and "note: computing in precision float32 (as asked)" in result.stderr
+    assert "float32 with TTA flips" in result.stdout and "computing in" not in result.stderr  # plain float32
+    asked = runner.invoke(app, ["predict", ckpt, raw, str(tmp_path / "c.zarr"), "-q", "--precision", "bfloat16"])
+    assert asked.exit_code == 0 and asked.stdout.rstrip().endswith("bfloat16")
+    assert "note: computing in precision bfloat16 (as asked" in asked.stderr
     bad = runner.invoke(app, ["predict", ckpt, raw, str(tmp_path / "b.zarr"), "--tta", "rot90"])
     assert bad.exit_code == 2 and bad.stderr.strip() == ("error: --tta must be one of none, flips, flips+transposes, "
                                                          "got 'rot90'")
