@@ -53,6 +53,7 @@ from torch import nn
 
 from psc_seg.models import build_model
 from psc_seg.nn import fast_paths, make_convs, to_channels_last
+from psc_seg.nn.fast import onednn_bf16
 from psc_seg.allocator import keep_freed_memory
 from psc_seg.engine.precision import cpu_info, input_dtype, to_bfloat16
 
@@ -205,7 +206,7 @@ def main() -> None:
     if device == "cpu":
         name, flags = cpu_info()
         print(f"CPU {name}, bfloat16 flags: {', '.join(flags) or 'none'}; oneDNN bfloat16: "
-              f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}", flush=True)
+              f"{onednn_bf16()}", flush=True)
     peak = matmul_gflops(device)
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s\n", flush=True)
     print(f"{'what':<22}{'mode':<7}{'prec':<9}{'GFLOP':>7}{'infer ms':>10}{'GFLOP/s':>8}{'%mm':>6}"

@@ -101,7 +101,7 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str, precision: s
     from psc_seg.models import load_checkpoint
     from psc_seg.allocator import keep_freed_memory
     from psc_seg.engine.inference import plan_geometry, prepare_model
-    from psc_seg.engine.precision import cpu_dtype
+    from psc_seg.engine.precision import cpu_bfloat16
     from psc_seg.nn import to_channels_last
 
     keep_freed_memory()  # as the psc-seg command does, for every row
@@ -112,7 +112,7 @@ def child_bare(checkpoint: str, raw: str, block: int, network: str, precision: s
         runner, context = to_channels_last(model.eval()), halo
     else:
         geometry = plan_geometry(model, (block,) * 3)
-        runner, window, context = prepare_model(model, cpu_dtype(precision, "cpu")), geometry.read_shape, geometry.context
+        runner, window, context = prepare_model(model, bfloat16=cpu_bfloat16(precision, "cpu")), geometry.read_shape, geometry.context
     dtype = next(runner.parameters()).dtype
     blocks = block_grid(Roi((0, 0, 0), source.spatial_shape), write_shape=(block,) * 3, context=context,
                         read_shape=window)
@@ -251,10 +251,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, nproc {os.cpu_count()}, volume {args.size}^3 uint8, block {args.block}^3, "
           f"UNets {', '.join(args.spec)} {UNET}", flush=True)
     from psc_seg.engine.precision import cpu_info
+    from psc_seg.nn.fast import onednn_bf16
 
     name, flags = cpu_info()
     print(f"CPU {name}, bfloat16 flags: {', '.join(flags) or 'none'}; oneDNN bfloat16: "
-          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}", flush=True)
+          f"{onednn_bf16()}", flush=True)
     precisions = [p for p in args.precisions if p != "auto"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

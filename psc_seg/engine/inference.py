@@ -50,7 +50,7 @@ import torch
 from psc_seg.allocator import keep_freed_memory
 from psc_seg.engine.blocks import Block, block_grid, read_mirrored
 from psc_seg.engine.chunk_cache import ChunkCache
-from psc_seg.engine.precision import cpu_dtype, input_dtype, to_bfloat16
+from psc_seg.engine.precision import cpu_bfloat16, input_dtype, to_bfloat16
 from psc_seg.engine.roi import Roi
 from psc_seg.errors import UserError
 from psc_seg.io import normalize
@@ -235,14 +235,13 @@ def _valid_geometry(model, block_shape: tuple[int, ...], *, crop: tuple[int, ...
     return BlockGeometry(block_shape, read_shape, context, crop)  # type: ignore[arg-type]
 
 
-def prepare_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+def prepare_model(model: torch.nn.Module, *, bfloat16: bool = False) -> torch.nn.Module:
     """The network predict runs for ``model``: in eval mode with channels_last_3d weights
     (faster convolutions on oneDNN CPUs and on cuDNN tensor cores; see
     :mod:`psc_seg.nn.fast`); for a same-padding UNet, its valid-padding twin with the same
     weights where that is exact (:meth:`psc_seg.models.UNet.valid_twin`): it computes only the
-    centre of each tile that predict keeps, not the halo it crops away. ``dtype``: the weights'
-    dtype for CPU bfloat16 (:func:`~psc_seg.engine.precision.cpu_dtype`; bfloat16 is the only
-    one: :func:`~psc_seg.engine.precision.to_bfloat16`), else as they are.
+    centre of each tile that predict keeps, not the halo it crops away. ``bfloat16``: cast
+    as CPU bfloat16 runs it (:func:`~psc_seg.engine.precision.to_bfloat16`).
     The network's own final sigmoid or softmax is taken off: :class:`BlockPredictor` applies
     the task's activation to the float32 output (bfloat16 sigmoids would round every
     affinity above 0.996 to 1.0, and waterz would then see plateaus where there were ridges)."""
@@ -251,7 +250,7 @@ def prepare_model(model: torch.nn.Module, dtype: torch.dtype | None = None) -> t
     if isinstance(getattr(model, "final", None), (torch.nn.Sigmoid, torch.nn.Softmax)):
         model.final = torch.nn.Identity()  # the predictor applies it, in float32 (BlockPredictor)
     model = to_channels_last(model.eval())
-    return model if dtype is None else to_bfloat16(model)
+    return to_bfloat16(model) if bfloat16 else model
 
 
 class PredictionWriter:
@@ -329,7 +328,7 @@ class BlockPredictor:
         self.checkpoint, self.device, self.geometry = checkpoint, device, geometry
         self.source, self.writer, self.norm = source, writer, norm
         self.threads, self.precision, self.tta = threads, precision, tta
-        self._dtype = cpu_dtype(precision, device)
+        self._bfloat16 = cpu_bfloat16(precision, device)
         self._final = make_activation(activation)
         self.check_finite = np.issubdtype(source.dtype, np.floating)
         # neighbouring blocks' reads (with context) share storage chunks: decode each about once
@@ -342,13 +341,13 @@ class BlockPredictor:
 
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device, self._dtype)
+            key = (self.checkpoint, os.path.getmtime(self.checkpoint), self.device, self._bfloat16)
             if key not in _MODELS:
                 if self.threads:  # a worker process of our LocalCluster (psc_seg.allocator)
                     torch.set_num_threads(self.threads)
                     keep_freed_memory()
                 _MODELS[key] = prepare_model(load_checkpoint(self.checkpoint, map_location=self.device).model,
-                                             self._dtype)
+                                             bfloat16=self._bfloat16)
             self._model = _MODELS[key]
         return self._model
 

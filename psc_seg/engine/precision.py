@@ -43,26 +43,26 @@ CALIBRATION_EDGE = 48  # calibration output edge (voxels, capped by the block), 
 
 @cache
 def cpu_info() -> tuple[str, tuple[str, ...]]:
-    """The CPU's model name and which of ``BF16_FLAGS`` it lists (Linux ``/proc/cpuinfo``;
-    elsewhere the platform's processor name and no flags)."""
-    name, flags = platform.processor() or platform.machine(), set()
+    """The CPU's model name and which of ``BF16_FLAGS`` it lists (Linux ``/proc/cpuinfo``, its
+    first processor; elsewhere the platform's processor name and no flags)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and name == (platform.processor() or platform.machine()):
-                    name = value.strip()
-                elif key == "flags":
-                    flags |= set(value.split())
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
     return name, tuple(flag for flag in BF16_FLAGS if flag in flags)
 
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bfloat16 instructions that PyTorch's oneDNN uses."""
-    return bool(cpu_info()[1]) and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    from psc_seg.nn.fast import onednn_bf16
+
+    return bool(cpu_info()[1]) and onednn_bf16()
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def input_dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def cpu_dtype(precision: str, device: str) -> torch.dtype | None:
-    """The dtype the network's weights and activations are cast to on CPU (bfloat16), else None
-    (float32 on CPU; autocast on CUDA)."""
-    return torch.bfloat16 if precision == "bfloat16" and not device.startswith("cuda") else None
+def cpu_bfloat16(precision: str, device: str) -> bool:
+    """Whether the network itself is cast (:func:`to_bfloat16`): CPU bfloat16. CUDA casts
+    nothing (autocast)."""
+    return precision == "bfloat16" and not device.startswith("cuda")

@@ -44,6 +44,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _triple
 
 CHANNELS_LAST = torch.channels_last_3d
 _ENABLED = [True]
@@ -80,7 +81,10 @@ def fast_enabled() -> bool:
     return _ENABLED[0]
 
 
-def _bf16_supported() -> bool:
+def onednn_bf16() -> bool:
+    """Whether PyTorch's oneDNN computes bfloat16 on this CPU (AVX-512 or AMX)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -88,7 +92,7 @@ def _bf16_supported() -> bool:
 
 
 # bfloat16 where oneDNN computes it (AVX-512 or AMX; elsewhere PyTorch's own kernels run it)
-_FAST_DTYPES = (torch.float32, torch.bfloat16) if _bf16_supported() else (torch.float32,)
+_FAST_DTYPES = (torch.float32, torch.bfloat16) if onednn_bf16() else (torch.float32,)
 
 
 def fast_dtype(x: torch.Tensor) -> bool:
@@ -220,10 +224,6 @@ def max_pool3d(pool: nn.MaxPool3d, x: torch.Tensor) -> torch.Tensor:
             for view in views[1:]:
                 x = torch.maximum(x, view)
     return x
-
-
-def _triple(value) -> tuple[int, int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3  # type: ignore[return-value]
 
 
 def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:

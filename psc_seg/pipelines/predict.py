@@ -44,7 +44,7 @@ from psc_seg.engine.inference import (
     exact_fits, plan_geometry, prepare_model, reads_receptive_field,
 )
 from psc_seg.engine.precision import (
-    PrecisionChoice, calibration_shape, check_precision, choose_precision, cpu_dtype,
+    PrecisionChoice, calibration_shape, check_precision, choose_precision, cpu_bfloat16, to_bfloat16,
 )
 from psc_seg.engine.tta import plan_tta, tta_margin
 from psc_seg.errors import Interrupted, UserError, check_exclusive, note
@@ -300,8 +300,10 @@ def predict(
     }
     if isinstance(geometry, ClippedGeometry):  # reads differ from the fixed-halo blocks before it: no resume across
         settings["geometry"] = "clipped-receptive-field"
-    resumed = _resumed_precision(specs) if resume and precision == "auto" else None
-    choice = (PrecisionChoice(resumed, "auto", "the precision of the run being resumed") if resumed else
+    # a resumed auto run keeps the precision its record holds (none there: float32): its blocks alike
+    stored = stored_settings(specs) if resume and precision == "auto" else None
+    choice = (PrecisionChoice(stored.get("precision", "float32"), "auto", "the precision of the run being resumed")
+              if stored is not None else
               choose_precision(precision, device, model=runner, shape=calibration_shape(runner, geometry.write_shape)))
     if choice.worth_a_note:  # float32 without a calibration: the summary says it
         note(f"computing in {choice}")
@@ -337,8 +339,8 @@ def predict(
         threads = max(1, (os.cpu_count() or 1) // workers) if workers else None
         writer = PredictionWriter(prepared.volumes, kind=task["kind"], dtype=dtype, origin=total.begin)
         predictor = BlockPredictor(
-            checkpoint=checkpoint, model=None if parallel else prepare_model(runner, cpu_dtype(choice.used, device)),
-            device=device,
+            checkpoint=checkpoint, device=device,
+            model=None if parallel else to_bfloat16(runner) if cpu_bfloat16(choice.used, device) else runner,
             geometry=geometry, source=source, writer=writer, norm=norm, activation=_activation(task),
             threads=threads, precision=choice.used, tta=mirror,
         )
@@ -358,13 +360,6 @@ def predict(
     return _summary(specs, total=stats.total, computed=stats.computed, skipped=stats.skipped - len(masked),
                     masked=len(masked), seconds=stats.seconds, voxels=stats.voxels, precision=choice)
 
-
-def _resumed_precision(specs: dict[str, str]) -> str | None:
-    """The precision the record of the outputs ``specs`` holds (none there: float32), or None
-    where there is no record: a resumed ``auto`` run keeps it, so that all its blocks are
-    computed alike."""
-    settings = stored_settings(specs)
-    return None if settings is None else settings.get("precision", "float32")
 
 
 def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volume, dtype: str,
@@ -391,7 +386,7 @@ def _create_outputs(specs: dict[str, str], task: dict[str, Any], *, source: Volu
 
 
 def _summary(specs: dict[str, str], *, total: int, computed: int, skipped: int, masked: int, seconds: float,
-             voxels: int, precision) -> dict[str, Any]:
+             voxels: int, precision: PrecisionChoice) -> dict[str, Any]:
     return {"outputs": specs, "precision": precision, "blocks": total, "computed": computed, "skipped": skipped,
             "masked": masked,
             "seconds": seconds, "voxels_per_second": voxels / seconds if seconds > 0 else 0.0}

@@ -8,7 +8,7 @@ from torch import nn
 
 from psc_seg.models import build_model
 from psc_seg.nn import PSC
-from psc_seg.nn.fast import _bf16_supported, cat_channels, conv3d, fast_paths, is_channels_last, max_pool3d, to_channels_last
+from psc_seg.nn.fast import onednn_bf16, cat_channels, conv3d, fast_paths, is_channels_last, max_pool3d, to_channels_last
 
 
 def _plain(module, x):
@@ -121,7 +121,7 @@ def test_max_pool3d_equals_the_module(dtype, factor, shape):
     torch.testing.assert_close(max_pool3d(pool, y), want, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.skipif(not _bf16_supported(), reason="oneDNN computes no bfloat16 on this CPU")
+@pytest.mark.skipif(not onednn_bf16(), reason="oneDNN computes no bfloat16 on this CPU")
 @pytest.mark.parametrize("conv", ["conv3d", "psc(2,2)"])
 def test_bfloat16_unet_fast_equals_plain_and_float32(conv):
     torch.manual_seed(0)
